@@ -1,0 +1,3 @@
+from jmvae_cli.cli import main
+
+main()
