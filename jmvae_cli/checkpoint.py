@@ -1,0 +1,151 @@
+"""Weights on disk: safetensors tensors plus JSON metadata in the same file's header. Never pickle.
+
+Two kinds of file, both written atomically (temp file + rename), so a kill at any moment leaves the previous one
+readable:
+  model.safetensors        the model alone, fp16 where that is lossless enough, for inference and for bundling;
+                           its metadata rebuilds the model (config, attribute names, preprocessing, how it was trained)
+  train_state.safetensors  fp32 model and optimizer state, for `jmvae train --resume`
+A JSON copy of the metadata is written beside each, for people and for jq; the loader reads the header.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from jmvae_cli.errors import JmvaeError
+from jmvae_cli.model import JMVAE, JMVAEConfig
+
+FORMAT = "jmvae"
+FORMAT_VERSION = 1
+DEFAULT_WEIGHTS_NAME = "default.safetensors"
+FP16_MAX = 60000.0  # values beyond fp16's range stay fp32
+
+
+class WeightsError(JmvaeError):
+    pass
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, st_save(tensors, metadata={FORMAT: json.dumps(meta)}))
+    atomic_write(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        data = path.read_bytes()
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors weights file ({e})") from None
+    meta_json = (header.get("__metadata__") or {}).get(FORMAT)
+    if meta_json is None:
+        raise WeightsError(f"{path} is a safetensors file but not a jmvae model (no '{FORMAT}' metadata)")
+    meta = json.loads(meta_json)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsError(f"{path} was written by a newer jmvae (format {meta['format_version']}); upgrade jmvae")
+    return tensors, meta
+
+
+# ----------------------------------------------------------------------------- the model file
+
+
+@dataclass
+class Loaded:
+    model: JMVAE
+    meta: dict
+    path: Path
+
+    @property
+    def attr_names(self) -> list[str]:
+        return self.meta["attr_names"]
+
+
+def save_model(path: Path, model: JMVAE, meta: dict) -> None:
+    """meta must hold 'attr_names' and 'preprocess'; the config is taken from the model."""
+    tensors = {}
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and t.abs().max() < FP16_MAX:
+            t = t.half()  # halves the file: the bundled model must stay under 25 MB
+        tensors[name] = t
+    _write(Path(path), tensors, {"kind": "model", "config": model.cfg.to_dict(), **meta})
+
+
+def build_model(meta: dict, path: Path) -> JMVAE:
+    try:
+        return JMVAE(JMVAEConfig.from_dict(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{path} holds a jmvae model this version cannot rebuild ({e})") from None
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
+    tensors, meta = _read(path)
+    model = build_model(meta, path)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise WeightsError(f"{path} does not match its own model config: {first}") from None
+    return Loaded(model.to(device).eval(), meta, Path(path))
+
+
+def default_weights() -> Path:
+    """JMVAE_WEIGHTS if set, else the model bundled with the package (weights/ in the repository)."""
+    env = os.environ.get("JMVAE_WEIGHTS")
+    if env:
+        return Path(env)
+    return Path(str(resources.files("jmvae_cli.weights").joinpath(DEFAULT_WEIGHTS_NAME)))
+
+
+# ----------------------------------------------------------------------------- the training state
+
+
+def save_train_state(path: Path, model: JMVAE, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for i, state in opt["state"].items():
+        for k, v in state.items():
+            tensors[f"optimizer/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"kind": "train_state", "config": model.cfg.to_dict(), "param_groups": opt["param_groups"], **meta}
+    _write(Path(path), tensors, meta)
+
+
+def load_train_state(path: Path) -> tuple[dict, dict, dict]:
+    """-> (model state_dict, optimizer state_dict, meta)."""
+    tensors, meta = _read(path)
+    if meta.get("kind") != "train_state":
+        raise WeightsError(f"{path} is not a training state (kind {meta.get('kind')!r})")
+    model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    opt_state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer/"):
+            _, i, name = k.split("/", 2)
+            opt_state.setdefault(int(i), {})[name] = v
+    return model_state, {"state": opt_state, "param_groups": meta["param_groups"]}, meta

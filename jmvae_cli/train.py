@@ -1,0 +1,352 @@
+"""Training a JMVAE: the loop, validation, sample grids, checkpoints, resume and DDP.
+
+One process trains on one device. Under `torchrun --nproc-per-node N -m jmvae_cli train ...` each of N processes
+takes a shard of every epoch and gradients are averaged by DistributedDataParallel; rank 0 alone logs and writes.
+"""
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jmvae_cli.checkpoint import load_train_state, save_model, save_train_state
+from jmvae_cli.console import console
+from jmvae_cli.data import FaceData, Preprocess, load_data
+from jmvae_cli.errors import JmvaeError
+from jmvae_cli.images import from_uint8_array, write_image
+from jmvae_cli.model import JMVAE, JMVAEConfig, output_to_pixels, pixels_to_input
+from jmvae_cli.runtime import Precision, pick_device
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(JmvaeError):
+    pass
+
+
+class Interrupted(JmvaeError):
+    """Ctrl-C during training: raised after the checkpoint is saved."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainOptions:
+    data: list[Path]
+    out: Path
+    epochs: int = 20
+    batch_size: int = 100  # the authors'
+    lr: float = 5e-4  # peak of a cosine schedule; the authors' constant 1e-4 converges several times slower
+    beta1: float = 0.5  # the authors'
+    alpha: float = 0.1  # the paper's
+    objective: str = "jmvae-kl"
+    latent_dim: int = 128
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    max_images: int | None = None
+    val_fraction: float = 0.1
+    warmup_epochs: float = 1.0  # KL warm-up: the prior KL's weight rises linearly from 0 to 1 over this many epochs
+    flip: bool = True  # random horizontal flips: none of the CelebA attributes is left/right
+    time_limit: float | None = None  # minutes; the learning-rate schedule then runs to this wall time
+    cache_dir: Path | None = None
+    val_images: int = 5000  # validation per epoch looks at most this many images
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["data"] = [str(p) for p in self.data]
+        d["out"] = str(self.out)
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        return d
+
+
+# ----------------------------------------------------------------------------- distributed set-up
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Under torchrun the environment names this process's rank; otherwise we are the only process."""
+    if "RANK" not in os.environ:
+        return Dist()
+    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(d.local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return d
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batch_tensors(data: FaceData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = np.sort(idx)  # sorted reads are sequential in the memory-mapped cache
+    x = pixels_to_input(torch.from_numpy(data.images[idx]).to(device, non_blocking=True))  # (B, 3, 64, 64)
+    w = torch.from_numpy(data.attrs[idx]).to(device).float()  # (B, A)
+    return x, w
+
+
+def epoch_batches(train_idx: np.ndarray, batch_size: int, seed: int, epoch: int, d: Dist) -> list[np.ndarray]:
+    """This rank's batches for one epoch. Every rank gets the same number of full batches: DDP needs the steps in
+    lockstep, and a batch of one would break batch norm."""
+    perm = np.random.default_rng([seed, epoch]).permutation(train_idx)
+    per_rank = len(perm) // (d.world * batch_size) * batch_size
+    mine = perm[d.rank * per_rank : (d.rank + 1) * per_rank]
+    return [mine[i : i + batch_size] for i in range(0, per_rank, batch_size)]
+
+
+# ----------------------------------------------------------------------------- validation and pictures
+
+
+@torch.no_grad()
+def validate(model: JMVAE, data: FaceData, idx: np.ndarray, device: torch.device, prec: Precision, batch_size=250):
+    """Loss terms, bits per dimension, and img->attr accuracy through q(z|x) (mean of q, probabilities at 0.5)."""
+    model.eval()
+    sums: dict[str, float] = {}
+    correct = torch.zeros(data.attrs.shape[1], dtype=torch.float64)
+    gen = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with gen:
+        torch.manual_seed(0)  # the same z samples every epoch, so the validation curve is not noise
+        for i in range(0, len(idx), batch_size):
+            x, w = batch_tensors(data, idx[i : i + batch_size], device)
+            with prec.autocast():
+                terms = model(x, w)
+                p = model.attrs_from_images(x)  # (B, A)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+            correct += ((p > 0.5).float() == w).double().sum(0).cpu()
+    n = max(len(idx), 1)
+    out = {k: v / n for k, v in sums.items()}
+    out["bits_per_dim"] = -out["elbo"] / (3 * model.cfg.image_size**2 * math.log(2)) if idx.size else float("nan")
+    per_attr = (correct / n).tolist()
+    out["attr_acc"] = float(np.mean(per_attr)) if idx.size else float("nan")
+    out["attr_acc_per"] = dict(zip(data.attr_names, per_attr))
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def sample_grid(model: JMVAE, data: FaceData, idx: np.ndarray, device: torch.device) -> np.ndarray:
+    """Rows: faces | reconstructions via q(z|x,w) | image->attributes->image | attributes->image. (H, W, 3) uint8."""
+    model.eval()
+    x, w = batch_tensors(data, idx, device)
+    w_hat = (model.attrs_from_images(x) > 0.5).float()  # (B, A)
+    rows = [
+        x,
+        model.images_from_z(model.q_xw(x, w).mu),
+        model.images_from_z(model.q_w(w_hat).mu),
+        model.images_from_z(model.q_w(w).mu),
+    ]
+    model.train()
+    tiles = output_to_pixels(torch.cat(rows)).cpu().numpy()  # (4B, 64, 64, 3)
+    n, s = len(idx), tiles.shape[1]
+    return tiles.reshape(4, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(4 * s, n * s, 3)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def lr_at(progress: float, peak: float, warmup: float) -> float:
+    """Linear warm-up over the first `warmup` fraction, then cosine decay to a tenth of the peak."""
+    if progress < warmup:
+        return peak * progress / warmup
+    t = min(1.0, (progress - warmup) / (1 - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _check_out_dir(opts: TrainOptions) -> None:
+    state = opts.out / STATE_FILE
+    if opts.resume and not state.exists():
+        raise JmvaeError(f"--resume: no {STATE_FILE} in {opts.out} to resume from")
+    if not opts.resume and state.exists():
+        raise JmvaeError(f"{opts.out} already holds a trained model: pass --resume to continue it, or another --out")
+
+
+def train(opts: TrainOptions) -> dict:
+    """Train (or resume) a model as `opts` says; returns the last epoch's metrics."""
+    d = init_distributed(opts.device)
+    try:
+        return _train(opts, d)
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(opts: TrainOptions, d: Dist) -> dict:
+    device = pick_device(opts.device)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
+    prec = Precision.choose(device, opts.precision)
+    _check_out_dir(opts)
+    if opts.time_limit and d.world > 1:
+        raise JmvaeError("--time-limit works in single-process runs only: under torchrun, set --epochs")
+    torch.manual_seed(opts.seed + d.rank)
+
+    pre = Preprocess()
+    load = dict(preprocess=pre, val_fraction=opts.val_fraction, cache_dir=opts.cache_dir, max_images=opts.max_images)
+    if d.main:  # rank 0 decodes and caches; the others wait, then read its cache
+        data = load_data(opts.data, progress=opts.progress, **load)
+    if d.world > 1:
+        dist.barrier()
+    if not d.main:
+        data = load_data(opts.data, progress=False, **load)
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    if len(train_idx) < opts.batch_size * d.world:
+        raise JmvaeError(f"only {len(train_idx)} training images: fewer than one batch of {opts.batch_size}")
+
+    step, epochs_done, elapsed_before = 0, 0, 0.0
+    if opts.resume:
+        model_state, opt_state, meta = load_train_state(opts.out / STATE_FILE)
+        cfg = JMVAEConfig.from_dict(meta["config"])
+        if meta["attr_names"] != data.attr_names:
+            raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} was trained on")
+        step, epochs_done, elapsed_before = meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0)
+    else:
+        cfg = JMVAEConfig(
+            n_attrs=len(data.attr_names), latent_dim=opts.latent_dim, objective=opts.objective, alpha=opts.alpha
+        )
+    if epochs_done >= opts.epochs:
+        raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
+
+    model = JMVAE(cfg).to(device, memory_format=prec.memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
+    if opts.resume:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+
+    steps_per_epoch = len(train_idx) // (d.world * opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    warmup_steps = max(1, int(opts.warmup_epochs * steps_per_epoch))
+    grid_idx = val_idx[:8] if len(val_idx) >= 8 else train_idx[:8]
+    meta = {
+        "attr_names": data.attr_names,
+        "preprocess": pre.to_dict(),
+        "train": opts.to_dict(),
+        "data": {"train_images": int(len(train_idx)), "val_images": int(len(val_idx)), "skipped": data.skipped},
+    }
+    if d.main:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "samples").mkdir(exist_ok=True)
+        console.print(
+            f"[bold]jmvae train[/]: {len(train_idx)} training / {len(val_idx)} validation images, "
+            f"{len(data.attr_names)} attributes, {cfg.objective}, {model.n_params() / 1e6:.1f}M parameters, "
+            f"{device.type} {prec.name}" + (f", {d.world} processes" if d.world > 1 else "")
+        )
+
+    def save(epochs_done: int, train_seconds: float, metrics: dict | None) -> None:
+        if not d.main:
+            return
+        m = {**meta, "step": step, "epochs_done": epochs_done, "train_seconds": train_seconds, "metrics": metrics}
+        save_train_state(opts.out / STATE_FILE, model, optimizer, m)
+        save_model(opts.out / MODEL_FILE, model, m)
+
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[terms]}"),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (d.main and opts.progress),
+    )
+    t_start = time.monotonic()
+    metrics: dict = {}
+    with progress:
+        task = progress.add_task("train", total=total_steps, completed=step, epoch="", terms="", speed="")
+        for epoch in range(epochs_done, opts.epochs):
+            sums: dict[str, float] = {}
+            n_steps, t_epoch = 0, time.monotonic()
+            try:
+                for idx in epoch_batches(train_idx, opts.batch_size, opts.seed, epoch, d):
+                    x, w = batch_tensors(data, idx, device)
+                    if opts.flip:
+                        flip = torch.rand(len(x), device=device) < 0.5
+                        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+                    elapsed = time.monotonic() - t_start + elapsed_before
+                    frac = step / total_steps
+                    if opts.time_limit:
+                        frac = max(frac, elapsed / (60 * opts.time_limit))
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr_at(frac, opts.lr, warmup=min(0.05, 500 / max(total_steps, 1)))
+                    beta = min(1.0, (step + 1) / warmup_steps)
+                    with prec.autocast():
+                        terms = ddp(x, w, beta)
+                    loss = terms["loss"]
+                    if not torch.isfinite(loss):
+                        if prec.dtype is not None and opts.precision == "auto" and d.world == 1:
+                            # bf16's short mantissa can overflow where fp32 would not: keep going in fp32.
+                            prec = Precision(device, None)
+                            if d.main:
+                                console.print(f"[yellow]non-finite loss in bf16 at step {step}: continuing in fp32")
+                            continue
+                        raise TrainingError(
+                            f"the loss became {float(loss)} at step {step} (epoch {epoch + 1}); training stopped. "
+                            f"The last good checkpoint in {opts.out} is intact (epoch {epochs_done}); "
+                            f"try a lower --lr or --precision fp32"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    n_steps += 1
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach()
+                    if step % 10 == 0 or n_steps == steps_per_epoch:
+                        ips = n_steps * len(x) * d.world / (time.monotonic() - t_epoch)
+                        shown = " ".join(f"{k} {float(sums[k]) / n_steps:.4g}" for k in ("rec_x", "rec_w", "kl"))
+                        progress.update(task, completed=step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
+                    if opts.time_limit and elapsed > 60 * opts.time_limit:
+                        break
+            except KeyboardInterrupt:
+                save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics or None)
+                raise Interrupted(f"interrupted: saved the model at step {step} in {opts.out}") from None
+
+            epoch_seconds = time.monotonic() - t_epoch
+            epochs_done = epoch + 1
+            if d.main:
+                val = validate(model, data, val_idx[: opts.val_images], device, prec)
+                metrics = {
+                    "epoch": epochs_done,
+                    "step": step,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "precision": prec.name,
+                    "images_per_s": n_steps * opts.batch_size * d.world / epoch_seconds,
+                    "train": {k: float(v) / max(n_steps, 1) for k, v in sums.items()},
+                    "val": val,
+                }
+                with open(opts.out / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                grid = sample_grid(model, data, grid_idx, device)
+                write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
+                save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics)
+                progress.console.print(
+                    f"epoch {epochs_done}: val bits/dim {val['bits_per_dim']:.4f}, rec_w {val['rec_w']:.2f}, "
+                    f"img->attr accuracy {val['attr_acc']:.4f}, {metrics['images_per_s']:.0f} img/s"
+                )
+            if opts.time_limit and time.monotonic() - t_start + elapsed_before > 60 * opts.time_limit:
+                break
+    return metrics
