@@ -8,7 +8,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -20,7 +19,7 @@ from jmvae_cli.errors import JmvaeError
 class Group(TyperGroup):
     """Turns the library's expected errors into one line on stderr and exit 1, for every command at once."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except JmvaeError as e:

@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from jmvae_cli.model import (
+    JMVAE,
+    Gaussian,
+    JMVAEConfig,
+    discretized_logistic_log_prob,
+    kl_gaussians,
+    kl_standard_normal,
+    output_to_pixels,
+    pixels_to_input,
+)
+
+
+def tiny_config(**kw) -> JMVAEConfig:
+    return JMVAEConfig(
+        n_attrs=5, latent_dim=4, image_size=16, channels=(8, 8), image_features=16, attr_hidden=16, joint_hidden=16, **kw
+    )
+
+
+def random_gaussian(b=3, z=4, seed=0) -> Gaussian:
+    g = torch.Generator().manual_seed(seed)
+    return Gaussian(torch.randn(b, z, generator=g, dtype=torch.float64), torch.randn(b, z, generator=g, dtype=torch.float64))
+
+
+def test_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    q, p = random_gaussian(seed=1), random_gaussian(seed=2)
+    z = q.mu + torch.randn(200_000, *q.mu.shape, dtype=torch.float64) * torch.exp(0.5 * q.logvar)  # (K, B, Z)
+    mc = (q.log_prob(z) - p.log_prob(z)).mean(0)
+    assert torch.allclose(kl_gaussians(q, p), mc, rtol=0.02, atol=0.02)
+    prior = Gaussian(torch.zeros_like(q.mu), torch.zeros_like(q.logvar))
+    assert torch.allclose(kl_standard_normal(q), kl_gaussians(q, prior), atol=1e-10)
+    assert torch.allclose(kl_gaussians(q, q), torch.zeros(3, dtype=torch.float64), atol=1e-10)
+
+
+def test_gaussian_log_prob_is_normalised():
+    q = Gaussian(torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64))
+    z = torch.linspace(-10, 10, 20001, dtype=torch.float64)[:, None, None]  # (K, 1, 1)
+    assert q.log_prob(z).exp().sum().item() * (20 / 20000) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("mean,log_scale", [(0.1, -2.0), (-0.95, -4.0), (0.99, -6.5), (0.0, 1.0)])
+def test_discretized_logistic_sums_to_one_over_256_values(mean, log_scale):
+    values = torch.arange(256, dtype=torch.float32) / 127.5 - 1  # every 8-bit level
+    x = values.view(256, 1, 1, 1)  # one-pixel "images"
+    logp = discretized_logistic_log_prob(x, torch.full_like(x, mean), torch.full_like(x, log_scale))  # (256,)
+    assert torch.logsumexp(logp, 0).item() == pytest.approx(0.0, abs=2e-3)
+    if log_scale < 0:  # a wide logistic puts most mass in the tail bins at -1 and 1 instead
+        assert values[logp.argmax()].item() == pytest.approx(mean, abs=2 / 255 + 1e-6)
+
+
+def test_pixel_round_trip():
+    u8 = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    x = pixels_to_input(u8)
+    assert x.shape == (2, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(output_to_pixels(x), u8)
+
+
+@pytest.mark.parametrize("objective", ["jmvae-kl", "jmvae-zero"])
+def test_forward_terms_and_shapes(objective):
+    torch.manual_seed(0)
+    model = JMVAE(tiny_config(objective=objective))
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    w = (torch.rand(6, 5) > 0.5).float()
+    terms = model(x, w, beta=0.5)
+    assert set(terms) >= {"loss", "rec_x", "rec_w", "kl", "elbo"}
+    assert ("kl_x" in terms) == (objective == "jmvae-kl")
+    expected = terms["rec_x"] + terms["rec_w"] + 0.5 * terms["kl"]
+    if objective == "jmvae-kl":
+        expected = expected + 0.1 * (terms["kl_x"] + terms["kl_w"])
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert terms["rec_x"].item() > 0 and terms["rec_w"].item() > 0 and terms["kl"].item() >= 0
+    model.eval()
+    assert model.q_x(x).mu.shape == (6, 4) and model.q_w(w).mu.shape == (6, 4)
+    assert model.attrs_from_images(x).shape == (6, 5)
+    assert model.images_from_z(torch.zeros(2, 4)).shape == (2, 3, 16, 16)
+
+
+def test_zero_objective_has_no_unimodal_encoders():
+    assert not hasattr(JMVAE(tiny_config(objective="jmvae-zero")), "enc_x")
+
+
+def test_config_round_trip_and_validation():
+    cfg = tiny_config(alpha=0.3)
+    assert JMVAEConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="objective"):
+        tiny_config(objective="vae-gan")
+    with pytest.raises(ValueError, match="image_size"):
+        JMVAEConfig(image_size=48)
+
+
+def test_default_architecture_fits_the_weights_budget():
+    n = JMVAE(JMVAEConfig()).n_params()
+    assert n * 2 < 25e6  # stored in fp16
