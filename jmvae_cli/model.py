@@ -170,7 +170,13 @@ class JMVAE(nn.Module):
             nn.Linear(cfg.joint_hidden, 2 * Z),
         )
         if cfg.objective == "jmvae-kl":  # JMVAE-zero has no unimodal encoders
-            self.enc_x = nn.Linear(cfg.image_features, 2 * Z)  # q(z|x) head on the shared trunk
+            # q(z|x): its own hidden layer on the shared trunk, as deep as the joint path it must imitate
+            self.enc_x = nn.Sequential(
+                nn.Linear(cfg.image_features, cfg.joint_hidden),
+                nn.BatchNorm1d(cfg.joint_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(cfg.joint_hidden, 2 * Z),
+            )
             self.enc_w = mlp(A, H, 2 * Z)  # q(z|w)
         self.dec_x = ImageDecoder(cfg)  # p(x|z)
         self.dec_w = mlp(Z, H, A)  # p(w|z), logits

@@ -61,6 +61,7 @@ class TrainOptions:
     time_limit: float | None = None  # minutes; the learning-rate schedule then runs to this wall time
     cache_dir: Path | None = None
     val_images: int = 5000  # validation per epoch looks at most this many images
+    checkpoint_every: float = 60.0  # seconds; epochs can be a few seconds long on a GPU, and a save is ~100 MB
     progress: bool = True
 
     def to_dict(self) -> dict:
@@ -167,12 +168,11 @@ def sample_grid(model: JMVAE, data: FaceData, idx: np.ndarray, device: torch.dev
 # ----------------------------------------------------------------------------- the loop
 
 
-def lr_at(progress: float, peak: float, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` fraction, then cosine decay to a tenth of the peak."""
-    if progress < warmup:
-        return peak * progress / warmup
-    t = min(1.0, (progress - warmup) / (1 - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+def lr_at(step: int, progress: float, peak: float, warmup_steps: int = 200) -> float:
+    """A short linear warm-up (Adam's early steps are noisy with batch norm), then cosine decay over the run's
+    progress in [0, 1] to a tenth of the peak."""
+    cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return peak * min(1.0, (step + 1) / warmup_steps) * cosine
 
 
 def _check_out_dir(opts: TrainOptions) -> None:
@@ -255,9 +255,13 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             f"{device.type} {prec.name}" + (f", {d.world} processes" if d.world > 1 else "")
         )
 
-    def save(epochs_done: int, train_seconds: float, metrics: dict | None) -> None:
-        if not d.main:
+    last_save = time.monotonic()
+
+    def save(epochs_done: int, train_seconds: float, metrics: dict | None, force: bool = True) -> None:
+        nonlocal last_save
+        if not d.main or not (force or time.monotonic() - last_save >= opts.checkpoint_every):
             return
+        last_save = time.monotonic()
         m = {**meta, "step": step, "epochs_done": epochs_done, "train_seconds": train_seconds, "metrics": metrics}
         save_train_state(opts.out / STATE_FILE, model, optimizer, m)
         save_model(opts.out / MODEL_FILE, model, m)
@@ -291,7 +295,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     if opts.time_limit:
                         frac = max(frac, elapsed / (60 * opts.time_limit))
                     for g in optimizer.param_groups:
-                        g["lr"] = lr_at(frac, opts.lr, warmup=min(0.05, 500 / max(total_steps, 1)))
+                        g["lr"] = lr_at(step, frac, opts.lr)
                     beta = min(1.0, (step + 1) / warmup_steps)
                     with prec.autocast():
                         terms = ddp(x, w, beta)
@@ -327,6 +331,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
 
             epoch_seconds = time.monotonic() - t_epoch
             epochs_done = epoch + 1
+            train_seconds = time.monotonic() - t_start + elapsed_before
+            out_of_time = bool(opts.time_limit) and train_seconds > 60 * opts.time_limit
             if d.main:
                 val = validate(model, data, val_idx[: opts.val_images], device, prec)
                 metrics = {
@@ -342,11 +348,11 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     f.write(json.dumps(metrics) + "\n")
                 grid = sample_grid(model, data, grid_idx, device)
                 write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
-                save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics)
+                save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
                 progress.console.print(
                     f"epoch {epochs_done}: val bits/dim {val['bits_per_dim']:.4f}, rec_w {val['rec_w']:.2f}, "
                     f"img->attr accuracy {val['attr_acc']:.4f}, {metrics['images_per_s']:.0f} img/s"
                 )
-            if opts.time_limit and time.monotonic() - t_start + elapsed_before > 60 * opts.time_limit:
+            if out_of_time:
                 break
     return metrics
