@@ -1,0 +1,131 @@
+"""Reading and writing user images: any file Pillow can open comes back as plain 8-bit RGB, or as one clear error."""
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from jmvae_cli.errors import JmvaeError
+
+# Pillow's default pixel limit (Image.MAX_IMAGE_PIXELS, about 89 Mpx) is kept: far above any camera photo,
+# far below what a crafted file could make us allocate. Above it we refuse rather than warn.
+
+# Transparent pixels are composited on white rather than having their alpha dropped: under alpha 0 a PNG may
+# store any colour (often black or leftovers of an edit), which dropping the alpha would expose; white is what
+# the picture looked like on the page it came from.
+BACKGROUND = (255, 255, 255)
+
+
+class ImageError(JmvaeError):
+    pass
+
+
+def read_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Image.Image:
+    """Decode an image file, bytes or binary stream to an upright RGB image; `name` labels it in errors."""
+    if isinstance(source, (str, Path)):
+        name = name or str(source)
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{name}: no such file") from None
+        except OSError as e:  # a folder, no permission, an I/O error
+            raise ImageError(f"{name}: cannot read file ({e.strerror or e})") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = name or "<stdin>", bytes(source)
+    else:
+        name, data = name or str(getattr(source, "name", "<stdin>")), source.read()
+    if not data:
+        raise ImageError(f"{name}: empty file")
+
+    with warnings.catch_warnings():
+        # Between 1x and 2x the limit Pillow only warns; a bomb is a bomb either way
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()  # decode now, so truncation shows up here and not in some later resize
+            img = ImageOps.exif_transpose(img)
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"{name}: image too large to decode safely ({e})") from None
+        except Exception as e:  # decoders of untrusted bytes raise OSError, SyntaxError, ValueError, EOFError, ...
+            raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+    return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I;16"):
+        # 16-bit grey: convert("L") would clip everything above 255 to white; rescale the range instead
+        a = np.asarray(img).astype(np.float32) / 257  # (H, W) 0..65535 -> 0..255
+        img = Image.fromarray(np.rint(a).astype(np.uint8), "L")
+    elif img.mode in ("I", "F"):
+        # 32-bit int/float grey has no fixed range: 8-bit data stored wide stays put, anything larger is
+        # taken as 16-bit (what these modes hold in practice, e.g. 16-bit PNGs on older Pillow)
+        a = np.asarray(img).astype(np.float64)  # (H, W)
+        if a.max() > 255:
+            a = a / 257
+        img = Image.fromarray(np.rint(np.clip(a, 0, 255)).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        img.alpha_composite(rgba)
+    return img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
+
+
+def write_image(img: Image.Image, dest: str | Path | BinaryIO) -> None:
+    """Save `img` in the format its file name says; a path is replaced atomically, never left half-written."""
+    if not isinstance(dest, (str, Path)):
+        # a stream (stdout) has no extension unless it was opened on a named file: default to lossless PNG
+        name = str(getattr(dest, "name", "<stdout>"))
+        suffix = Path(name).suffix
+        _save(img, dest, _format_for(suffix, name) if suffix else "PNG", name)
+        return
+
+    path = Path(dest)
+    fmt = _format_for(path.suffix, str(dest))
+    folder = path.parent
+    if not folder.is_dir():
+        raise ImageError(f"{dest}: output folder {str(folder)!r} does not exist")
+    # temp file in the same folder so os.replace is a rename on one file system, hence atomic
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _save(img, f, fmt, str(dest))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _format_for(suffix: str, name: str) -> str:
+    fmt = Image.registered_extensions().get(suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"{name}: unknown image file extension {suffix!r} (use .png, .jpg or .webp)")
+    return fmt
+
+
+def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str) -> None:
+    # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    try:
+        img.save(f, format=fmt, **options)
+    except OSError as e:
+        raise ImageError(f"{name}: cannot write image ({e})") from None
+
+
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3), a writable copy
+
+
+def from_uint8_array(a: np.ndarray) -> Image.Image:
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {a.shape} {a.dtype}")
+    return Image.fromarray(np.ascontiguousarray(a), "RGB")

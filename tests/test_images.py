@@ -1,0 +1,165 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jmvae_cli.errors import JmvaeError
+from jmvae_cli.images import ImageError, from_uint8_array, read_image, to_uint8_array, write_image
+
+
+def saved(img: Image.Image, fmt: str, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    path.write_bytes(saved(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG", quality=95))
+    img = read_image(path)
+    assert img.mode == "RGB" and img.size == (40, 30)
+    r, g, b = img.getpixel((20, 15))
+    assert r > 240 and g < 15 and b < 15  # red, not inverted
+
+
+def test_grey(tmp_path):
+    path = tmp_path / "grey.png"
+    path.write_bytes(saved(Image.new("L", (10, 7), 128), "PNG"))
+    img = read_image(path)
+    assert img.mode == "RGB" and img.size == (10, 7) and img.getpixel((3, 3)) == (128, 128, 128)
+
+
+def test_16bit_png_is_rescaled_not_clipped(tmp_path):
+    a = np.zeros((8, 12), np.uint16)  # (H, W)
+    a[:, 4:8], a[:, 8:] = 32896, 65535  # 128 * 257, full scale
+    path = tmp_path / "deep.png"
+    path.write_bytes(saved(Image.fromarray(a), "PNG"))
+    px = to_uint8_array(read_image(path))  # (8, 12, 3)
+    assert px.shape == (8, 12, 3)
+    assert (px[:, :4] == 0).all() and (px[:, 4:8] == 128).all() and (px[:, 8:] == 255).all()
+
+
+def test_32bit_int_grey_holding_16bit_values():
+    img = read_image(saved(Image.fromarray(np.full((4, 4), 65535, np.int32), "I"), "TIFF"))
+    assert img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_with_transparency_goes_on_white():
+    p = Image.new("P", (6, 6), 0)
+    p.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 black (made transparent), 1 blue
+    p.paste(1, (0, 0, 3, 6))
+    img = read_image(saved(p, "PNG", transparency=0))
+    assert img.mode == "RGB" and img.getpixel((1, 1)) == (0, 0, 255) and img.getpixel((4, 4)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode, clear, solid", [("RGBA", (0, 0, 0, 0), (255, 0, 0, 255)), ("LA", (0, 0), (60, 255))])
+def test_alpha_is_composited_on_white(mode, clear, solid):
+    src = Image.new(mode, (6, 4), clear)
+    src.paste(solid, (0, 0, 3, 4))
+    img = read_image(saved(src, "PNG"))
+    assert img.mode == "RGB" and img.size == (6, 4)
+    assert img.getpixel((5, 1)) == (255, 255, 255)
+    assert img.getpixel((1, 1)) == ((255, 0, 0) if mode == "RGBA" else (60, 60, 60))
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    img = read_image(saved(Image.new("RGB", (40, 20), "red"), "JPEG", exif=exif))
+    assert img.size == (20, 40)
+
+
+def test_bytes_and_streams():
+    data = saved(Image.new("RGB", (5, 5), "green"), "PNG")
+    assert read_image(data).size == (5, 5)
+    assert read_image(io.BytesIO(data)).size == (5, 5)
+    with pytest.raises(ImageError, match="<stdin>"):
+        read_image(b"hello")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="nope.jpg: no such file"):
+        read_image(tmp_path / "nope.jpg")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg: empty file"):
+        read_image(tmp_path / "empty.jpg")
+
+
+def test_truncated_jpeg(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)  # (H, W, 3)
+    data = saved(Image.fromarray(noise), "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="cut.jpg: truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_text_named_jpg(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a picture\n")
+    with pytest.raises(ImageError, match="notes.jpg: not an image"):
+        read_image(tmp_path / "notes.jpg")
+
+
+def test_a_folder(tmp_path):
+    with pytest.raises(ImageError, match=str(tmp_path)):
+        read_image(tmp_path)
+
+
+@pytest.mark.parametrize("side", [12, 20])  # 144 px: Pillow only warns; 400 px: Pillow raises
+def test_decompression_bomb(tmp_path, monkeypatch, side):
+    (tmp_path / "bomb.png").write_bytes(saved(Image.new("RGB", (side, side)), "PNG"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageError, match="bomb.png: image too large"):
+        read_image(tmp_path / "bomb.png")
+
+
+def test_errors_are_user_facing():
+    assert issubclass(ImageError, JmvaeError)
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "jpeg", "webp", "PNG"])
+def test_write_roundtrip(tmp_path, ext):
+    img = Image.new("RGB", (16, 16), (200, 30, 90))
+    write_image(img, tmp_path / f"out.{ext}")
+    back = to_uint8_array(read_image(tmp_path / f"out.{ext}"))  # (16, 16, 3)
+    assert np.abs(back.astype(int) - [200, 30, 90]).max() <= 3
+    assert [p.name for p in tmp_path.iterdir()] == [f"out.{ext}"]  # no temp file left behind
+
+
+def test_write_is_atomic(tmp_path):
+    dest = tmp_path / "keep.jpg"
+    write_image(Image.new("RGB", (8, 8), "blue"), dest)
+    before = dest.read_bytes()
+    with pytest.raises(ImageError, match="keep.jpg: cannot write"):
+        write_image(Image.new("RGBA", (8, 8)), dest)  # JPEG has no alpha: fails midway
+    assert dest.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.jpg"]
+
+
+def test_write_errors(tmp_path):
+    img = Image.new("RGB", (4, 4))
+    with pytest.raises(ImageError, match="does not exist") as e:
+        write_image(img, tmp_path / "no" / "such" / "out.png")
+    assert str(tmp_path / "no" / "such") in str(e.value)
+    with pytest.raises(ImageError, match=r"out.xyz: unknown image file extension '.xyz'"):
+        write_image(img, tmp_path / "out.xyz")
+    with pytest.raises(ImageError, match="unknown image file extension ''"):
+        write_image(img, tmp_path / "out")
+
+
+def test_write_stream_defaults_to_png():
+    buf = io.BytesIO()
+    write_image(Image.new("RGB", (4, 4)), buf)
+    assert buf.getvalue().startswith(b"\x89PNG")
+
+
+def test_array_helpers():
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)  # (H, W, 3)
+    img = from_uint8_array(a)
+    assert img.size == (3, 2) and (to_uint8_array(img) == a).all()
+    assert to_uint8_array(Image.new("L", (3, 2), 7)).shape == (2, 3, 3)
+    with pytest.raises(ValueError):
+        from_uint8_array(a.astype(np.float32))
