@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 failure (one clear line, no traceback), 2 usage error, 130 i
 """
 
 import json
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -23,7 +24,8 @@ class Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except JmvaeError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # soft_wrap: one line however narrow the terminal (or 80 columns when stderr is not one)
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted")
@@ -84,6 +86,42 @@ WeightsOpt = Annotated[
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which device and weights are used.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 
+# Options of the translation commands (img2attr, attr2img, edit, attributes).
+FormatOpt = Annotated[
+    Optional[Format],
+    typer.Option("--format", "-f", help="Output format [default: table on a terminal, tsv when piped]."),
+]
+SetOpt = Annotated[
+    list[str],
+    typer.Option("--set", help="Attribute to turn on (repeatable; case-insensitive).", show_default=False),
+]
+UnsetOpt = Annotated[
+    list[str],
+    typer.Option("--unset", help="Attribute to turn off (repeatable; case-insensitive).", show_default=False),
+]
+StrengthOpt = Annotated[
+    float,
+    typer.Option(
+        "--strength",
+        min=0.0,
+        help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
+    ),
+]
+SoftOpt = Annotated[
+    bool,
+    typer.Option("--soft", help="Feed inferred attribute probabilities to q(z|w) as they are, not thresholded at 0.5."),
+]
+OutputOpt = Annotated[
+    Optional[str], typer.Option("--output", "-o", help="Image file to write (.png, .jpg, .webp); - writes PNG to stdout.")
+]
+SizeOpt = Annotated[
+    Optional[int], typer.Option("--size", min=8, max=2048, help="Upscale each 64x64 face to this many pixels.")
+]
+AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="Use every face found, not just the largest.")]
+NoDetectOpt = Annotated[
+    bool, typer.Option("--no-detect", help="The image already is a face crop: use its centre square as the face.")
+]
+
 
 # ----------------------------------------------------------------------------- train
 
@@ -91,6 +129,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 class Objective(str, Enum):
     jmvae_kl = "jmvae-kl"
     jmvae_zero = "jmvae-zero"
+
+
+class ModelKind(str, Enum):
+    jmvae = "jmvae"
+    vae = "vae"
+    cvae = "cvae"
+    cmma = "cmma"
+    classifier = "classifier"
 
 
 class PrecisionChoice(str, Enum):
@@ -116,7 +162,15 @@ def train(
     batch_size: Annotated[int, typer.Option(min=2)] = 100,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of the cosine schedule.")] = 5e-4,
     alpha: Annotated[float, typer.Option(min=0.0, help="Weight of JMVAE-kl's unimodal KL terms.")] = 0.1,
-    objective: Annotated[Objective, typer.Option()] = Objective.jmvae_kl,
+    objective: Annotated[Objective, typer.Option(help="The JMVAE's objective: Eq. 2 (kl) or Eq. 1 (zero).")] = (
+        Objective.jmvae_kl
+    ),
+    model: Annotated[
+        ModelKind, typer.Option(help="jmvae, a baseline of the paper (vae, cvae, cmma), or the attribute classifier.")
+    ] = ModelKind.jmvae,
+    gan: Annotated[bool, typer.Option(help="Add an adversarial loss for sharper faces (JMVAE-GAN).")] = False,
+    gan_weight: Annotated[float, typer.Option(min=0.0, help="Weight of the adversarial term, per pixel.")] = 0.1,
+    gan_lr: Annotated[float, typer.Option(min=0.0, help="The discriminator's learning rate.")] = 2e-4,
     latent_dim: Annotated[int, typer.Option(min=1)] = 128,
     device: DeviceOpt = Device.auto,
     precision: Annotated[
@@ -149,6 +203,10 @@ def train(
         lr=lr,
         alpha=alpha,
         objective=objective.value,
+        model=model.value,
+        gan=gan,
+        gan_weight=gan_weight,
+        gan_lr=gan_lr,
         latent_dim=latent_dim,
         device=device.value,
         precision=precision.value,
@@ -165,6 +223,325 @@ def train(
     console.print(f"saved {out / 'model.safetensors'}")
     if json_out:
         print(json.dumps(metrics))
+
+
+# ----------------------------------------------------------------------------- translation commands
+# Heavy imports (torch, cv2, the model) happen inside the commands: `jmvae --help` and usage errors stay instant,
+# and a cold `jmvae img2attr` costs little more than importing torch.
+
+
+class Base(str, Enum):
+    random = "random"
+    zeros = "zeros"
+
+
+def _load(weights: Optional[Path], device: Device, verbose: bool, batch: bool = False):
+    from jmvae_cli.translate import Translator
+
+    tr = Translator.from_weights(weights, device.value)
+    if verbose:
+        how = tr.precision.name if batch else "fp32"
+        console.print(
+            f"weights {tr.weights} ({len(tr.attr_names)} attributes), device {tr.device} ({how})", highlight=False
+        )
+    return tr
+
+
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _check_image_output(output: Optional[str]) -> None:
+    if output == "-" and _stdout_is_tty():
+        raise typer.BadParameter("refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'")
+
+
+def _write_image(img, output: str) -> None:
+    from jmvae_cli import images
+
+    if output == "-":
+        stream = sys.stdout.buffer
+        images.write_image(img, stream)
+        stream.flush()
+    else:
+        images.write_image(img, Path(output))
+        console.print(f"wrote {output}", highlight=False)
+
+
+def _read_stdin_bytes() -> bytes:
+    return sys.stdin.buffer.read()
+
+
+@app.command()
+def img2attr(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE...", help="Image files, folders (searched recursively) or globs; - reads one from stdin."
+        ),
+    ],
+    format: FormatOpt = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", min=0.0, max=1.0, help="Probability from which an attribute is present.")
+    ] = 0.5,
+    only_positive: Annotated[
+        bool, typer.Option("--only-positive", help="Show only the attributes present (table, json, jsonl).")
+    ] = False,
+    all_faces: AllFacesOpt = False,
+    no_detect: NoDetectOpt = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    verbose: VerboseOpt = False,
+):
+    """Infer the attributes of the face in each image: p(w|z) at the mean of q(z|x)."""
+    fmt = format or (Format.table if _stdout_is_tty() else Format.tsv)
+    if only_positive and fmt in (Format.csv, Format.tsv):
+        raise typer.BadParameter("csv and tsv keep every attribute's column; use json or jsonl", param_hint="'--only-positive'")
+    if inputs.count("-") > 1:
+        raise typer.BadParameter("stdin (-) can be read only once", param_hint="IMAGE")
+
+    from jmvae_cli import translate
+
+    sources = translate.expand_inputs(inputs)
+    if not sources:
+        raise JmvaeError(f"no image files found in {', '.join(inputs)}")
+    stdin = _read_stdin_bytes() if "-" in sources else None
+    tr = _load(weights, device, verbose, batch=True)
+    names = tr.attr_names
+
+    def record(r) -> dict:
+        rec = {"file": r.file}
+        if r.face is not None:
+            rec["face"] = r.face
+        rec["attributes"] = {
+            n: round(float(p), 4) for n, p in zip(names, r.probs) if not only_positive or p >= threshold
+        }
+        return rec
+
+    out = sys.stdout
+    table_console = None
+    writer = None
+    if fmt in (Format.csv, Format.tsv):
+        import csv
+
+        writer = csv.writer(out, delimiter="," if fmt == Format.csv else "\t", lineterminator="\n")
+        header = ["file"] + (["face"] if all_faces else []) + names  # written with the first row
+    elif fmt == Format.table:
+        from rich.console import Console
+
+        table_console = Console(highlight=False)
+    collected = []
+    failed = 0
+
+    progress = None
+    if len(sources) >= 20 and console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("img2attr"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+        )
+        task = progress.add_task("img2attr", total=len(sources))
+        progress.start()
+    try:
+        results = translate.img2attr(
+            tr,
+            sources,
+            all_faces=all_faces,
+            detect=not no_detect,
+            stdin=stdin,
+            on_file=(lambda: progress.advance(task)) if progress else None,
+        )
+        for r in results:
+            if r.error is not None:
+                failed += 1
+                _error(r.error)
+                continue
+            if fmt == Format.table:
+                from rich.table import Table
+
+                title = r.file if r.face is None else f"{r.file} (face {r.face})"
+                table = Table("attribute", "probability", "present", title=title, title_justify="left")
+                for n, p in zip(names, r.probs):
+                    if not only_positive or p >= threshold:
+                        yes = p >= threshold
+                        table.add_row(n, f"{p:.3f}", "[green]yes[/]" if yes else "[dim]no[/]")
+                table_console.print(table)
+            elif fmt == Format.jsonl:
+                out.write(json.dumps(record(r)) + "\n")
+            elif fmt == Format.json:
+                collected.append(record(r))
+            else:
+                if header:
+                    writer.writerow(header)
+                    header = None
+                face = [r.face] if all_faces else []
+                writer.writerow([r.file] + face + [f"{float(p):.4f}" for p in r.probs])
+    finally:
+        if progress:
+            progress.stop()
+    if fmt == Format.json:
+        out.write(json.dumps(collected, indent=2) + "\n")
+    out.flush()
+    if failed:
+        if len(sources) > 1:
+            console.print(f"{failed} of {len(sources)} files failed", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def attr2img(
+    set_: SetOpt = [],
+    unset: UnsetOpt = [],
+    strength: StrengthOpt = 2.0,
+    base: Annotated[
+        Optional[Base],
+        typer.Option(help="Attributes before --set/--unset: the paper's random base, or all off [default: random]."),
+    ] = None,
+    attrs: Annotated[
+        Optional[str],
+        typer.Option("--attrs", help="Start from img2attr output (json, jsonl, csv, tsv; its first record); - is stdin."),
+    ] = None,
+    soft: SoftOpt = False,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Random faces from q(z|w) after the average face.")] = 0,
+    zeta: Annotated[
+        float, typer.Option("--zeta", min=0.0, help="Variance of the samples' noise: z = mean + sigma * N(0, zeta).")
+    ] = 1.0,
+    seed: SeedOpt = 0,
+    size: SizeOpt = None,
+    output: OutputOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    verbose: VerboseOpt = False,
+):
+    """Draw the face of a set of attributes: the decoded mean of q(z|w), and --samples random ones, as a grid."""
+    if output is None:
+        raise typer.BadParameter("give the image to write, or - for stdout", param_hint="'-o'")
+    _check_image_output(output)
+    if base is not None and attrs is not None:
+        raise typer.BadParameter("--base and --attrs both give the starting attributes: choose one", param_hint="'--base'")
+
+    from jmvae_cli import translate
+
+    tr = _load(weights, device, verbose)
+    changes = tr.changes(set_, unset, strength)
+    if attrs is not None:
+        if attrs == "-":
+            text, name = sys.stdin.read(), "<stdin>"
+        else:
+            try:
+                text, name = Path(attrs).read_text(encoding="utf-8"), attrs
+            except (OSError, UnicodeDecodeError) as e:
+                raise JmvaeError(f"{attrs}: cannot read attributes ({getattr(e, 'strerror', None) or e})") from None
+        probs, _ = translate.read_attrs_record(text, tr.attr_names, name)
+        w = translate.binarize(probs, soft)
+    else:
+        w = translate.base_attributes((base or Base.random).value, len(tr.attr_names), seed)
+    for i, v in changes.items():
+        w[i] = v
+    if verbose:
+        on = [n for n, v in zip(tr.attr_names, w) if v >= 0.5]
+        console.print(f"attributes on: {', '.join(on) or 'none'}", highlight=False)
+    faces_u8 = translate.average_face(tr, w, samples, zeta, seed)  # (1 + samples, 64, 64, 3)
+    _write_image(translate.grid(faces_u8, size), output)
+
+
+@app.command()
+def edit(
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="The photo to edit; - reads it from stdin.")],
+    set_: SetOpt = [],
+    unset: UnsetOpt = [],
+    strength: StrengthOpt = 2.0,
+    soft: SoftOpt = False,
+    output: OutputOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    crop_only: Annotated[bool, typer.Option("--crop-only", help="Write the paper's 64x64 result, not the photo.")] = False,
+    show: Annotated[
+        bool, typer.Option("--show", help="Write a strip: face | x_mean | x'_mean | result (the paper's Figure 2).")
+    ] = False,
+    print_attrs: Annotated[bool, typer.Option("--print-attrs", help="Print the inferred attributes on stderr.")] = False,
+    feather: Annotated[
+        float, typer.Option("--feather", min=0.0, max=0.5, help="Share of the face frame over which the edit fades out.")
+    ] = 0.15,
+    size: SizeOpt = None,
+    all_faces: AllFacesOpt = False,
+    no_detect: NoDetectOpt = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    verbose: VerboseOpt = False,
+):
+    """Change attributes of the face in a photo: x' = x + x'_mean - x_mean (Suzuki et al. 2016).
+
+    The change is made at the photo's own resolution and the rest of the photo is left untouched. Writes
+    IMAGE-edited.png beside IMAGE unless -o says otherwise; never overwrites a file without --force.
+    """
+    if not set_ and not unset:
+        raise typer.BadParameter("nothing to change: give --set and/or --unset", param_hint="'--set'")
+    if crop_only and show:
+        raise typer.BadParameter("--crop-only and --show each choose what is written: choose one", param_hint="'--show'")
+    _check_image_output(output)
+
+    import numpy as np
+
+    from jmvae_cli import translate
+
+    if output is None:
+        if image == "-":
+            raise typer.BadParameter("an image from stdin needs -o", param_hint="'-o'")
+        output = str(translate.default_edit_output(image))
+    if output != "-" and not force:
+        out_path = Path(output)
+        if image != "-" and out_path.exists() and Path(image).exists() and out_path.samefile(image):
+            raise JmvaeError(f"{output} is the input image: choose another -o, or --force to overwrite it")
+        if out_path.exists():
+            raise JmvaeError(f"{output} exists: choose another -o, or --force to overwrite it")
+
+    tr = _load(weights, device, verbose)
+    changes = tr.changes(set_, unset, strength)
+    data = _read_stdin_bytes() if image == "-" else image
+    name = "<stdin>" if image == "-" else image
+    photo, crops = translate.load_faces(data, name, all_faces=all_faces, detect=not no_detect)
+    results = [translate.edit_face(tr, c.crop, changes, soft) for c in crops]
+
+    if print_attrs:
+        from rich.table import Table
+
+        for c, r in zip(crops, results):
+            title = name if len(crops) == 1 else f"{name} (face {c.face})"
+            table = Table("attribute", "probability", "w", "w'", title=title, title_justify="left")
+            for i, n in enumerate(tr.attr_names):
+                new = f"[bold]{float(r.w_new[i]):g}[/]" if i in changes else f"{float(r.w_new[i]):g}"
+                table.add_row(n, f"{float(r.probs[i]):.3f}", f"{float(r.w[i]):g}", new)
+            console.print(table)
+
+    if show:
+        img = translate.grid(np.concatenate([r.strip() for r in results]), size, cols=4)
+    elif crop_only:
+        img = translate.grid(np.stack([r.pixels("result") for r in results]), size, cols=len(results))
+    else:
+        img = photo
+        for c, r in zip(crops, results):
+            img = translate.paste_edit(img, c.box, r.delta_pixels, feather)
+    _write_image(img, output)
+
+
+@app.command()
+def attributes(
+    format: FormatOpt = None,
+    weights: WeightsOpt = None,
+    verbose: VerboseOpt = False,
+):
+    """List the model's attribute names, one per line (or a JSON list with --format json)."""
+    tr = _load(weights, Device.cpu, verbose)
+    if format == Format.json:
+        print(json.dumps(tr.attr_names))
+    elif format == Format.jsonl:
+        print("\n".join(json.dumps(n) for n in tr.attr_names))
+    else:
+        print("\n".join(tr.attr_names))
 
 
 def main():

@@ -3,3 +3,5 @@
 
 class JmvaeError(Exception):
     """Base class for expected failures; the message is one clear line meant for the user."""
+
+    exit_code = 1

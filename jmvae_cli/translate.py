@@ -17,7 +17,6 @@ import difflib
 import glob
 import math
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -64,13 +63,17 @@ class Translator:
     @classmethod
     def from_weights(cls, path: str | Path | None = None, device: str = "auto", precision: str = "auto"):
         dev = pick_device(device)
-        path = Path(path) if path is not None else default_weights()
-        if not path.exists() and path == default_weights():
-            raise WeightsError(
-                f"no model at {path}: pass --weights FILE or set JMVAE_WEIGHTS (train one with `jmvae train`)"
-            )
+        if path is None:
+            path = default_weights()
+            if not path.exists() and not os.environ.get("JMVAE_WEIGHTS"):
+                raise WeightsError(
+                    f"no bundled model at {path}: pass --weights FILE or set JMVAE_WEIGHTS (or `jmvae train` one)"
+                )
+        path = Path(path)
         loaded = load_model(path, dev)
         names, cfg = loaded.meta.get("attr_names"), loaded.model.cfg
+        if getattr(cfg, "model", "jmvae") != "jmvae":
+            raise WeightsError(f"{path} holds a {cfg.model} baseline; translation needs a JMVAE model")
         if not isinstance(names, list) or len(names) != cfg.n_attrs or not all(isinstance(n, str) for n in names):
             raise WeightsError(f"{path}: its attribute names do not match its model ({cfg.n_attrs} attributes)")
         size = (loaded.meta.get("preprocess") or {}).get("size", cfg.image_size)
@@ -197,7 +200,7 @@ def infer_attributes(tr: Translator, faces_u8: np.ndarray) -> np.ndarray:
     out = []
     with torch.inference_mode(), tr.precision.autocast():
         for i in range(0, len(faces_u8), BATCH_SIZE):
-            u8 = torch.from_numpy(faces_u8[i : i + BATCH_SIZE]).to(tr.device)  # (b, 64, 64, 3)
+            u8 = torch.from_numpy(np.require(faces_u8[i : i + BATCH_SIZE], np.uint8, "CW")).to(tr.device)  # (b, 64, 64, 3)
             x = pixels_to_input(u8)  # (b, 3, 64, 64), channels_last in memory already
             out.append(tr.model.attrs_from_images(x).float().cpu().numpy())  # (b, A)
     return np.concatenate(out) if out else np.zeros((0, len(tr.attr_names)), np.float32)
@@ -456,7 +459,3 @@ def default_edit_output(image: str) -> Path:
     """photo.jpg -> photo-edited.png beside it: PNG, since re-encoding a JPEG would change every pixel."""
     p = Path(image)
     return p.with_name(f"{p.stem}-edited.png")
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

@@ -91,12 +91,12 @@ def test_edit_face_is_the_papers_formula(tr):
     m = tr.model
     with torch.no_grad():
         x = torch.from_numpy(face).float().permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, 64, 64)
-        probs = torch.sigmoid(m.dec_w(m.enc_x(m.image_features(x)).chunk(2, -1)[0]))  # (1, A)
+        probs = torch.sigmoid(m.decode_w(m.q_x(x).mu))  # (1, A): p(w|z) at the mean of q(z|x)
         w = (probs >= 0.5).float()
         w_new = w.clone()
         w_new[0, 0], w_new[0, 4] = 1.5, -0.5
-        x_mean = m.dec_x(m.enc_w(w).chunk(2, -1)[0])[0]
-        x_mean_new = m.dec_x(m.enc_w(w_new).chunk(2, -1)[0])[0]
+        x_mean = m.decode_x(m.q_w(w).mu)[0]  # (1, 3, 64, 64): the mean of p(x|z) at the mean of q(z|w)
+        x_mean_new = m.decode_x(m.q_w(w_new).mu)[0]
         expected = (x + x_mean_new - x_mean).clamp(-1, 1)[0]
     assert torch.allclose(r.probs, probs[0], atol=1e-6)
     assert torch.equal(r.w, w[0]) and torch.equal(r.w_new, w_new[0])

@@ -1,0 +1,378 @@
+"""The translation commands end to end through Typer's CliRunner, on a tiny 64x64 model.
+
+stdout carries data only; every message goes to stderr; an expected error is one line and exit 1, a usage
+error exit 2, and never a traceback."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from jmvae_cli import cli, faces, images, translate
+from jmvae_cli.console import console
+from tests.model_fixtures import (  # noqa: F401 (fixtures)
+    ATTRS,
+    photo_array,
+    png_bytes,
+    sample_face,
+    save_tiny,
+    tiny_weights,
+    weights_env,
+    write_photo,
+)
+
+runner = CliRunner()
+
+
+def run(*args, input=None):
+    return runner.invoke(cli.app, [str(a) for a in args], input=input)
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def fails(result, *words, code=1):
+    """An expected error: one line on stderr naming what went wrong, nothing on stdout, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if code == 1:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert result.stdout == ""
+    for w in words:
+        assert w in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def photo(tmp_path):
+    return write_photo(tmp_path / "photo.png", 200, 120, seed=3)
+
+
+# ----------------------------------------------------------------------------- attributes
+
+
+def test_attributes(weights_env):
+    assert ok(run("attributes")).stdout.split() == ATTRS
+    assert json.loads(ok(run("attributes", "--format", "json")).stdout) == ATTRS
+
+
+def test_verbose_names_weights_and_device(tiny_weights, monkeypatch):
+    monkeypatch.delenv("JMVAE_WEIGHTS", raising=False)
+    r = ok(run("attributes", "--weights", tiny_weights, "-v"))
+    assert str(tiny_weights) in r.stderr and "device cpu" in r.stderr
+    assert r.stdout.split() == ATTRS
+
+
+# ----------------------------------------------------------------------------- img2attr
+
+
+def test_img2attr_formats(weights_env, tmp_path):
+    a = write_photo(tmp_path / "a.png", 64, 64, seed=1)
+    b = write_photo(tmp_path / "b.jpg", 80, 64, seed=2)
+    recs = json.loads(ok(run("img2attr", a, b, "--no-detect", "--format", "json")).stdout)
+    assert [r["file"] for r in recs] == [str(a), str(b)]
+    assert list(recs[0]["attributes"]) == ATTRS and "face" not in recs[0]
+    assert all(0 <= p <= 1 for p in recs[0]["attributes"].values())
+
+    lines = ok(run("img2attr", a, b, "--no-detect", "-f", "jsonl")).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == recs
+
+    r = ok(run("img2attr", a, b, "--no-detect", "-f", "csv"))
+    rows = [line.split(",") for line in r.stdout.splitlines()]
+    assert rows[0] == ["file", *ATTRS] and rows[1][0] == str(a) and len(rows) == 3
+    assert float(rows[2][2]) == pytest.approx(recs[1]["attributes"]["Male"], abs=1e-4)
+    # piped without --format: tsv
+    assert ok(run("img2attr", a, "--no-detect")).stdout.splitlines()[0].split("\t") == ["file", *ATTRS]
+
+    table = ok(run("img2attr", a, "--no-detect", "-f", "table")).stdout
+    assert "probability" in table and "Smiling" in table and str(a.name) in table
+
+
+def test_img2attr_threshold_and_only_positive(weights_env, tmp_path):
+    a = write_photo(tmp_path / "a.png", 64, 64, seed=1)
+    probs = json.loads(ok(run("img2attr", a, "--no-detect", "-f", "json")).stdout)[0]["attributes"]
+    v = sorted(probs.values())
+    cut = (v[1] + v[2]) / 2  # between two of them: the printed values are rounded
+    rec = json.loads(ok(run("img2attr", a, "--no-detect", "-f", "json", "--only-positive", "--threshold", cut)).stdout)
+    assert set(rec[0]["attributes"]) == {n for n, p in probs.items() if p >= cut}
+    table = ok(run("img2attr", a, "--no-detect", "-f", "table", "--only-positive", "--threshold", 1.0)).stdout
+    assert "Smiling" not in table
+    fails(run("img2attr", a, "--only-positive", "-f", "csv"), code=2)
+    fails(run("img2attr", a, "--threshold", "1.5"), code=2)
+
+
+def test_img2attr_table_is_the_default_on_a_terminal(weights_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    assert "probability" in ok(run("img2attr", write_photo(tmp_path / "a.png", 64, 64), "--no-detect")).stdout
+
+
+def test_img2attr_folders_globs_and_stdin(weights_env, tmp_path):
+    d = tmp_path / "faces"
+    (d / "more").mkdir(parents=True)
+    for i, name in enumerate(["x.png", "y.jpg", "more/z.png"]):
+        write_photo(d / name, 64, 64, seed=i)
+    (d / "notes.txt").write_text("not an image, not picked up from a folder")
+    recs = json.loads(ok(run("img2attr", d, "--no-detect", "-f", "json")).stdout)
+    assert [r["file"] for r in recs] == [str(d / "more/z.png"), str(d / "x.png"), str(d / "y.jpg")]
+    recs = json.loads(ok(run("img2attr", str(d / "*.png"), "--no-detect", "-f", "json")).stdout)
+    assert [r["file"] for r in recs] == [str(d / "x.png")]
+
+    data = (d / "x.png").read_bytes()
+    rec = json.loads(ok(run("img2attr", "-", "--no-detect", "-f", "jsonl", input=data)).stdout)
+    assert rec["file"] == "-" and rec["attributes"] == recs[0]["attributes"]
+    fails(run("img2attr", "-", "-", input=data), code=2)
+    fails(run("img2attr", tmp_path / "empty*.png"), "no such file")
+
+
+def test_img2attr_batch_goes_on_past_bad_files(weights_env, tmp_path):
+    good = [write_photo(tmp_path / f"{i}.png", 64, 64, seed=i) for i in range(3)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("hello")
+    r = run("img2attr", good[0], bad, good[1], tmp_path / "missing.png", good[2], "--no-detect", "-f", "jsonl")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert [json.loads(line)["file"] for line in r.stdout.splitlines()] == [str(g) for g in good]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and str(bad) in errors[0] and "missing.png" in errors[1]
+    assert "2 of 5 files failed" in r.stderr
+
+
+def test_img2attr_progress_bar_on_a_terminal(weights_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(type(console), "is_terminal", property(lambda self: True))
+    files = [write_photo(tmp_path / f"{i}.png", 64, 64, seed=i) for i in range(21)]
+    assert len(ok(run("img2attr", *files, "--no-detect", "-f", "jsonl")).stdout.splitlines()) == 21
+
+
+def test_img2attr_finds_the_face_in_a_photo(weights_env, tiny_weights, tmp_path):
+    src = sample_face()
+    # a real face, placed off-centre in a bigger photo, must give the same crop and so the same attributes
+    photo = Image.new("RGB", (600, 400), (90, 120, 60))
+    photo.paste(Image.open(src).convert("RGB"), (300, 100))
+    photo.save(tmp_path / "group.jpg", quality=98)
+    shutil.copy(src, tmp_path / "face.jpg")
+    recs = json.loads(ok(run("img2attr", tmp_path / "face.jpg", tmp_path / "group.jpg", "-f", "json")).stdout)
+    tr = translate.Translator.from_weights(tiny_weights, "cpu")
+    for rec in recs:  # the probabilities of the detected face's crop
+        _, crops = translate.load_faces(rec["file"], rec["file"])
+        assert len(crops) == 1 and 300 < crops[0].box.x + crops[0].box.w / 2 < 600 or rec["file"].endswith("face.jpg")
+        expected = translate.infer_attributes(tr, crops[0].crop[None])[0]
+        assert np.allclose(list(rec["attributes"].values()), expected, atol=2e-4)
+    rec = json.loads(ok(run("img2attr", tmp_path / "face.jpg", "--all-faces", "-f", "json")).stdout)
+    assert [r["face"] for r in rec] == list(range(len(rec)))
+    assert ok(run("img2attr", tmp_path / "face.jpg", "--all-faces", "-f", "csv")).stdout.startswith("file,face,")
+
+
+def test_no_face_names_the_file(weights_env, tmp_path):
+    p = write_photo(tmp_path / "landscape.jpg", 300, 200)
+    fails(run("img2attr", p), str(p), "no face found", "--no-detect")
+    fails(run("edit", p, "--set", "Smiling"), str(p), "no face found")
+    ok(run("img2attr", p, "--no-detect"))
+
+
+# ----------------------------------------------------------------------------- image files that should work or fail
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA", "1"])
+def test_unusual_image_modes_simply_work(weights_env, tmp_path, mode):
+    rgb = Image.fromarray(photo_array(64, 64, seed=4), "RGB")
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257)  # 16-bit grey
+        assert img.mode.startswith("I;16")
+    else:
+        img = rgb.convert(mode)
+    path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
+    img.save(path)
+    recs = json.loads(ok(run("img2attr", path, "--no-detect", "-f", "json")).stdout)
+    assert len(recs) == 1
+    ok(run("edit", path, "--no-detect", "--set", "Smiling", "-o", tmp_path / "out.png"))
+
+
+def test_bad_image_files(weights_env, tmp_path, monkeypatch):
+    good = io.BytesIO()
+    Image.fromarray(photo_array(64, 64), "RGB").save(good, format="JPEG")
+    cases = {
+        "empty.jpg": (b"", "empty file"),
+        "truncated.jpg": (good.getvalue()[:400], "truncated or corrupt"),
+        "text.png": (b"this is not an image at all", "not an image"),
+        "folder.jpg": (None, "cannot read"),
+    }
+    for name, (data, words) in cases.items():
+        p = tmp_path / name
+        if data is None:
+            p.mkdir()
+        else:
+            p.write_bytes(data)
+        fails(run("img2attr", p, "--no-detect"), str(p), "no image files found" if data is None else words)
+        fails(run("edit", p, "--no-detect", "--set", "Smiling", "-o", tmp_path / "o.png"), str(p), words)
+    fails(run("img2attr", tmp_path / "nope.jpg"), "no such file")
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 4096 px image below is a bomb at this limit
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (64, 64)).save(bomb)
+    fails(run("img2attr", bomb, "--no-detect"), str(bomb), "too large")
+
+
+# ----------------------------------------------------------------------------- weights and devices
+
+
+def test_weights_errors(tmp_path, monkeypatch, photo):
+    monkeypatch.delenv("JMVAE_WEIGHTS", raising=False)
+    fails(run("img2attr", photo, "--weights", tmp_path / "none.safetensors"), "not found")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    fails(run("attributes", "--weights", junk), "not a readable safetensors")
+    other = tmp_path / "other.safetensors"
+    save_file({"a": torch.zeros(2)}, str(other))
+    fails(run("edit", photo, "--set", "Smiling", "--weights", other), "not a jmvae model")
+    # a model without the asked attribute
+    names = save_tiny(tmp_path / "names.safetensors", ["Bald", "Bangs", "Big_Lips", "Chubby", "Goatee"])
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--weights", names), "unknown attribute 'Smiling'")
+    monkeypatch.setenv("JMVAE_WEIGHTS", str(tmp_path / "gone.safetensors"))
+    fails(run("attributes"), "gone.safetensors", "not found")
+
+
+def test_device_cuda_without_cuda_is_an_error(weights_env, photo):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    fails(run("img2attr", photo, "--device", "cuda"), "cuda")
+    fails(run("img2attr", photo, "--device", "tpu"), code=2)
+
+
+# ----------------------------------------------------------------------------- attr2img
+
+
+def test_attr2img_average_face_and_samples(weights_env, tmp_path):
+    out = tmp_path / "face.png"
+    ok(run("attr2img", "--set", "smiling", "--unset", "MALE", "-o", out, "--seed", 3))
+    assert Image.open(out).size == (64, 64)
+    first = np.asarray(Image.open(out)).copy()
+    ok(run("attr2img", "--set", "smiling", "--unset", "MALE", "-o", out, "--seed", 3))
+    assert np.array_equal(np.asarray(Image.open(out)), first)  # seeded
+    ok(run("attr2img", "--set", "Smiling", "--samples", 5, "--zeta", 0.5, "--size", 32, "-o", out))
+    assert Image.open(out).size == (3 * 32 + 4, 2 * 32 + 2)
+    ok(run("attr2img", "--base", "zeros", "--set", "Young", "--strength", 1, "-o", out))
+
+
+def test_attr2img_to_stdout_never_to_a_terminal(weights_env, monkeypatch):
+    r = ok(run("attr2img", "--set", "Smiling", "-o", "-"))
+    assert Image.open(io.BytesIO(r.stdout_bytes)).size == (64, 64)
+    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    fails(run("attr2img", "--set", "Smiling", "-o", "-"), "terminal", code=2)
+
+
+def test_attr2img_errors(weights_env, tmp_path):
+    fails(run("attr2img", "--set", "Smiling"), code=2)  # no -o
+    fails(run("attr2img", "--set", "Smilin", "-o", tmp_path / "a.png"), "did you mean Smiling")
+    fails(run("attr2img", "--set", "Young", "--unset", "young", "-o", tmp_path / "a.png"), "both --set and --unset")
+    fails(run("attr2img", "-o", tmp_path / "no" / "dir" / "a.png"), "does not exist")
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--base", "zeros", "--attrs", "-"), code=2)
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", tmp_path / "none.json"), "none.json")
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", "-", input="{broken"), "not valid JSON")
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--samples", -1), code=2)
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "tsv"])
+def test_img2attr_into_attr2img(weights_env, tiny_weights, tmp_path, fmt):
+    """`jmvae img2attr a.jpg --format F | jmvae attr2img --attrs - --set Smiling -o out.png`"""
+    a = write_photo(tmp_path / "a.png", 64, 64, seed=8)
+    attrs = ok(run("img2attr", a, "--no-detect", "--format", fmt)).stdout
+    out = tmp_path / "out.png"
+    ok(run("attr2img", "--attrs", "-", "--set", "Smiling", "-o", out, input=attrs))
+
+    # the same as: the image's thresholded attributes with Smiling at the paper's +2
+    tr = translate.Translator.from_weights(tiny_weights, "cpu")
+    probs = translate.infer_attributes(tr, np.asarray(Image.open(a).convert("RGB"))[None])[0]
+    w = translate.binarize(probs)
+    w[0] = 1.5
+    expected = translate.average_face(tr, w)[0]
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - expected).max() <= 1
+
+    saved = tmp_path / f"attrs.{fmt}"
+    saved.write_text(attrs)
+    ok(run("attr2img", "--attrs", saved, "--soft", "-o", out))
+
+
+# ----------------------------------------------------------------------------- edit
+
+
+def test_edit_changes_only_the_face(weights_env, photo):
+    out = photo.with_name("photo-edited.png")
+    ok(run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "Young"))
+    before, after = np.asarray(Image.open(photo)).astype(int), np.asarray(Image.open(out)).astype(int)
+    assert after.shape == before.shape  # the photo's own resolution
+    # --no-detect on a 200x120 photo: the face frame is the centre 120x120 square, x in 40..160
+    assert np.array_equal(after[:, :40], before[:, :40]) and np.array_equal(after[:, 160:], before[:, 160:])
+    assert np.abs(after[:, 40:160] - before[:, 40:160]).max() > 0
+
+
+def test_edit_real_photo_leaves_pixels_outside_the_face_alone(weights_env, tmp_path):
+    photo = Image.new("RGB", (500, 400), (30, 60, 90))
+    photo.paste(Image.open(sample_face()).convert("RGB"), (200, 80))
+    src = tmp_path / "group.png"
+    photo.save(src)
+    ok(run("edit", src, "--set", "Eyeglasses", "-o", tmp_path / "out.png"))
+    box = faces.find_faces(images.read_image(src))[0]
+    x0, y0, x1, y1 = round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h)
+    before, after = np.asarray(photo).astype(int), np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    outside = np.ones(before.shape[:2], bool)
+    outside[max(y0, 0) : y1, max(x0, 0) : x1] = False
+    assert np.array_equal(after[outside], before[outside])
+    assert (after != before).any()
+
+
+def test_edit_never_clobbers(weights_env, photo):
+    out = photo.with_name("photo-edited.png")
+    ok(run("edit", photo, "--no-detect", "--set", "Smiling"))
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling"), "photo-edited.png exists", "--force")
+    ok(run("edit", photo, "--no-detect", "--set", "Male", "--force"))
+    original = photo.read_bytes()
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", photo), "is the input image")
+    assert photo.read_bytes() == original
+    ok(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", photo, "--force"))
+    assert photo.read_bytes() != original
+    assert out.exists()
+
+
+def test_edit_crop_only_show_and_print_attrs(weights_env, tiny_weights, photo, tmp_path):
+    out = tmp_path / "crop.png"
+    r = ok(run("edit", photo, "--no-detect", "--set", "Smiling", "--crop-only", "-o", out, "--print-attrs"))
+    assert Image.open(out).size == (64, 64)
+    assert "Smiling" in r.stderr and "probability" in r.stderr and r.stdout == ""
+
+    # the written crop is the paper's x' = x + x'_mean - x_mean
+    tr = translate.Translator.from_weights(tiny_weights, "cpu")
+    crop = np.asarray(faces.crop_face(images.read_image(photo), faces.find_faces(images.read_image(photo), detect=False)[0]))
+    expected = translate.edit_face(tr, crop, {0: 1.5}).pixels("result")
+    assert np.array_equal(np.asarray(Image.open(out)), expected)
+
+    ok(run("edit", photo, "--no-detect", "--set", "Smiling", "--show", "--size", 32, "-o", out, "--force"))
+    assert Image.open(out).size == (4 * 32 + 6, 32)
+    ok(run("edit", photo, "--no-detect", "--set", "Smiling", "--strength", 1, "--crop-only", "-o", out, "--force"))
+
+
+def test_edit_stdin_and_stdout(weights_env, photo, monkeypatch):
+    r = ok(run("edit", "-", "--no-detect", "--set", "Smiling", "-o", "-", input=photo.read_bytes()))
+    assert Image.open(io.BytesIO(r.stdout_bytes)).size == (200, 120)
+    fails(run("edit", "-", "--no-detect", "--set", "Smiling", input=photo.read_bytes()), code=2)
+    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    fails(run("edit", photo, "--set", "Smiling", "-o", "-"), "terminal", code=2)
+
+
+def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
+    fails(run("edit", photo), code=2)  # nothing to change
+    fails(run("edit", photo, "--set", "Smiling", "--crop-only", "--show"), code=2)
+    fails(run("edit", photo, "--no-detect", "--set", "Eyeglases"), "did you mean Eyeglasses")
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "smiling"), "both --set and --unset")
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "nodir" / "x.png"), "does not exist")
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension")
+    assert not photo.with_name("photo-edited.png").exists()
