@@ -73,10 +73,11 @@ def _cascade() -> "cv2.CascadeClassifier":
 
 # The cascade's cost is almost all in its smallest windows. When only the largest face is wanted, a first scan
 # for faces at least this share of the photo's shorter side finds it (in a portrait or a face crop, nearly
-# always) at about a quarter of the cost: 6 ms instead of 23 ms per 256 px CelebA-HQ photo on one core. Only
-# if it finds nothing does the full scan run. On the 100 CelebA-HQ samples its box matches the full scan's
-# (median IoU 1.000, lowest 0.937).
-LARGEST_FIRST_SHARE = 0.375
+# always) at a fifth of the cost: 4.5 ms instead of 23 ms per 256 px CelebA-HQ photo on one core. Only if it
+# finds nothing does the full scan run. On the 100 CelebA-HQ samples, whose true frame is the whole image, the
+# framed boxes come out no worse than the full scan's: IoU with the truth median 0.829 vs 0.821, 10th
+# percentile 0.740 vs 0.695 (0.375: 6 ms, 0.821 / 0.721).
+LARGEST_FIRST_SHARE = 0.45
 
 
 def detect_faces(img: Image.Image, largest_only: bool = False) -> list[Box]:
@@ -118,11 +119,19 @@ def crop_face(img: Image.Image, box: Box, size: int = 64) -> Image.Image:
     # Take only the part inside the photo (at least one pixel of it), then repeat rows and columns by index.
     ix0, iy0 = min(max(x0, 0), W - 1), min(max(y0, 0), H - 1)
     ix1, iy1 = max(min(x1, W), ix0 + 1), max(min(y1, H), iy0 + 1)
-    inside = np.asarray(img.crop((ix0, iy0, ix1, iy1)).convert("RGB"))  # (iy1-iy0, ix1-ix0, 3)
-    rows = np.clip(np.arange(y0, y1), iy0, iy1 - 1) - iy0  # (y1-y0,)
-    cols = np.clip(np.arange(x0, x1), ix0, ix1 - 1) - ix0  # (x1-x0,)
-    crop = Image.fromarray(inside[np.ix_(rows, cols)], "RGB")  # (y1-y0, x1-x0, 3)
-    return crop.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    inside = img.crop((ix0, iy0, ix1, iy1))
+    inside = inside if inside.mode == "RGB" else inside.convert("RGB")  # (iy1-iy0, ix1-ix0, 3)
+    pad = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)  # top, bottom, left, right
+    if any(pad):
+        a = np.asarray(inside)
+        if min(pad) >= 0:  # the usual case, and the same pixels as below at a fraction of the cost (img2attr)
+            a = cv2.copyMakeBorder(a, *pad, cv2.BORDER_REPLICATE)  # (y1-y0, x1-x0, 3)
+        else:  # the frame lies wholly outside the photo
+            rows = np.clip(np.arange(y0, y1), iy0, iy1 - 1) - iy0  # (y1-y0,)
+            cols = np.clip(np.arange(x0, x1), ix0, ix1 - 1) - ix0  # (x1-x0,)
+            a = a[np.ix_(rows, cols)]  # (y1-y0, x1-x0, 3)
+        inside = Image.fromarray(np.ascontiguousarray(a), "RGB")
+    return inside.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True) -> list[Box]:
