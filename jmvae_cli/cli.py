@@ -80,7 +80,7 @@ DeviceOpt = Annotated[
 WeightsOpt = Annotated[
     Optional[Path],
     typer.Option(
-        "--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model [default: the bundled model]."
+        "--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model (default: the bundled model)."
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which device and weights are used.")]
@@ -89,7 +89,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 # Options of the translation commands (img2attr, attr2img, edit, attributes).
 FormatOpt = Annotated[
     Optional[Format],
-    typer.Option("--format", "-f", help="Output format [default: table on a terminal, tsv when piped]."),
+    typer.Option("--format", "-f", help="Output format (default: table on a terminal, tsv when piped)."),
 ]
 SetOpt = Annotated[
     list[str],
@@ -399,7 +399,7 @@ def attr2img(
     strength: StrengthOpt = 2.0,
     base: Annotated[
         Optional[Base],
-        typer.Option(help="Attributes before --set/--unset: the paper's random base, or all off [default: random]."),
+        typer.Option(help="Attributes before --set/--unset: the paper's random base, or all off (default: random)."),
     ] = None,
     attrs: Annotated[
         Optional[str],

@@ -376,3 +376,27 @@ def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "nodir" / "x.png"), "does not exist")
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension")
     assert not photo.with_name("photo-edited.png").exists()
+
+
+def test_all_faces_in_one_photo(weights_env, tmp_path):
+    face = Image.open(sample_face()).convert("RGB")
+    photo = Image.new("RGB", (720, 360), (200, 200, 210))
+    photo.paste(face, (40, 50))
+    photo.paste(face.resize((200, 200)), (460, 80))
+    src = tmp_path / "two.png"
+    photo.save(src)
+    recs = json.loads(ok(run("img2attr", src, "--all-faces", "-f", "json")).stdout)
+    assert [r["face"] for r in recs] == [0, 1]
+    assert len(json.loads(ok(run("img2attr", src, "-f", "json")).stdout)) == 1  # the largest only
+
+    ok(run("edit", src, "--all-faces", "--set", "Smiling", "-o", tmp_path / "out.png"))
+    boxes = faces.find_faces(images.read_image(src), all_faces=True)
+    before, after = np.asarray(photo).astype(int), np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    outside = np.ones(before.shape[:2], bool)
+    for b in boxes:
+        x0, y0, x1, y1 = round(b.x), round(b.y), round(b.x + b.w), round(b.y + b.h)
+        outside[max(y0, 0) : y1, max(x0, 0) : x1] = False
+        assert (after[max(y0, 0) : y1, max(x0, 0) : x1] != before[max(y0, 0) : y1, max(x0, 0) : x1]).any()
+    assert np.array_equal(after[outside], before[outside])
+    ok(run("edit", src, "--all-faces", "--set", "Smiling", "--show", "-o", tmp_path / "strip.png"))
+    assert Image.open(tmp_path / "strip.png").size == (4 * 64 + 6, 2 * 64 + 2)
