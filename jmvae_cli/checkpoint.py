@@ -21,7 +21,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.model import JMVAE, JMVAEConfig
+from jmvae_cli.baselines import build
+from jmvae_cli.model import JMVAEConfig
 
 FORMAT = "jmvae"
 FORMAT_VERSION = 1
@@ -79,7 +80,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 @dataclass
 class Loaded:
-    model: JMVAE
+    model: torch.nn.Module
     meta: dict
     path: Path
 
@@ -88,7 +89,7 @@ class Loaded:
         return self.meta["attr_names"]
 
 
-def save_model(path: Path, model: JMVAE, meta: dict) -> None:
+def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
     """meta must hold 'attr_names' and 'preprocess'; the config is taken from the model."""
     tensors = {}
     for name, t in model.state_dict().items():
@@ -98,9 +99,9 @@ def save_model(path: Path, model: JMVAE, meta: dict) -> None:
     _write(Path(path), tensors, {"kind": "model", "config": model.cfg.to_dict(), **meta})
 
 
-def build_model(meta: dict, path: Path) -> JMVAE:
+def build_model(meta: dict, path: Path) -> torch.nn.Module:
     try:
-        return JMVAE(JMVAEConfig.from_dict(meta["config"]))
+        return build(JMVAEConfig.from_dict(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{path} holds a jmvae model this version cannot rebuild ({e})") from None
 
@@ -127,25 +128,35 @@ def default_weights() -> Path:
 # ----------------------------------------------------------------------------- the training state
 
 
-def save_train_state(path: Path, model: JMVAE, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for i, state in opt["state"].items():
-        for k, v in state.items():
-            tensors[f"optimizer/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    meta = {"kind": "train_state", "config": model.cfg.to_dict(), "param_groups": opt["param_groups"], **meta}
+def save_train_state(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                     meta: dict) -> None:
+    """Everything --resume needs, by name: {"model": ..., "discriminator": ...} and their optimizers."""
+    tensors, groups = {}, {}
+    for name, module in modules.items():
+        tensors.update({f"{name}/{k}": v for k, v in module.state_dict().items()})
+    for name, optimizer in optimizers.items():
+        opt = optimizer.state_dict()
+        groups[name] = opt["param_groups"]
+        for i, state in opt["state"].items():
+            for k, v in state.items():
+                tensors[f"{name}/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"kind": "train_state", "config": modules["model"].cfg.to_dict(), "param_groups": groups, **meta}
     _write(Path(path), tensors, meta)
 
 
-def load_train_state(path: Path) -> tuple[dict, dict, dict]:
-    """-> (model state_dict, optimizer state_dict, meta)."""
+def load_train_state(path: Path) -> tuple[dict[str, dict], dict[str, dict], dict]:
+    """-> (module state_dicts by name, optimizer state_dicts by name, meta)."""
     tensors, meta = _read(path)
     if meta.get("kind") != "train_state":
         raise WeightsError(f"{path} is not a training state (kind {meta.get('kind')!r})")
-    model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
-    opt_state: dict[int, dict] = {}
+    groups = meta["param_groups"]
+    modules: dict[str, dict] = {}
+    optimizers = {name: {"state": {}, "param_groups": g} for name, g in groups.items()}
     for k, v in tensors.items():
-        if k.startswith("optimizer/"):
-            _, i, name = k.split("/", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-    return model_state, {"state": opt_state, "param_groups": meta["param_groups"]}, meta
+        name, rest = k.split("/", 1)
+        if name in optimizers:
+            i, field = rest.split("/", 1)
+            optimizers[name]["state"].setdefault(int(i), {})[field] = v
+        else:
+            modules.setdefault(name, {})[rest] = v
+    return modules, optimizers, meta

@@ -16,10 +16,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 OBJECTIVES = ("jmvae-kl", "jmvae-zero")
+MODELS = ("jmvae", "vae", "cvae", "cmma", "classifier")  # the last four live in baselines.py
 
 
 @dataclass
 class JMVAEConfig:
+    """Rebuilds any model of this package; `model` names which (JMVAE unless a baseline is asked for)."""
+
+    model: str = "jmvae"
     n_attrs: int = 40
     latent_dim: int = 128
     image_size: int = 64
@@ -33,6 +37,8 @@ class JMVAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.image_size != 2 ** len(self.channels) * 4:
@@ -255,6 +261,16 @@ class JMVAE(nn.Module):
     def images_from_z(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image for each z, in [-1, 1]: (B, 3, 64, 64)."""
         return self.decode_x(z)[0]
+
+    @torch.no_grad()
+    def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+        """Training's picture: reconstructions via q(z|x,w), image->attributes->image, attributes->image."""
+        w_hat = (self.attrs_from_images(x) > 0.5).float()  # (B, A)
+        return [
+            self.images_from_z(self.q_xw(x, w).mu),
+            self.images_from_z(self.q_w(w_hat).mu),
+            self.images_from_z(self.q_w(w).mu),
+        ]
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

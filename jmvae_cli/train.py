@@ -21,9 +21,12 @@ from jmvae_cli.console import console
 from jmvae_cli.data import FaceData, Preprocess, load_data
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.images import from_uint8_array, write_image
-from jmvae_cli.model import JMVAE, JMVAEConfig, output_to_pixels, pixels_to_input
+from jmvae_cli.baselines import build
+from jmvae_cli.gan import Discriminator, discriminator_loss, generator_loss
+from jmvae_cli.model import JMVAEConfig, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
 
+SHOWN = ("rec_x", "rec_w", "kl", "gen", "disc")  # loss terms on the progress bar
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -49,6 +52,10 @@ class TrainOptions:
     beta1: float = 0.5  # the authors'
     alpha: float = 0.1  # the paper's
     objective: str = "jmvae-kl"
+    model: str = "jmvae"  # or a baseline: vae, cvae, cmma, classifier
+    gan: bool = False  # add an adversarial term for the image decoder (gan.py)
+    gan_weight: float = 0.1  # the adversarial term's weight per pixel, against the likelihood's nats
+    gan_lr: float = 2e-4
     latent_dim: int = 128
     device: str = "auto"
     precision: str = "auto"
@@ -121,48 +128,46 @@ def epoch_batches(train_idx: np.ndarray, batch_size: int, seed: int, epoch: int,
 
 
 @torch.no_grad()
-def validate(model: JMVAE, data: FaceData, idx: np.ndarray, device: torch.device, prec: Precision, batch_size=250):
-    """Loss terms, bits per dimension, and img->attr accuracy through q(z|x) (mean of q, probabilities at 0.5)."""
+def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec: Precision, batch_size=250) -> dict:
+    """Loss terms, bits per dimension of the bound, and img->attr accuracy (through q(z|x) for a JMVAE: the mean of
+    q, probabilities cut at 0.5), averaged over the images `idx`."""
     model.eval()
     sums: dict[str, float] = {}
     correct = torch.zeros(data.attrs.shape[1], dtype=torch.float64)
-    gen = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-    with gen:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)  # the same z samples every epoch, so the validation curve is not noise
         for i in range(0, len(idx), batch_size):
             x, w = batch_tensors(data, idx[i : i + batch_size], device)
             with prec.autocast():
                 terms = model(x, w)
-                p = model.attrs_from_images(x)  # (B, A)
+                if hasattr(model, "attrs_from_images"):
+                    correct += ((model.attrs_from_images(x) > 0.5).float() == w).double().sum(0).cpu()  # (A,)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
-            correct += ((p > 0.5).float() == w).double().sum(0).cpu()
+    model.train()
     n = max(len(idx), 1)
     out = {k: v / n for k, v in sums.items()}
-    out["bits_per_dim"] = -out["elbo"] / (3 * model.cfg.image_size**2 * math.log(2)) if idx.size else float("nan")
-    per_attr = (correct / n).tolist()
-    out["attr_acc"] = float(np.mean(per_attr)) if idx.size else float("nan")
-    out["attr_acc_per"] = dict(zip(data.attr_names, per_attr))
-    model.train()
+    if "elbo" in out:
+        out["bits_per_dim"] = -out["elbo"] / (3 * model.cfg.image_size**2 * math.log(2))
+    if hasattr(model, "attrs_from_images"):
+        per_attr = (correct / n).tolist()
+        out["attr_acc"] = float(np.mean(per_attr))
+        out["attr_acc_per"] = dict(zip(data.attr_names, per_attr))
     return out
 
 
 @torch.no_grad()
-def sample_grid(model: JMVAE, data: FaceData, idx: np.ndarray, device: torch.device) -> np.ndarray:
-    """Rows: faces | reconstructions via q(z|x,w) | image->attributes->image | attributes->image. (H, W, 3) uint8."""
+def sample_grid(model, data: FaceData, idx: np.ndarray, device: torch.device) -> np.ndarray | None:
+    """Faces in the top row, the model's own picture of them below (see its grid_rows). (H, W, 3) uint8."""
     model.eval()
     x, w = batch_tensors(data, idx, device)
-    w_hat = (model.attrs_from_images(x) > 0.5).float()  # (B, A)
-    rows = [
-        x,
-        model.images_from_z(model.q_xw(x, w).mu),
-        model.images_from_z(model.q_w(w_hat).mu),
-        model.images_from_z(model.q_w(w).mu),
-    ]
+    rows = [x, *model.grid_rows(x, w)]
     model.train()
-    tiles = output_to_pixels(torch.cat(rows)).cpu().numpy()  # (4B, 64, 64, 3)
-    n, s = len(idx), tiles.shape[1]
-    return tiles.reshape(4, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(4 * s, n * s, 3)
+    if len(rows) == 1:
+        return None
+    tiles = output_to_pixels(torch.cat(rows)).cpu().numpy()  # (R*B, 64, 64, 3)
+    r, n, s = len(rows), len(idx), tiles.shape[1]
+    return tiles.reshape(r, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(r * s, n * s, 3)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -173,6 +178,11 @@ def lr_at(step: int, progress: float, peak: float, warmup_steps: int = 200) -> f
     progress in [0, 1] to a tenth of the peak."""
     cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return peak * min(1.0, (step + 1) / warmup_steps) * cosine
+
+
+def describe(cfg: JMVAEConfig, opts: TrainOptions) -> str:
+    name = cfg.objective if cfg.model == "jmvae" else cfg.model
+    return name + ("-gan" if opts.gan else "")
 
 
 def _check_out_dir(opts: TrainOptions) -> None:
@@ -199,8 +209,10 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         device = torch.device("cuda", d.local_rank)
     prec = Precision.choose(device, opts.precision)
     _check_out_dir(opts)
-    if opts.time_limit and d.world > 1:
-        raise JmvaeError("--time-limit works in single-process runs only: under torchrun, set --epochs")
+    if d.world > 1 and (opts.time_limit or opts.gan):
+        raise JmvaeError("--time-limit and --gan work in single-process runs only (under torchrun, set --epochs)")
+    if opts.gan and opts.model != "jmvae":
+        raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
     torch.manual_seed(opts.seed + d.rank)
 
     pre = Preprocess()
@@ -217,24 +229,41 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
 
     step, epochs_done, elapsed_before = 0, 0, 0.0
     if opts.resume:
-        model_state, opt_state, meta = load_train_state(opts.out / STATE_FILE)
+        states, opt_states, meta = load_train_state(opts.out / STATE_FILE)
         cfg = JMVAEConfig.from_dict(meta["config"])
+        if ("discriminator" in states) != opts.gan:
+            raise JmvaeError(f"--resume: {opts.out} was trained {'with' if not opts.gan else 'without'} --gan; "
+                             "resume it the same way")
         if meta["attr_names"] != data.attr_names:
             raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} was trained on")
         step, epochs_done, elapsed_before = meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0)
     else:
         cfg = JMVAEConfig(
-            n_attrs=len(data.attr_names), latent_dim=opts.latent_dim, objective=opts.objective, alpha=opts.alpha
+            model=opts.model,
+            n_attrs=len(data.attr_names),
+            latent_dim=opts.latent_dim,
+            objective=opts.objective,
+            alpha=opts.alpha,
         )
     if epochs_done >= opts.epochs:
         raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
 
-    model = JMVAE(cfg).to(device, memory_format=prec.memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))
+    model = build(cfg).to(device, memory_format=prec.memory_format)
+    modules = {"model": model}
+    optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
+    if opts.gan:
+        modules["discriminator"] = Discriminator().to(device, memory_format=prec.memory_format)
+        optimizers["disc_optimizer"] = torch.optim.Adam(
+            modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
+        )
     if opts.resume:
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(opt_state)
+        for name, module in modules.items():
+            module.load_state_dict(states[name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(opt_states[name])
+    optimizer, disc = optimizers["optimizer"], modules.get("discriminator")
     ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
+    n_pixels = 3 * cfg.image_size**2
 
     steps_per_epoch = len(train_idx) // (d.world * opts.batch_size)
     total_steps = steps_per_epoch * opts.epochs
@@ -251,7 +280,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         (opts.out / "samples").mkdir(exist_ok=True)
         console.print(
             f"[bold]jmvae train[/]: {len(train_idx)} training / {len(val_idx)} validation images, "
-            f"{len(data.attr_names)} attributes, {cfg.objective}, {model.n_params() / 1e6:.1f}M parameters, "
+            f"{len(data.attr_names)} attributes, {describe(cfg, opts)}, "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
             f"{device.type} {prec.name}" + (f", {d.world} processes" if d.world > 1 else "")
         )
 
@@ -263,7 +293,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             return
         last_save = time.monotonic()
         m = {**meta, "step": step, "epochs_done": epochs_done, "train_seconds": train_seconds, "metrics": metrics}
-        save_train_state(opts.out / STATE_FILE, model, optimizer, m)
+        save_train_state(opts.out / STATE_FILE, modules, optimizers, m)
         save_model(opts.out / MODEL_FILE, model, m)
 
     progress = Progress(
@@ -299,7 +329,13 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     beta = min(1.0, (step + 1) / warmup_steps)
                     with prec.autocast():
                         terms = ddp(x, w, beta)
-                    loss = terms["loss"]
+                        loss = terms["loss"]
+                        if disc is not None:
+                            # Only the image decoder learns from the adversary: z from q(z|w), the route of
+                            # attr2img and edit, detached from its encoder.
+                            fake = model.decode_x(model.q_w(w).sample().detach())[0]  # (B, 3, 64, 64)
+                            terms["gen"] = generator_loss(disc(fake))
+                            loss = loss + opts.gan_weight * n_pixels * terms["gen"]
                     if not torch.isfinite(loss):
                         if prec.dtype is not None and opts.precision == "auto" and d.world == 1:
                             # bf16's short mantissa can overflow where fp32 would not: keep going in fp32.
@@ -315,13 +351,19 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    if disc is not None:
+                        with prec.autocast():
+                            terms["disc"] = discriminator_loss(disc(x), disc(fake.detach()))
+                        optimizers["disc_optimizer"].zero_grad(set_to_none=True)
+                        terms["disc"].backward()
+                        optimizers["disc_optimizer"].step()
                     step += 1
                     n_steps += 1
                     for k, v in terms.items():
                         sums[k] = sums.get(k, 0.0) + v.detach()
                     if step % 10 == 0 or n_steps == steps_per_epoch:
                         ips = n_steps * len(x) * d.world / (time.monotonic() - t_epoch)
-                        shown = " ".join(f"{k} {float(sums[k]) / n_steps:.4g}" for k in ("rec_x", "rec_w", "kl"))
+                        shown = " ".join(f"{k} {float(v) / n_steps:.4g}" for k, v in sums.items() if k in SHOWN)
                         progress.update(task, completed=step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
                     if opts.time_limit and elapsed > 60 * opts.time_limit:
                         break
@@ -347,12 +389,11 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                 with open(opts.out / METRICS_FILE, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
                 grid = sample_grid(model, data, grid_idx, device)
-                write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
+                if grid is not None:
+                    write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
                 save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
-                progress.console.print(
-                    f"epoch {epochs_done}: val bits/dim {val['bits_per_dim']:.4f}, rec_w {val['rec_w']:.2f}, "
-                    f"img->attr accuracy {val['attr_acc']:.4f}, {metrics['images_per_s']:.0f} img/s"
-                )
+                shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
+                progress.console.print(f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s")
             if out_of_time:
                 break
     return metrics

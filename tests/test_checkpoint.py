@@ -44,13 +44,13 @@ def test_train_state_round_trip_is_exact(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.rand(4, 3, 16, 16) * 2 - 1, (torch.rand(4, 5) > 0.5).float())["loss"].backward()
     opt.step()
-    save_train_state(tmp_path / "s.safetensors", model, opt, {**META, "step": 7})
-    model_state, opt_state, meta = load_train_state(tmp_path / "s.safetensors")
+    save_train_state(tmp_path / "s.safetensors", {"model": model}, {"optimizer": opt}, {**META, "step": 7})
+    states, opt_states, meta = load_train_state(tmp_path / "s.safetensors")
     assert meta["step"] == 7
     for k, v in model.state_dict().items():
-        assert torch.equal(model_state[k], v)
+        assert torch.equal(states["model"][k], v)
     opt2 = torch.optim.Adam(JMVAE(tiny_config()).parameters(), lr=1e-3)
-    opt2.load_state_dict(opt_state)
+    opt2.load_state_dict(opt_states["optimizer"])
     for i, s in opt.state_dict()["state"].items():
         assert torch.equal(opt2.state_dict()["state"][i]["exp_avg"], s["exp_avg"])
 
