@@ -178,6 +178,9 @@ def train(
     ] = PrecisionChoice.auto,
     seed: SeedOpt = 0,
     resume: Annotated[bool, typer.Option(help="Continue the training saved in --out.")] = False,
+    init: Annotated[
+        Optional[Path], typer.Option(help="Start from this model's weights (fine-tuning), with a fresh optimizer.")
+    ] = None,
     max_images: Annotated[Optional[int], typer.Option(min=1, help="Use at most this many images (quick runs).")] = None,
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file.")
@@ -212,6 +215,7 @@ def train(
         precision=precision.value,
         seed=seed,
         resume=resume,
+        init=init,
         max_images=max_images,
         val_fraction=val_fraction,
         warmup_epochs=warmup_epochs,
@@ -546,3 +550,244 @@ def attributes(
 
 def main():
     app()
+
+
+# ----------------------------------------------------------------------------- evaluate and figure
+
+
+class Split(str, Enum):
+    val = "val"
+    test = "test"
+
+
+class Part(str, Enum):
+    img2attr = "img2attr"
+    attr2img = "attr2img"
+    edit = "edit"
+    likelihood = "likelihood"
+
+
+def _finite(obj):
+    """NaN and infinities (a standard error of one image) as null: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+@app.command()
+def evaluate(
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="A data folder, as for train (repeat for several).", show_default=False),
+    ],
+    split: Annotated[Split, typer.Option("--split", help="The split to evaluate (test needs a CelebA partition file).")] = (
+        Split.val
+    ),
+    max_images: Annotated[
+        Optional[int], typer.Option("--max-images", min=1, help="Evaluate a seeded random subset of this many images.")
+    ] = None,
+    skip: Annotated[
+        list[Part], typer.Option("--skip", help="Leave out a part (repeatable).", show_default=False)
+    ] = [],
+    k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image for the likelihoods.")] = 100,
+    nw: Annotated[int, typer.Option("--nw", min=1, help="Prior samples for the paper's estimate of log p(w).")] = 10,
+    classifier: Annotated[
+        Optional[Path],
+        typer.Option("--classifier", help="Attribute classifier that judges generated and edited faces (default: the bundled one)."),
+    ] = None,
+    edits: Annotated[
+        list[str],
+        typer.Option(
+            "--edit", help="An edit to score, +Name or -Name (repeatable; default: 13 single-attribute edits).", show_default=False
+        ),
+    ] = [],
+    strength: StrengthOpt = 2.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training).")
+    ] = 0.1,
+    format: FormatOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    seed: SeedOpt = 0,
+    verbose: VerboseOpt = False,
+):
+    """Measure both directions: img->attr accuracy, attr->img coherence, single-attribute edits, likelihoods."""
+    fmt = format or (Format.table if _stdout_is_tty() else Format.json)
+    if fmt not in (Format.table, Format.json):
+        raise typer.BadParameter("evaluate writes a table or json", param_hint="'--format'")
+    parts = [p.value for p in Part if p not in skip]
+    if not parts:
+        raise typer.BadParameter("every part is skipped: nothing to evaluate", param_hint="'--skip'")
+
+    import numpy as np
+
+    from jmvae_cli import quality
+    from jmvae_cli.data import load_data
+
+    tr = _load(weights, device, verbose)
+    names = tr.attr_names
+    faces = quality.align_attributes(
+        load_data(data, val_fraction=val_fraction, progress=console.is_terminal), names
+    )
+    idx = faces.indices(split.value)
+    if len(idx) == 0:
+        hint = " (only official CelebA with list_eval_partition.txt has one)" if split == Split.test else ""
+        raise JmvaeError(f"the data has no {split.value} images{hint}")
+    if max_images is not None and max_images < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_images, replace=False))
+    report: dict = {
+        "weights": str(tr.weights),
+        "data": [str(d) for d in data],
+        "split": split.value,
+        "images": int(len(idx)),
+        "seed": seed,
+        "attributes": names,
+    }
+    judged = [p for p in parts if p in ("attr2img", "edit")]
+    cls = quality.load_classifier(classifier, names, tr.device) if judged else None
+    if cls is not None:
+        report["classifier"] = str(cls.path)
+    if set(parts) - {"likelihood"}:
+        train_idx = faces.indices("train")
+        if "img2attr" in parts and len(train_idx) == 0:
+            raise JmvaeError("the data has no training images for the majority-class baseline")
+        report.update(
+            quality.evaluate_quality(
+                tr.model,
+                names,
+                faces.images[idx],
+                faces.attrs[idx],
+                faces.attrs[train_idx],
+                classifier=cls,
+                parts=parts,
+                edits=quality.parse_edits(edits, names) if edits else None,
+                strength=strength,
+                batch_size=batch_size,
+                device=tr.device,
+                progress=console.is_terminal,
+            )
+        )
+    if "likelihood" in parts:
+        from rich.progress import Progress
+
+        from jmvae_cli.likelihood import evaluate_likelihoods
+
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("likelihoods", total=len(idx))
+            report["likelihood"] = evaluate_likelihoods(
+                tr.model, faces, idx, k=k, nw=nw, batch_size=batch_size, device=tr.device, seed=seed,
+                progress=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+    report = _finite(report)
+    if fmt == Format.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_evaluation(report)
+
+
+def _print_evaluation(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False)
+    out.print(f"{report['weights']}: {report['images']} {report['split']} images", soft_wrap=True)
+    names = report["attributes"]
+    columns = []  # (heading, per-attribute scores, score)
+    if "img2attr" in report:
+        r = report["img2attr"]
+        columns += [("q(z|x) acc", r["q_x"], "accuracy"), ("q(z|x) bal", r["q_x"], "balanced_accuracy"),
+                    ("q(z|x) F1", r["q_x"], "f1"), ("q(z|x,0) acc", r["q_xw_zero"], "accuracy"),
+                    ("q(z|x,0) bal", r["q_xw_zero"], "balanced_accuracy"), ("majority acc", r["majority"], "accuracy")]  # fmt: skip
+    if "attr2img" in report:
+        r = report["attr2img"]
+        columns += [("coherence acc", r["coherence"], "accuracy"), ("coherence bal", r["coherence"], "balanced_accuracy"),
+                    ("classifier acc", r["classifier_on_real"], "accuracy"),
+                    ("classifier bal", r["classifier_on_real"], "balanced_accuracy")]  # fmt: skip
+    if columns:
+        table = Table("attribute", *[c[0] for c in columns], title="img->attr and attr->img", title_justify="left")
+        for n in names:
+            table.add_row(n, *[f"{c[1]['per_attribute'][n][c[2]]:.3f}" for c in columns])
+        table.add_row("[bold]mean", *[f"[bold]{c[1]['mean'][c[2]]:.3f}" for c in columns], end_section=True)
+        out.print(table)
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    if "edit" in report:
+        e = report["edit"]
+        table = Table("edit", "faces", "target before", "flipped", "others unchanged",
+                      title=f"single-attribute edits (strength {e['strength']:g})", title_justify="left")  # fmt: skip
+        for r in e["edits"]:
+            table.add_row(f"{'+' if r['target'] else '-'}{r['attribute']}", str(r["faces"]), pct(r["target_before"]),
+                          pct(r["flipped"]), pct(r["others_unchanged"]))  # fmt: skip
+        m = e["mean"]
+        table.add_row("[bold]mean", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["others_unchanged"]))
+        out.print(table)
+    if "likelihood" in report:
+        table = Table("likelihood", "nats", "± se", "bits/dim", title="log-likelihoods", title_justify="left")
+        for key, v in report["likelihood"].items():
+            se = "-" if v["nats_se"] is None else f"{v['nats_se']:.1f}"
+            table.add_row(key, f"{v['nats']:.1f}", se, f"{v['bits_per_dim']:.4f}")
+        out.print(table)
+
+
+class FigureKind(str, Enum):
+    faces = "faces"
+    pca = "pca"
+    edit = "edit"
+
+
+@app.command()
+def figure(
+    kind: Annotated[FigureKind, typer.Argument(help="faces: Figure 1(a); pca: Figure 1(b); edit: Figure 2.")],
+    image: Annotated[
+        Optional[str], typer.Argument(metavar="[IMAGE]", help="The photo to edit (edit only); - reads it from stdin.")
+    ] = None,
+    output: OutputOpt = None,
+    attrs: Annotated[
+        list[str],
+        typer.Option(
+            "--attr",
+            help="An attribute to show (repeatable): Name sets it on, -Name or 'not Name' off (faces), "
+            "+Name/-Name forces an edit whose bare Name flips the face's value (edit). Default: the paper's choice.",
+            show_default=False,
+        ),
+    ] = [],
+    samples: Annotated[int, typer.Option("--samples", min=0, help="faces: rows of random faces under the average.")] = 4,
+    zeta: Annotated[float, typer.Option("--zeta", min=0.0, help="faces: variance of the rows' noise eps ~ N(0, zeta).")] = 0.5,
+    bases: Annotated[int, typer.Option("--bases", min=2, help="pca: random base vectors per attribute.")] = 200,
+    strength: StrengthOpt = 2.0,
+    seed: SeedOpt = 0,
+    size: Annotated[int, typer.Option("--size", min=16, max=512, help="faces, edit: pixels per face tile.")] = 96,
+    no_detect: NoDetectOpt = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = Device.auto,
+    verbose: VerboseOpt = False,
+):
+    """Draw one of the paper's figures as a PNG with the model: `jmvae figure faces -o faces.png`."""
+    if output is None:
+        raise typer.BadParameter("give the image to write, or - for stdout", param_hint="'-o'")
+    _check_image_output(output)
+    if (kind == FigureKind.edit) != (image is not None):
+        msg = "figure edit needs the photo to edit" if image is None else f"figure {kind.value} takes no image"
+        raise typer.BadParameter(msg, param_hint="IMAGE")
+
+    from jmvae_cli import figures, translate
+
+    tr = _load(weights, device, verbose)
+    if kind == FigureKind.faces:
+        img = figures.faces_figure(tr, attrs or figures.FACES_COLUMNS, samples, zeta, seed, strength, size)
+    elif kind == FigureKind.pca:
+        img = figures.pca_figure(tr, attrs or figures.PCA_ATTRIBUTES, bases, seed, strength)
+    else:
+        data = _read_stdin_bytes() if image == "-" else image
+        _, crops = translate.load_faces(data, "<stdin>" if image == "-" else image, detect=not no_detect)
+        img, probs = figures.edit_figure(tr, crops[0].crop, attrs or figures.EDIT_COLUMNS, strength, size)
+        on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if p >= 0.5)[::-1]
+        console.print("inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True)
+    _write_image(img, output)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jmvae_cli.checkpoint import load_train_state, save_model, save_train_state
+from jmvae_cli.checkpoint import load_model, load_train_state, save_model, save_train_state
 from jmvae_cli.console import console
 from jmvae_cli.data import FaceData, Preprocess, load_data
 from jmvae_cli.errors import JmvaeError
@@ -61,6 +61,7 @@ class TrainOptions:
     precision: str = "auto"
     seed: int = 0
     resume: bool = False
+    init: Path | None = None  # start from this model file's weights (fine-tuning), with a fresh optimizer
     max_images: int | None = None
     val_fraction: float = 0.1
     warmup_epochs: float = 1.0  # KL warm-up: the prior KL's weight rises linearly from 0 to 1 over this many epochs
@@ -70,12 +71,14 @@ class TrainOptions:
     val_images: int = 5000  # validation per epoch looks at most this many images
     checkpoint_every: float = 60.0  # seconds; epochs can be a few seconds long on a GPU, and a save is ~100 MB
     progress: bool = True
+    arch: dict = field(default_factory=dict)  # other JMVAEConfig fields (widths...), for small models in tests
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["data"] = [str(p) for p in self.data]
         d["out"] = str(self.out)
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        d["init"] = str(self.init) if self.init else None
         return d
 
 
@@ -237,6 +240,12 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         if meta["attr_names"] != data.attr_names:
             raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} was trained on")
         step, epochs_done, elapsed_before = meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0)
+    elif opts.init:
+        start = load_model(opts.init)
+        if start.attr_names != data.attr_names:
+            raise JmvaeError(f"--init: {opts.init} was trained on other attributes than this data's")
+        # Fine-tuning keeps the architecture; --alpha may change, the objective may not.
+        cfg = JMVAEConfig.from_dict({**start.model.cfg.to_dict(), "alpha": opts.alpha})
     else:
         cfg = JMVAEConfig(
             model=opts.model,
@@ -244,6 +253,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             latent_dim=opts.latent_dim,
             objective=opts.objective,
             alpha=opts.alpha,
+            **opts.arch,
         )
     if epochs_done >= opts.epochs:
         raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
@@ -256,6 +266,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         optimizers["disc_optimizer"] = torch.optim.Adam(
             modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
         )
+    if opts.init:
+        model.load_state_dict(start.model.state_dict())
     if opts.resume:
         for name, module in modules.items():
             module.load_state_dict(states[name])
@@ -325,7 +337,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     if opts.time_limit:
                         frac = max(frac, elapsed / (60 * opts.time_limit))
                     for g in optimizer.param_groups:
-                        g["lr"] = lr_at(step, frac, opts.lr)
+                        g["lr"] = lr_at(step, frac, opts.lr, warmup_steps=max(1, min(200, total_steps // 10)))
                     beta = min(1.0, (step + 1) / warmup_steps)
                     with prec.autocast():
                         terms = ddp(x, w, beta)
@@ -344,7 +356,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                                 console.print(f"[yellow]non-finite loss in bf16 at step {step}: continuing in fp32")
                             continue
                         raise TrainingError(
-                            f"the loss became {float(loss)} at step {step} (epoch {epoch + 1}); training stopped. "
+                            f"the loss became {float(loss.detach())} at step {step} (epoch {epoch + 1}); training stopped. "
                             f"The last good checkpoint in {opts.out} is intact (epoch {epochs_done}); "
                             f"try a lower --lr or --precision fp32"
                         )

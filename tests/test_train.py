@@ -1,0 +1,155 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jmvae_cli.checkpoint import load_model, load_train_state
+from jmvae_cli.cli import app
+from jmvae_cli.model import JMVAE
+from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, train
+
+TINY = {"channels": (8, 8, 8, 8), "image_features": 16, "attr_hidden": 16, "joint_hidden": 16}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def options(data: Path, out: Path, **kw) -> TrainOptions:
+    base = dict(
+        data=[data], out=out, epochs=2, batch_size=8, lr=3e-3, latent_dim=4, val_fraction=0.25, progress=False,
+        warmup_epochs=0.5, arch=TINY, device="cpu",
+    )
+    return TrainOptions(**{**base, **kw})
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def data(make_celeba_hq, tmp_path) -> Path:
+    return make_celeba_hq(tmp_path, 48)
+
+
+def test_training_lowers_the_loss_and_writes_everything(data, tmp_path):
+    out = tmp_path / "run"
+    train(options(data, out, epochs=4))
+    m = metrics(out)
+    assert [e["epoch"] for e in m] == [1, 2, 3, 4]
+    assert m[-1]["train"]["rec_x"] < m[0]["train"]["rec_x"]
+    assert {"rec_x", "rec_w", "kl", "kl_x", "kl_w", "bits_per_dim", "attr_acc"} <= set(m[-1]["val"])
+    assert len(m[-1]["val"]["attr_acc_per"]) == 40
+    loaded = load_model(out / "model.safetensors")
+    assert loaded.meta["epochs_done"] == 4 and loaded.meta["preprocess"]["size"] == 64
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3, 4)]
+
+
+def test_resume_continues_the_step_count(data, tmp_path):
+    out = tmp_path / "run"
+    train(options(data, out, epochs=1))
+    steps_per_epoch = metrics(out)[0]["step"]
+    train(options(data, out, epochs=3, resume=True))
+    assert [e["step"] for e in metrics(out)] == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
+    assert load_train_state(out / "train_state.safetensors")[2]["epochs_done"] == 3
+
+
+def test_existing_run_is_never_overwritten(data, tmp_path):
+    out = tmp_path / "run"
+    train(options(data, out, epochs=1))
+    before = (out / "model.safetensors").read_bytes()
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--epochs", "1"])
+    assert result.exit_code == 1
+    assert "--resume" in result.stderr
+    assert (out / "model.safetensors").read_bytes() == before
+    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "new"), "--resume"])
+    assert result.exit_code == 1 and "no train_state" in result.stderr
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(options(data, out, epochs=1, precision="fp32"))
+    good = load_model(out / "model.safetensors").model.state_dict()
+    real_forward = JMVAE.forward
+
+    def poisoned(self, x, w, beta=1.0):
+        terms = real_forward(self, x, w, beta)
+        terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(JMVAE, "forward", poisoned)
+    with pytest.raises(TrainingError, match="nan.*intact"):
+        train(options(data, out, epochs=2, resume=True, precision="fp32"))
+    after = load_model(out / "model.safetensors").model.state_dict()
+    assert all(torch.equal(good[k], after[k]) for k in good)
+    assert len(metrics(out)) == 1
+
+
+def test_ctrl_c_saves_and_exits_cleanly(data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_forward, calls = JMVAE.forward, []
+
+    def interrupt_on_third_step(self, x, w, beta=1.0):
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real_forward(self, x, w, beta)
+
+    monkeypatch.setattr(JMVAE, "forward", interrupt_on_third_step)
+    with pytest.raises(Interrupted):
+        train(options(data, out, epochs=5))
+    assert load_train_state(out / "train_state.safetensors")[2]["step"] == 2
+    monkeypatch.setattr(JMVAE, "forward", real_forward)
+    train(options(data, out, epochs=1, resume=True))  # the saved state resumes
+    assert metrics(out)[0]["step"] > 2
+
+
+@pytest.mark.parametrize("model", ["vae", "cvae", "cmma", "classifier"])
+def test_baselines_train_and_round_trip(data, tmp_path, model):
+    out = tmp_path / model
+    train(options(data, out, epochs=1, model=model))
+    loaded = load_model(out / "model.safetensors")
+    assert loaded.model.cfg.model == model
+    if model != "classifier":
+        assert "bits_per_dim" in metrics(out)[0]["val"]
+
+
+def test_gan_trains_both_players_and_resumes_both(data, tmp_path):
+    out = tmp_path / "gan"
+    train(options(data, out, epochs=1, gan=True))
+    states, opts, _ = load_train_state(out / "train_state.safetensors")
+    assert {"model", "discriminator"} <= set(states) and {"optimizer", "disc_optimizer"} <= set(opts)
+    m = metrics(out)[0]["train"]
+    assert all(map(lambda v: v == v and abs(v) < float("inf"), [m["gen"], m["disc"], m["loss"]]))
+    train(options(data, out, epochs=2, gan=True, resume=True))
+    states2, opts2, _ = load_train_state(out / "train_state.safetensors")
+    for name in ("model", "discriminator"):  # both players moved
+        assert any(not torch.equal(states[name][k], states2[name][k]) for k in states[name] if "weight" in k)
+    assert opts2["disc_optimizer"]["state"][0]["step"] > opts["disc_optimizer"]["state"][0]["step"]
+    with pytest.raises(Exception, match="--gan"):
+        train(options(data, out, epochs=3, resume=True))  # resuming a GAN run without --gan
+
+
+def test_init_fine_tunes_from_a_model_file(data, tmp_path):
+    train(options(data, tmp_path / "a", epochs=1))
+    train(options(data, tmp_path / "b", epochs=1, init=tmp_path / "a" / "model.safetensors", alpha=2.0))
+    b = load_model(tmp_path / "b" / "model.safetensors")
+    assert b.model.cfg.alpha == 2.0 and b.meta["train"]["init"].endswith("model.safetensors")
+
+
+def test_two_process_ddp_on_gloo(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "jmvae_cli", "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+           "--latent-dim", "4", "--device", "cpu", "--val-fraction", "0.25"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 processes" in result.stderr
+    m = metrics(out)
+    assert len(m) == 1  # rank 0 alone writes
+    train_images = load_model(out / "model.safetensors").meta["data"]["train_images"]
+    assert m[0]["step"] == train_images // (2 * 8)  # each of 2 ranks took its own shard
