@@ -1,0 +1,100 @@
+"""Training images/s of the default architecture on this machine: batches from the uint8 cache versus batches
+decoded from the JPEGs each time, in fp32 and in bf16 autocast.
+
+    python benchmarks/train_throughput.py --data ../shared/datasets/celeba [--steps 20] [--device cpu]
+
+Each setting runs a few warm-up steps, then times --steps optimizer steps of the real training step (train.py's
+batch_tensors and the model's loss), and prints one JSON line per setting and a markdown table.
+"""
+
+import argparse
+import itertools
+import json
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jmvae_cli.data import Preprocess, decode_face, load_data, read_source
+from jmvae_cli.model import JMVAE, JMVAEConfig, pixels_to_input
+from jmvae_cli.runtime import Precision, pick_device
+from jmvae_cli.train import batch_tensors
+
+
+def decode_job(args) -> np.ndarray:
+    path, layout = args
+    return decode_face(path, layout, Preprocess())
+
+
+def jpeg_batches(root: Path, batch_size: int, pool: Pool):
+    """What training would cost without the cache: every batch decoded from its JPEGs (by all cores)."""
+    src = read_source(root)
+    rng = np.random.default_rng(0)
+    while True:
+        idx = rng.choice(len(src.paths), batch_size, replace=False)
+        faces = pool.map(decode_job, [(src.paths[i], src.layout) for i in idx])
+        yield np.stack(faces), src.attrs[idx]
+
+
+def run(step_batches, model, optimizer, prec: Precision, device, warmup: int, steps: int, batch_size: int) -> float:
+    for i, (x, w) in enumerate(step_batches):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        if i == warmup + steps:
+            break
+        with prec.autocast():
+            loss = model(x, w)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/celeba")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    device = pick_device(args.device)
+    data = load_data([args.data], progress=True)
+    train_idx = data.indices("train")
+    rows = []
+    with Pool() as pool:
+        for precision in ("fp32", "bf16"):
+            prec = Precision.choose(device, precision)
+            for source in ("cache", "jpeg"):
+                torch.manual_seed(0)
+                model = JMVAE(JMVAEConfig(n_attrs=len(data.attr_names))).to(device, memory_format=prec.memory_format)
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
+                if source == "cache":
+                    rng = np.random.default_rng(0)
+                    batches = (batch_tensors(data, rng.choice(train_idx, args.batch_size, replace=False), device)
+                               for _ in itertools.count())
+                else:
+                    batches = (
+                        (pixels_to_input(torch.from_numpy(u8).to(device)), torch.from_numpy(w).to(device).float())
+                        for u8, w in jpeg_batches(args.data, args.batch_size, pool)
+                    )
+                ips = run(batches, model, optimizer, prec, device, args.warmup, args.steps, args.batch_size)
+                row = {"device": device.type, "precision": precision, "source": source, "images_per_s": round(ips, 1),
+                       "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print("\n| precision | from cache | from JPEGs |\n|---|---|---|")
+    for precision in ("fp32", "bf16"):
+        cells = {r["source"]: r["images_per_s"] for r in rows if r["precision"] == precision}
+        print(f"| {precision} | {cells['cache']} img/s | {cells['jpeg']} img/s |")
+
+
+if __name__ == "__main__":
+    main()
