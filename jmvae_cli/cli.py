@@ -610,7 +610,10 @@ def evaluate(
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training).")
     ] = 0.1,
-    format: FormatOpt = None,
+    format: Annotated[
+        Optional[Format],
+        typer.Option("--format", "-f", help="table or json (default: table on a terminal, json when piped)."),
+    ] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = Device.auto,
     seed: SeedOpt = 0,
@@ -691,45 +694,64 @@ def evaluate(
 
 
 def _print_evaluation(report: dict) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     out = Console(highlight=False)
     out.print(f"{report['weights']}: {report['images']} {report['split']} images", soft_wrap=True)
     names = report["attributes"]
-    columns = []  # (heading, per-attribute scores, score)
+
+    def scores_table(title: str, groups: list[tuple[str, dict, tuple[str, ...]]], caption: str) -> None:
+        """One row per attribute, columns grouped as (group heading, summary, scores), the mean row last."""
+        heads = {"accuracy": "acc", "balanced_accuracy": "bal", "f1": "F1"}
+        table = Table("\nattribute", box=box.SIMPLE_HEAD, title=title, caption=caption, title_justify="left",
+                      caption_justify="left")  # fmt: skip
+        cells = []
+        for heading, summ, keys in groups:
+            for j, key in enumerate(keys):
+                table.add_column(f"{heading if j == 0 else ''}\n{heads[key]}", justify="right")
+                cells.append((summ, key))
+        for n in names:
+            table.add_row(n, *[f"{s['per_attribute'][n][k]:.3f}" for s, k in cells])
+        table.add_section()
+        table.add_row("[bold]mean", *[f"[bold]{s['mean'][k]:.3f}" for s, k in cells])
+        out.print(table)
+
+    every = ("accuracy", "balanced_accuracy", "f1")
     if "img2attr" in report:
         r = report["img2attr"]
-        columns += [("q(z|x) acc", r["q_x"], "accuracy"), ("q(z|x) bal", r["q_x"], "balanced_accuracy"),
-                    ("q(z|x) F1", r["q_x"], "f1"), ("q(z|x,0) acc", r["q_xw_zero"], "accuracy"),
-                    ("q(z|x,0) bal", r["q_xw_zero"], "balanced_accuracy"), ("majority acc", r["majority"], "accuracy")]  # fmt: skip
+        groups = [("q(z|x)", r["q_x"], every), ("q(z|x,0)", r["q_xw_zero"], every[:2]),
+                  ("majority", r["majority"], every[:2])]  # fmt: skip
+        scores_table("img->attr", groups, "q(z|x,0): the joint encoder with w = 0; majority: each attribute's commoner value in training")
     if "attr2img" in report:
         r = report["attr2img"]
-        columns += [("coherence acc", r["coherence"], "accuracy"), ("coherence bal", r["coherence"], "balanced_accuracy"),
-                    ("classifier acc", r["classifier_on_real"], "accuracy"),
-                    ("classifier bal", r["classifier_on_real"], "balanced_accuracy")]  # fmt: skip
-    if columns:
-        table = Table("attribute", *[c[0] for c in columns], title="img->attr and attr->img", title_justify="left")
-        for n in names:
-            table.add_row(n, *[f"{c[1]['per_attribute'][n][c[2]]:.3f}" for c in columns])
-        table.add_row("[bold]mean", *[f"[bold]{c[1]['mean'][c[2]]:.3f}" for c in columns], end_section=True)
-        out.print(table)
+        groups = [("coherence", r["coherence"], every), ("classifier", r["classifier_on_real"], every)]
+        scores_table("attr->img", groups, "classifier: its own scores on the real faces, the ceiling of coherence")
 
     def pct(v) -> str:
         return "-" if v is None else f"{v:.1%}"
 
     if "edit" in report:
         e = report["edit"]
-        table = Table("edit", "faces", "target before", "flipped", "others unchanged",
-                      title=f"single-attribute edits (strength {e['strength']:g})", title_justify="left")  # fmt: skip
+        table = Table("edit", "faces", "target before", "flipped", "others unchanged", box=box.SIMPLE_HEAD,
+                      title=f"single-attribute edits (strength {e['strength']:g})", title_justify="left",
+                      caption="as the classifier sees the faces; only faces not labelled with the target are edited",
+                      caption_justify="left")  # fmt: skip
+        for col in table.columns[1:]:
+            col.justify = "right"
         for r in e["edits"]:
             table.add_row(f"{'+' if r['target'] else '-'}{r['attribute']}", str(r["faces"]), pct(r["target_before"]),
                           pct(r["flipped"]), pct(r["others_unchanged"]))  # fmt: skip
         m = e["mean"]
+        table.add_section()
         table.add_row("[bold]mean", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["others_unchanged"]))
         out.print(table)
     if "likelihood" in report:
-        table = Table("likelihood", "nats", "± se", "bits/dim", title="log-likelihoods", title_justify="left")
+        table = Table("likelihood", "nats", "± se", "bits/dim", box=box.SIMPLE_HEAD, title="log-likelihoods",
+                      title_justify="left")  # fmt: skip
+        for col in table.columns[1:]:
+            col.justify = "right"
         for key, v in report["likelihood"].items():
             se = "-" if v["nats_se"] is None else f"{v['nats_se']:.1f}"
             table.add_row(key, f"{v['nats']:.1f}", se, f"{v['bits_per_dim']:.4f}")
@@ -744,17 +766,20 @@ class FigureKind(str, Enum):
 
 @app.command()
 def figure(
-    kind: Annotated[FigureKind, typer.Argument(help="faces: Figure 1(a); pca: Figure 1(b); edit: Figure 2.")],
+    kind: Annotated[
+        FigureKind, typer.Argument(metavar="KIND", help="faces: Figure 1(a); pca: Figure 1(b); edit: Figure 2.")
+    ],
     image: Annotated[
-        Optional[str], typer.Argument(metavar="[IMAGE]", help="The photo to edit (edit only); - reads it from stdin.")
+        Optional[str], typer.Argument(metavar="IMAGE", help="The photo to edit (edit only); - reads it from stdin.")
     ] = None,
     output: OutputOpt = None,
     attrs: Annotated[
         list[str],
         typer.Option(
             "--attr",
-            help="An attribute to show (repeatable): Name sets it on, -Name or 'not Name' off (faces), "
-            "+Name/-Name forces an edit whose bare Name flips the face's value (edit). Default: the paper's choice.",
+            help="An attribute to show (repeatable; default: the paper's choice). faces: Name sets it on, -Name or "
+            "'not Name' off; pca: the attributes set, one colour each; edit: Name flips the face's inferred value, "
+            "+Name / -Name set it on / off.",
             show_default=False,
         ),
     ] = [],
@@ -781,13 +806,13 @@ def figure(
 
     tr = _load(weights, device, verbose)
     if kind == FigureKind.faces:
-        img = figures.faces_figure(tr, attrs or figures.FACES_COLUMNS, samples, zeta, seed, strength, size)
+        img = figures.faces_figure(tr, attrs, samples, zeta, seed, strength, size)
     elif kind == FigureKind.pca:
-        img = figures.pca_figure(tr, attrs or figures.PCA_ATTRIBUTES, bases, seed, strength)
+        img = figures.pca_figure(tr, attrs, bases, seed, strength)
     else:
         data = _read_stdin_bytes() if image == "-" else image
         _, crops = translate.load_faces(data, "<stdin>" if image == "-" else image, detect=not no_detect)
-        img, probs = figures.edit_figure(tr, crops[0].crop, attrs or figures.EDIT_COLUMNS, strength, size)
+        img, probs = figures.edit_figure(tr, crops[0].crop, attrs, strength, size)
         on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if p >= 0.5)[::-1]
         console.print("inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True)
     _write_image(img, output)

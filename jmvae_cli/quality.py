@@ -1,0 +1,342 @@
+"""How well a JMVAE translates in both directions, as `jmvae evaluate` reports it, and the image statistics the
+JMVAE-GAN comparison uses.
+
+    img2attr   faces of the evaluation split -> attributes, p(w|z) at the mean of q(z|x) thresholded at 0.5, and
+               the same through q(z|x, w=0) (JMVAE-zero's route into the joint encoder), against the labels; the
+               majority class of each attribute on the training split is the baseline to beat
+    attr2img   the label vectors of the evaluation split -> the decoded mean of q(z|w), as 8-bit faces, read back
+               by the separately trained attribute classifier (baselines.AttributeClassifier); coherence is the
+               agreement between requested and recognised attributes. The classifier's own scores on the real
+               faces are the ceiling: coherence above them would mean nothing
+    edit       the paper's x' = x + x'_mean - x_mean on the 64x64 crops (translate.edit_face, batched), for faces
+               whose label is not yet the target; the classifier says whether the edit reached the target and
+               whether the other attributes stayed as it saw them before
+
+Scores per attribute are accuracy, balanced accuracy (mean of the true-positive and true-negative rates: on
+CelebA's lopsided attributes accuracy alone rewards always saying "no") and F1 of the positive class.
+"""
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from jmvae_cli import translate
+from jmvae_cli.checkpoint import WeightsError, load_model
+from jmvae_cli.console import console
+from jmvae_cli.data import DataError, FaceData
+from jmvae_cli.errors import JmvaeError
+from jmvae_cli.model import JMVAE, Gaussian, output_to_pixels, pixels_to_input
+
+CLASSIFIER_WEIGHTS_NAME = "classifier.safetensors"
+PARTS = ("img2attr", "attr2img", "edit", "likelihood")
+# The single-attribute edits scored by default: (attribute, target); the last turns eyeglasses off.
+DEFAULT_EDITS = (
+    ("Smiling", 1), ("Eyeglasses", 1), ("Male", 1), ("Blond_Hair", 1), ("Black_Hair", 1), ("Mustache", 1),
+    ("Bangs", 1), ("Wearing_Hat", 1), ("Young", 1), ("Bald", 1), ("Pale_Skin", 1), ("Mouth_Slightly_Open", 1),
+    ("Eyeglasses", 0),
+)  # fmt: skip
+BATCH_SIZE = 128
+
+
+class ClassifierError(JmvaeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- scores with known answers
+
+
+def binary_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-column accuracy, balanced accuracy and F1 of {0, 1} predictions (N, A) against {0, 1} targets (N, A).
+
+    Where a column's targets hold one class only, balanced accuracy is that class's rate alone. F1 is 0 where
+    no positive is either predicted or present (scikit-learn's zero_division=0), so a mean F1 never rises
+    because an attribute happens to be absent."""
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)  # (N, A)
+    tp = (pred & target).sum(0)  # (A,)
+    tn = (~pred & ~target).sum(0)
+    fp = (pred & ~target).sum(0)
+    fn = (~pred & target).sum(0)
+    n = max(len(pred), 1)
+    pos, neg = tp + fn, tn + fp  # (A,)
+    tpr = np.divide(tp, pos, out=np.zeros(tp.shape), where=pos > 0)
+    tnr = np.divide(tn, neg, out=np.zeros(tn.shape), where=neg > 0)
+    balanced = (tpr * (pos > 0) + tnr * (neg > 0)) / np.maximum((pos > 0).astype(int) + (neg > 0), 1)
+    f1_den = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, f1_den, out=np.zeros(tp.shape), where=f1_den > 0)
+    return {"accuracy": (tp + tn) / n, "balanced_accuracy": balanced, "f1": f1}
+
+
+def majority_classes(train_attrs: np.ndarray) -> np.ndarray:
+    """The more frequent value of each attribute, (N, A) {0, 1} -> (A,) {0, 1}; a tie counts as 1."""
+    return (np.asarray(train_attrs, np.float64).mean(0) >= 0.5).astype(np.uint8)
+
+
+def majority_scores(train_attrs: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """The baseline that ignores the face: every prediction is the training split's majority class."""
+    return binary_scores(np.broadcast_to(majority_classes(train_attrs), np.shape(target)), target)
+
+
+def coherence_scores(requested: np.ndarray, recognised: np.ndarray) -> dict[str, np.ndarray]:
+    """Agreement of the attributes a face was generated from with those the classifier recognises in it: the
+    requested vector plays the labels, so balanced accuracy and F1 are about what was asked for."""
+    return binary_scores(recognised, requested)
+
+
+def summary(scores: dict[str, np.ndarray], names: list[str]) -> dict:
+    """{'mean': {score: value}, 'per_attribute': {name: {score: value}}}, plain floats for JSON."""
+    return {
+        "mean": {k: float(np.mean(v)) for k, v in scores.items()},
+        "per_attribute": {n: {k: float(v[i]) for k, v in scores.items()} for i, n in enumerate(names)},
+    }
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F), FID's formula:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2).
+
+    tr((S_a S_b)^1/2) is the sum of the square roots of the eigenvalues of S_a^1/2 S_b S_a^1/2, which is
+    symmetric positive semi-definite: eigh on it is stable where a general matrix square root is not."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)  # (F,)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))  # (F, F)
+    vals, vecs = np.linalg.eigh(s_a)
+    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T  # S_a^1/2
+    m = root_a @ s_b @ root_a
+    cross = np.linalg.eigvalsh((m + m.T) / 2)  # symmetric up to rounding; eigvalsh reads one triangle only
+    tr_root = np.sqrt(np.clip(cross, 0, None)).sum()
+    d = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_root)
+    return max(d, 0.0)  # rounding can take identical sets a hair below zero
+
+
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian_energy(x: torch.Tensor) -> float:
+    """Mean squared response of a 3x3 Laplacian, per channel, over the interior (no padding to invent edges):
+    the high-frequency energy of images (B, C, H, W) in any fixed range."""
+    x = x.float()
+    c = x.shape[1]
+    kernel = LAPLACIAN.to(x.device).expand(c, 1, 3, 3)  # (C, 1, 3, 3): one filter per channel
+    return float(F.conv2d(x, kernel, groups=c).pow(2).mean())  # (B, C, H-2, W-2) averaged
+
+
+def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """High-frequency energy of generated faces relative to real ones: 1 is as sharp as the photos, and a VAE's
+    blurry means sit well below it."""
+    return laplacian_energy(generated) / laplacian_energy(real)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def default_classifier() -> Path:
+    """The attribute classifier bundled beside the default model (weights/ in the repository)."""
+    return Path(str(resources.files("jmvae_cli.weights").joinpath(CLASSIFIER_WEIGHTS_NAME)))
+
+
+@dataclass
+class Classifier:
+    """The attribute classifier, its outputs reordered to a JMVAE's attribute order."""
+
+    model: torch.nn.Module  # baselines.AttributeClassifier
+    index: torch.Tensor  # (A,) the classifier's column for each of the JMVAE's attributes
+    path: Path
+
+    @torch.inference_mode()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, 64, 64) in [-1, 1] -> (B, A) probabilities in the JMVAE's attribute order."""
+        return self.model.attrs_from_images(x)[:, self.index]
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)  # (B, F)
+
+
+def load_classifier(path: str | Path | None, attr_names: list[str], device: torch.device) -> Classifier:
+    """Load an attribute classifier that knows every attribute in `attr_names` (in any order)."""
+    path = Path(path) if path is not None else default_classifier()
+    loaded = load_model(path, device)
+    if loaded.model.cfg.model != "classifier":
+        raise ClassifierError(f"{path} holds a {loaded.model.cfg.model} model, not an attribute classifier")
+    names = loaded.meta.get("attr_names") or []
+    missing = [n for n in attr_names if n not in names]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ClassifierError(
+            f"the classifier {path} does not know the model's attributes {', '.join(missing[:3])}{more}: "
+            "train one on the same attributes (`jmvae train --model classifier`)"
+        )
+    index = torch.tensor([names.index(n) for n in attr_names], device=device)
+    return Classifier(loaded.model, index, path)
+
+
+def q_x_zero(model: JMVAE, x: torch.Tensor) -> Gaussian:
+    """q(z|x, w=0): the joint encoder with the attributes blanked, JMVAE-zero's way to encode an image alone.
+    For a jmvae-kl model it shows what JMVAE-kl's separate q(z|x) buys."""
+    w = torch.zeros(x.shape[0], model.cfg.n_attrs, device=x.device)  # (B, A)
+    return model._joint(model.image_features(x), w)
+
+
+def parse_edits(specs: Iterable[str], attr_names: list[str]) -> list[tuple[int, int]]:
+    """'+Smiling' or 'Smiling' -> (index, 1), '-Eyeglasses' -> (index, 0); names as translate.attr_index reads them."""
+    edits = []
+    for spec in specs:
+        target = 0 if spec.startswith("-") else 1
+        edits.append((translate.attr_index(spec.lstrip("+-"), attr_names), target))
+    return edits
+
+
+def default_edits(attr_names: list[str]) -> list[tuple[int, int]]:
+    """DEFAULT_EDITS among the attributes the model has (a model of other attributes gets fewer, or none)."""
+    return [(attr_names.index(n), t) for n, t in DEFAULT_EDITS if n in attr_names]
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+def _progress(enabled: bool) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True, disable=not enabled)
+
+
+def _as_written(x: torch.Tensor) -> torch.Tensor:
+    """Round model output to 8-bit pixels and back: the classifier judges the faces a user would get."""
+    return pixels_to_input(output_to_pixels(x))  # (B, 3, 64, 64)
+
+
+@torch.inference_mode()
+def edit_batch(model: JMVAE, x: torch.Tensor, probs: torch.Tensor, index: int, value: float) -> torch.Tensor:
+    """translate.edit_face for a batch and one attribute set to `value`: x (B, 3, 64, 64) in [-1, 1] and its
+    p(w|z) (B, A) -> x + x'_mean - x_mean, clipped to [-1, 1] (B, 3, 64, 64)."""
+    w = translate.binarize(probs)  # (B, A)
+    w_new = w.clone()
+    w_new[:, index] = value
+    b = len(x)
+    means = model.images_from_z(model.q_w(torch.cat([w, w_new])).mu)  # (2B, 3, 64, 64)
+    return (x + means[b:] - means[:b]).clamp(-1, 1)
+
+
+@torch.inference_mode()
+def evaluate_quality(
+    model: JMVAE,
+    attr_names: list[str],
+    images: np.ndarray,
+    attrs: np.ndarray,
+    train_attrs: np.ndarray,
+    *,
+    classifier: Classifier | None = None,
+    parts: Iterable[str] = ("img2attr", "attr2img", "edit"),
+    edits: list[tuple[int, int]] | None = None,
+    strength: float = translate.DEFAULT_STRENGTH,
+    batch_size: int = BATCH_SIZE,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """The img2attr, attr2img and edit reports of `jmvae evaluate` for faces (N, 64, 64, 3) uint8 with labels
+    (N, A) {0, 1} in the model's attribute order; train_attrs (M, A) give the majority baseline. attr2img and
+    edit need the classifier. Everything runs in fp32, as attr2img and edit do."""
+    parts = set(parts)
+    if parts & {"attr2img", "edit"} and classifier is None:
+        raise ClassifierError("attr2img coherence and edits are judged by an attribute classifier: none was given")
+    edits = default_edits(attr_names) if edits is None else edits
+    device = torch.device(device)
+    n, a = len(images), len(attr_names)
+    pred_x = np.zeros((n, a), np.uint8)  # p(w|z) at the mean of q(z|x), thresholded
+    pred_zero = np.zeros((n, a), np.uint8)  # the same through q(z|x, w=0)
+    cls_real = np.zeros((n, a), np.uint8)  # the classifier on the real faces
+    cls_gen = np.zeros((n, a), np.uint8)  # the classifier on faces generated from the labels
+    # per edit: faces edited, target seen before, target seen after, other attributes seen unchanged
+    counts = np.zeros((len(edits), 4), np.int64)
+    on, off = 0.5 + strength / 2, 0.5 - strength / 2  # translate's strength convention
+
+    with _progress(progress) as bar:
+        task = bar.add_task("evaluating", total=n)
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            u8 = torch.from_numpy(np.ascontiguousarray(images[sl])).to(device)  # (b, 64, 64, 3)
+            x = pixels_to_input(u8)  # (b, 3, 64, 64)
+            w = torch.from_numpy(np.asarray(attrs[sl], np.float32)).to(device)  # (b, A)
+            probs = model.attrs_from_images(x)  # (b, A)
+            if "img2attr" in parts:
+                pred_x[sl] = (probs >= 0.5).cpu().numpy()
+                pred_zero[sl] = (torch.sigmoid(model.decode_w(q_x_zero(model, x).mu)) >= 0.5).cpu().numpy()
+            if classifier is not None and parts & {"attr2img", "edit"}:
+                seen = classifier.probs(x) >= 0.5  # (b, A)
+                cls_real[sl] = seen.cpu().numpy()
+            if "attr2img" in parts:
+                gen = _as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, 64, 64)
+                cls_gen[sl] = (classifier.probs(gen) >= 0.5).cpu().numpy()
+            if "edit" in parts:
+                for e, (i, target) in enumerate(edits):
+                    todo = w[:, i] != target  # (b,) faces whose label is not yet the target
+                    if not todo.any():
+                        continue
+                    edited = _as_written(edit_batch(model, x[todo], probs[todo], i, on if target else off))
+                    after = classifier.probs(edited) >= 0.5  # (t, A)
+                    before = seen[todo]  # (t, A)
+                    others = torch.ones(a, dtype=torch.bool, device=device)
+                    others[i] = False
+                    counts[e] += [
+                        int(todo.sum()),
+                        int((before[:, i] == bool(target)).sum()),
+                        int((after[:, i] == bool(target)).sum()),
+                        int((after[:, others] == before[:, others]).sum()),
+                    ]
+            bar.advance(task, len(u8))
+
+    report: dict = {}
+    if "img2attr" in parts:
+        report["img2attr"] = {
+            "q_x": summary(binary_scores(pred_x, attrs), attr_names),
+            "q_xw_zero": summary(binary_scores(pred_zero, attrs), attr_names),
+            "majority": summary(majority_scores(train_attrs, attrs), attr_names),
+        }
+    if "attr2img" in parts:
+        report["attr2img"] = {
+            "coherence": summary(coherence_scores(attrs, cls_gen), attr_names),
+            "classifier_on_real": summary(binary_scores(cls_real, attrs), attr_names),
+        }
+    if "edit" in parts:
+        report["edit"] = edit_report(counts, edits, attr_names, strength)
+    return report
+
+
+def edit_report(counts: np.ndarray, edits: list[tuple[int, int]], attr_names: list[str], strength: float) -> dict:
+    """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged."""
+    rows = []
+    for (i, target), (faces, before, after, kept) in zip(edits, counts):
+        rows.append(
+            {
+                "attribute": attr_names[i],
+                "target": int(target),
+                "faces": int(faces),
+                # the classifier already sees the target on some unedited faces (its errors, or label noise)
+                "target_before": before / faces if faces else None,
+                "flipped": after / faces if faces else None,
+                "others_unchanged": kept / (faces * (len(attr_names) - 1)) if faces and len(attr_names) > 1 else None,
+            }
+        )
+    done = [r for r in rows if r["faces"]]
+    mean = {k: float(np.mean([r[k] for r in done])) if done else None for k in ("target_before", "flipped")}
+    kept = [r["others_unchanged"] for r in done if r["others_unchanged"] is not None]
+    mean["others_unchanged"] = float(np.mean(kept)) if kept else None
+    return {"strength": strength, "edits": rows, "mean": mean}
+
+
+def align_attributes(data: FaceData, attr_names: list[str]) -> FaceData:
+    """The data's labels in the model's attribute order; the data must have every attribute the model has."""
+    if data.attr_names == list(attr_names):
+        return data
+    missing = [n for n in attr_names if n not in data.attr_names]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"the data has no labels for the model's attributes {', '.join(missing[:3])}{more}")
+    cols = [data.attr_names.index(n) for n in attr_names]
+    return dataclasses.replace(data, attrs=data.attrs[:, cols], attr_names=list(attr_names))

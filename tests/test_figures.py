@@ -1,0 +1,135 @@
+"""The paper's figures: their layout, that their tiles are what translate.py makes, and `jmvae figure`."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from jmvae_cli import cli, figures, translate
+from tests.model_fixtures import ATTRS, photo_array, tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tr(tiny_weights):
+    return translate.Translator.from_weights(tiny_weights, "cpu", "fp32")
+
+
+def tile_at(img: Image.Image, row: int, col: int, n_rows: int, n_cols: int, tile: int, footer: bool = False) -> np.ndarray:
+    """The (tile, tile, 3) pixels of one tile, found from the bottom-right corner of the tile block."""
+    width, height = img.size
+    bottom = height - (figures.FOOTER_LINES * figures._line_height(tile) + 6 if footer else 0)
+    x0 = width - n_cols * tile - (n_cols - 1) * figures.GAP + col * (tile + figures.GAP)
+    y0 = bottom - n_rows * tile - (n_rows - 1) * figures.GAP + row * (tile + figures.GAP)
+    return np.array(img)[y0 : y0 + tile, x0 : x0 + tile]
+
+
+def test_sheet_size_makes_room_for_labels():
+    bare = figures.sheet_size(2, 3, 64, col_labels=False)
+    assert bare == (3 * 64 + 2 * figures.GAP, 2 * 64 + figures.GAP)
+    short = figures.sheet_size(2, 3, 64, ["a", "b"])
+    long = figures.sheet_size(2, 3, 64, ["a", "a much longer row label"])
+    assert short[0] == bare[0] + figures.ROW_LABEL_WIDTH and long[0] > short[0]
+    assert short[1] > bare[1]  # the column labels' header
+    assert figures.sheet_size(2, 3, 64, footer_lines=2)[1] > figures.sheet_size(2, 3, 64)[1]
+
+
+def test_parse_spec():
+    assert figures.parse_spec("Male", ATTRS) == (1, True, "Male")
+    assert figures.parse_spec("+male", ATTRS) == (1, True, "Male")
+    assert figures.parse_spec("-Smiling", ATTRS) == (0, False, "Smiling")
+    assert figures.parse_spec("not Young", ATTRS) == (4, False, "Young")
+    assert figures.parse_spec("Not_Blond_Hair", ATTRS) == (3, False, "Blond_Hair")
+    assert figures.parse_spec("~Eyeglasses", ATTRS) == (2, None, "Eyeglasses")
+    with pytest.raises(translate.AttributeNameError, match="Bald"):
+        figures.parse_spec("Bald", ATTRS)
+
+
+def test_faces_figure_layout_and_tiles(tr):
+    columns = ["Male", "-Male", "Smiling"]
+    img = figures.faces_figure(tr, columns, samples=2, zeta=0.5, seed=3, tile=64)
+    n_rows, n_cols = 3, 4  # mean + 2 samples; Base + 3 columns
+    assert img.size == figures.sheet_size(n_rows, n_cols, 64, ["mean", "sample 1", "sample 2"])
+    assert img.width > n_cols * 64 + (n_cols - 1) * figures.GAP and img.height > n_rows * 64  # room for labels
+    base = translate.base_attributes("random", len(ATTRS), 3)
+    expected = translate.average_face(tr, base, 2, 0.5, 3)  # (3, 64, 64, 3): what attr2img draws for Base
+    for r in range(n_rows):
+        assert np.array_equal(tile_at(img, r, 0, n_rows, n_cols, 64), expected[r])
+    w = base.copy()
+    w[1] = 0.5 - 1.0  # "-Male" at strength 2
+    assert np.array_equal(tile_at(img, 1, 2, n_rows, n_cols, 64), translate.average_face(tr, w, 2, 0.5, 3)[1])
+    big = figures.faces_figure(tr, columns, samples=1, tile=96)
+    assert big.size == figures.sheet_size(2, 4, 96, ["mean", "sample 1"])
+    with pytest.raises(translate.AttributeNameError):
+        figures.faces_figure(tr, ["~Male"])
+
+
+def test_pca_points(tr):
+    points, labels, explained, names = figures.pca_points(tr, ["Male", "Smiling", "Young"], n_bases=30, seed=1)
+    assert points.shape == (90, 2) and labels.tolist() == [0] * 30 + [1] * 30 + [2] * 30
+    assert names == ["Male", "Smiling", "Young"]
+    assert np.allclose(points.mean(0), 0, atol=1e-9)  # principal components of centred means
+    assert explained[0] >= explained[1] > 0 and explained.sum() <= 1 + 1e-9
+    assert points[:, 0].var() >= points[:, 1].var()
+    assert abs(np.corrcoef(points.T)[0, 1]) < 1e-6  # the components are uncorrelated
+
+
+def test_pca_figure_has_a_legend_colour_per_attribute(tr):
+    img = figures.pca_figure(tr, ["Male", "Smiling"], n_bases=20)
+    assert img.size == (720, 540)
+    colours = {tuple(c) for c in np.array(img).reshape(-1, 3)}
+    assert figures.PALETTE[0] in colours and figures.PALETTE[1] in colours and figures.PALETTE[2] not in colours
+
+
+def test_edit_figure(tr):
+    face = photo_array(64, 64, seed=4)
+    img, probs = figures.edit_figure(tr, face, ["Smiling", "+Male", "-Young"], tile=64)
+    assert img.size == figures.sheet_size(1, 4, 64, footer_lines=figures.FOOTER_LINES)
+    assert probs.shape == (len(ATTRS),)
+    assert np.array_equal(tile_at(img, 0, 0, 1, 4, 64, footer=True), face)
+    smiling = bool(probs[0] >= 0.5)  # a bare name flips what was inferred
+    edit = translate.edit_face(tr, face, {0: -0.5 if smiling else 1.5})
+    assert np.array_equal(tile_at(img, 0, 1, 1, 4, 64, footer=True), edit.pixels("result"))
+    edit = translate.edit_face(tr, face, {1: 1.5})
+    assert np.array_equal(tile_at(img, 0, 2, 1, 4, 64, footer=True), edit.pixels("result"))
+
+
+# ----------------------------------------------------------------------------- jmvae figure
+
+
+def run(*args):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def test_figure_commands(weights_env, tmp_path):
+    out = tmp_path / "faces.png"
+    r = run("figure", "faces", "-o", out, "--attr", "Male", "--attr=-Male", "--samples", "2", "--size", "64")
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size == figures.sheet_size(3, 3, 64, ["mean", "sample 1", "sample 2"])
+    r = run("figure", "faces", "-o", out)
+    assert r.exit_code == 0, r.output
+    rows = ["mean"] + [f"sample {r}" for r in range(1, 5)]
+    assert Image.open(out).size == figures.sheet_size(5, 1 + 7, 96, rows)  # Base and the 7 defaults the model has
+
+    r = run("figure", "pca", "-o", tmp_path / "pca.png", "--bases", "10", "--attr", "Male", "--attr", "Smiling")
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "pca.png").size == (720, 540)
+
+    photo = write_photo(tmp_path / "photo.png", 64, 64, seed=2)
+    r = run("figure", "edit", photo, "-o", tmp_path / "edit.png", "--no-detect", "--size", "64")
+    assert r.exit_code == 0, r.output
+    assert "inferred:" in r.stderr
+    n_cols = 1 + 5  # the original and the default edits the model has
+    size = figures.sheet_size(1, n_cols, 64, footer_lines=figures.FOOTER_LINES)
+    assert Image.open(tmp_path / "edit.png").size == size
+
+
+def test_figure_errors(weights_env, tmp_path):
+    assert run("figure", "edit", "-o", tmp_path / "x.png").exit_code == 2  # no photo
+    assert run("figure", "faces", "photo.png", "-o", tmp_path / "x.png").exit_code == 2
+    assert run("figure", "faces").exit_code == 2  # no -o
+    r = run("figure", "faces", "-o", tmp_path / "x.png", "--attr", "Bald")
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "Bald" in r.stderr and not (tmp_path / "x.png").exists()
