@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jmvae_cli import translate
-from jmvae_cli.checkpoint import WeightsError, load_model
+from jmvae_cli.checkpoint import load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, Gaussian, output_to_pixels, pixels_to_input
 
 CLASSIFIER_WEIGHTS_NAME = "classifier.safetensors"
-PARTS = ("img2attr", "attr2img", "edit", "likelihood")
 # The single-attribute edits scored by default: (attribute, target); the last turns eyeglasses off.
 DEFAULT_EDITS = (
     ("Smiling", 1), ("Eyeglasses", 1), ("Male", 1), ("Blond_Hair", 1), ("Black_Hair", 1), ("Mustache", 1),
@@ -212,15 +211,23 @@ def _as_written(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def edit_batch(model: JMVAE, x: torch.Tensor, probs: torch.Tensor, index: int, value: float) -> torch.Tensor:
-    """translate.edit_face for a batch and one attribute set to `value`: x (B, 3, 64, 64) in [-1, 1] and its
-    p(w|z) (B, A) -> x + x'_mean - x_mean, clipped to [-1, 1] (B, 3, 64, 64)."""
+def edit_start(model: JMVAE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every edit of a batch shares, as translate.edit_face computes it: p(w|z) (B, A) -> (w thresholded
+    (B, A), x_mean, the decoded mean of q(z|w) (B, 3, 64, 64))."""
     w = translate.binarize(probs)  # (B, A)
+    return w, model.images_from_z(model.q_w(w).mu)
+
+
+@torch.inference_mode()
+def edit_batch(
+    model: JMVAE, x: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor, index: int, value: float
+) -> torch.Tensor:
+    """translate.edit_face for a batch, with one attribute set to `value`: faces x (B, 3, 64, 64) in [-1, 1] and
+    their edit_start -> x + x'_mean - x_mean, clipped to [-1, 1] (B, 3, 64, 64)."""
     w_new = w.clone()
     w_new[:, index] = value
-    b = len(x)
-    means = model.images_from_z(model.q_w(torch.cat([w, w_new])).mu)  # (2B, 3, 64, 64)
-    return (x + means[b:] - means[:b]).clamp(-1, 1)
+    x_mean_new = model.images_from_z(model.q_w(w_new).mu)  # (B, 3, 64, 64)
+    return (x + x_mean_new - x_mean).clamp(-1, 1)
 
 
 @torch.inference_mode()
@@ -274,11 +281,13 @@ def evaluate_quality(
                 gen = _as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, 64, 64)
                 cls_gen[sl] = (classifier.probs(gen) >= 0.5).cpu().numpy()
             if "edit" in parts:
+                w_hat, x_mean = edit_start(model, probs)  # computed once for all the edits
                 for e, (i, target) in enumerate(edits):
                     todo = w[:, i] != target  # (b,) faces whose label is not yet the target
                     if not todo.any():
                         continue
-                    edited = _as_written(edit_batch(model, x[todo], probs[todo], i, on if target else off))
+                    value = on if target else off
+                    edited = _as_written(edit_batch(model, x[todo], w_hat[todo], x_mean[todo], i, value))
                     after = classifier.probs(edited) >= 0.5  # (t, A)
                     before = seen[todo]  # (t, A)
                     others = torch.ones(a, dtype=torch.bool, device=device)

@@ -125,8 +125,8 @@ def test_sharpness_ratio():
 def test_edit_batch_is_edit_face(tr):
     faces = np.stack([photo_array(64, 64, seed=s) for s in range(3)])  # (3, 64, 64, 3)
     x = pixels_to_input(torch.from_numpy(faces))
-    probs = tr.model.attrs_from_images(x)
-    got = quality.edit_batch(tr.model, x, probs, 1, 1.5)
+    w, x_mean = quality.edit_start(tr.model, tr.model.attrs_from_images(x))
+    got = quality.edit_batch(tr.model, x, w, x_mean, 1, 1.5)
     for k in range(3):
         one = translate.edit_face(tr, faces[k], {1: 1.5}).result
         assert torch.allclose(got[k], one, atol=1e-5)
