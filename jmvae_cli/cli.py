@@ -302,7 +302,8 @@ def img2attr(
     verbose: VerboseOpt = False,
 ):
     """Infer the attributes of the face in each image: p(w|z) at the mean of q(z|x)."""
-    fmt = format or (Format.table if _stdout_is_tty() else Format.tsv)
+    # Piped output defaults to tsv, or to jsonl when only some attributes are kept (csv/tsv need every column).
+    fmt = format or (Format.table if _stdout_is_tty() else Format.jsonl if only_positive else Format.tsv)
     if only_positive and fmt in (Format.csv, Format.tsv):
         raise typer.BadParameter("csv and tsv keep every attribute's column; use json or jsonl", param_hint="'--only-positive'")
     if inputs.count("-") > 1:

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates the pictures in examples/ with the bundled default model: bash examples/make_examples.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+photo=astronaut.png
+jmvae img2attr "$photo" --format json > astronaut-attributes.json
+jmvae edit "$photo" --set Eyeglasses -o astronaut-eyeglasses.png --force
+jmvae edit "$photo" --set Blond_Hair -o astronaut-blond.png --force
+jmvae edit "$photo" --set Eyeglasses --show --size 128 -o strip-eyeglasses.png --force
+jmvae edit "$photo" --set Blond_Hair --show --size 128 -o strip-blond.png --force
+jmvae edit "$photo" --unset Smiling --show --size 128 -o strip-not-smiling.png --force
+jmvae attr2img --base zeros --set Male --set Eyeglasses --samples 7 --size 96 -o male-eyeglasses.png
+jmvae attr2img --attrs astronaut-attributes.json --set Blond_Hair --samples 3 --size 96 -o astronaut-as-attributes.png
+python3 - <<'PY'
+from PIL import Image
+strips = [Image.open(f"strip-{n}.png") for n in ("eyeglasses", "blond", "not-smiling")]
+out = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), "white")
+for i, s in enumerate(strips):
+    out.paste(s, (0, i * s.height))
+out.save("astronaut-edits.png")
+PY
+rm strip-*.png
