@@ -193,9 +193,13 @@ def train(
     cache_dir: Annotated[
         Optional[Path], typer.Option(envvar="JMVAE_CACHE_DIR", help="Where decoded images are cached.")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON on stdout.")] = False,
+    format: Annotated[
+        Optional[Format], typer.Option("--format", "-f", help="json: print the last epoch's metrics on stdout.")
+    ] = None,
 ):
     """Train a JMVAE on face images with attributes."""
+    if format not in (None, Format.table, Format.json):
+        raise typer.BadParameter("train reports as a table (stderr) or json (stdout)", param_hint="'--format'")
     from jmvae_cli.train import TrainOptions, train as run_training
 
     opts = TrainOptions(
@@ -225,7 +229,7 @@ def train(
     )
     metrics = run_training(opts)
     console.print(f"saved {out / 'model.safetensors'}")
-    if json_out:
+    if format == Format.json:
         print(json.dumps(metrics))
 
 

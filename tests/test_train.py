@@ -56,6 +56,16 @@ def test_resume_continues_the_step_count(data, tmp_path):
     assert load_train_state(out / "train_state.safetensors")[2]["epochs_done"] == 3
 
 
+def test_cli_trains_and_reports_json(data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--format", "json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["epoch"] == 1 and report == metrics(out)[-1]
+    assert "saved" in result.stderr
+
+
 def test_existing_run_is_never_overwritten(data, tmp_path):
     out = tmp_path / "run"
     train(options(data, out, epochs=1))
