@@ -40,7 +40,7 @@ from jmvae_cli.checkpoint import load_model  # noqa: E402
 from jmvae_cli.console import console  # noqa: E402
 from jmvae_cli.data import load_data  # noqa: E402
 from jmvae_cli.model import output_to_pixels, pixels_to_input  # noqa: E402
-from jmvae_cli.runtime import pick_device  # noqa: E402
+from jmvae_cli.runtime import Precision, pick_device  # noqa: E402
 
 SECTION = "## JMVAE-GAN against JMVAE"
 BATCH = 250
@@ -111,7 +111,8 @@ def mean_scores(pred: np.ndarray, target: np.ndarray) -> dict:
 
 def measure(path: Path, real: np.ndarray, attrs: np.ndarray, clf, real_feats, real_energy, eps, device) -> tuple[dict, dict]:
     loaded = load_model(path, device)
-    model, meta = loaded.model, loaded.meta
+    model = loaded.model.to(memory_format=Precision(device, None).memory_format)  # the convolutions' fast layout
+    meta = loaded.meta
     train = meta.get("train", {})
     row = {
         "weights": str(path),

@@ -33,6 +33,7 @@ from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, Gaussian, output_to_pixels, pixels_to_input
+from jmvae_cli.runtime import Precision
 
 CLASSIFIER_WEIGHTS_NAME = "classifier.safetensors"
 # The single-attribute edits scored by default: (attribute, target); the last turns eyeglasses off.
@@ -173,7 +174,8 @@ def load_classifier(path: str | Path | None, attr_names: list[str], device: torc
             "train one on the same attributes (`jmvae train --model classifier`)"
         )
     index = torch.tensor([names.index(n) for n in attr_names], device=device)
-    return Classifier(loaded.model, index, path)
+    model = loaded.model.to(memory_format=Precision(device, None).memory_format)  # the convolutions' fast layout
+    return Classifier(model, index, path)
 
 
 def q_x_zero(model: JMVAE, x: torch.Tensor) -> Gaussian:
