@@ -122,7 +122,16 @@ def default_weights() -> Path:
     env = os.environ.get("JMVAE_WEIGHTS")
     if env:
         return Path(env)
-    return Path(str(resources.files("jmvae_cli.weights").joinpath(DEFAULT_WEIGHTS_NAME)))
+    return bundled_weights(DEFAULT_WEIGHTS_NAME)
+
+
+def bundled_weights(name: str) -> Path:
+    """A file of the models shipped with the package."""
+    try:
+        folder = resources.files("jmvae_cli.weights")
+    except ModuleNotFoundError:  # a source checkout on sys.path, not installed: weights/ sits beside the package
+        folder = Path(__file__).resolve().parents[1] / "weights"
+    return Path(str(folder.joinpath(name)))
 
 
 # ----------------------------------------------------------------------------- the training state

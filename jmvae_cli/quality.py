@@ -19,7 +19,6 @@ CelebA's lopsided attributes accuracy alone rewards always saying "no") and F1 o
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jmvae_cli import translate
-from jmvae_cli.checkpoint import load_model
+from jmvae_cli.checkpoint import bundled_weights, load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
 from jmvae_cli.errors import JmvaeError
@@ -138,7 +137,7 @@ def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
 
 def default_classifier() -> Path:
     """The attribute classifier bundled beside the default model (weights/ in the repository)."""
-    return Path(str(resources.files("jmvae_cli.weights").joinpath(CLASSIFIER_WEIGHTS_NAME)))
+    return bundled_weights(CLASSIFIER_WEIGHTS_NAME)
 
 
 @dataclass
