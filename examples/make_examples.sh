@@ -10,6 +10,10 @@ jmvae edit "$photo" --set Eyeglasses --show --size 128 -o strip-eyeglasses.png -
 jmvae edit "$photo" --set Blond_Hair --show --size 128 -o strip-blond.png --force
 jmvae edit "$photo" --unset Smiling --show --size 128 -o strip-not-smiling.png --force
 jmvae attr2img --base zeros --set Male --set Eyeglasses --samples 7 --size 96 -o male-eyeglasses.png
+# attributes -> image: a plain base (no beard, young, all else off), then one attribute on; mean and 3 samples each
+base="--base zeros --set No_Beard --set Young --samples 3 --size 64"
+jmvae attr2img $base -o attrs-base.png
+for a in Male Smiling Eyeglasses Blond_Hair; do jmvae attr2img $base --set "$a" -o "attrs-$a.png"; done
 jmvae attr2img --attrs astronaut-attributes.json --set Blond_Hair --samples 3 --size 96 -o astronaut-as-attributes.png
 python3 - <<'PY'
 from PIL import Image
