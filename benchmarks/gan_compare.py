@@ -3,7 +3,7 @@
     python benchmarks/gan_compare.py --data ../shared/datasets/celeba-hq-64 --data ../shared/datasets/celeba
         [--default weights/default.safetensors] [--gan weights/jmvae-gan.safetensors]
         [--classifier weights/classifier.safetensors] [--max-images N] [--device auto] [--seed 0]
-        [--grid docs/gan_grid.png] [--results docs/results.md] [--json FILE]
+        [--grid docs/gan_grid.png] [--results docs/results.md] [--notes FILE] [--json FILE]
 
 For each model, from the attribute vectors of the validation faces:
   sharpness   high-frequency energy (mean squared 3x3 Laplacian response) of the generated faces divided by the
@@ -17,9 +17,10 @@ For each model, from the attribute vectors of the validation faces:
 Generated faces are the decoded means of q(z|w) (what attr2img draws first) and samples z = mean + sigma * eps,
 eps ~ N(0, I) (the same eps for both models), each rounded to 8-bit pixels as attr2img writes them.
 
-Writes a grid (rows: real | JMVAE | JMVAE-GAN, for the same attribute vectors) and the section
-`## JMVAE-GAN against JMVAE` of docs/results.md (re-read just before writing; other sections are left alone),
-and prints the numbers as JSON on stdout.
+Writes a grid (rows: real | JMVAE | JMVAE-GAN means, then both models' samples, for the same attribute vectors)
+and the section `## JMVAE-GAN against JMVAE` of docs/results.md (re-read just before writing; other sections are
+left alone; --notes adds a markdown file's text, such as the interpretation, to the section), and prints the
+numbers as JSON on stdout.
 """
 
 import argparse
@@ -138,7 +139,7 @@ def measure(path: Path, real: np.ndarray, attrs: np.ndarray, clf, real_feats, re
     return row, faces
 
 
-def markdown(report: dict, command: str) -> str:
+def markdown(report: dict, command: str, notes: str) -> str:
     d, g = report["default"], report["gan"]
 
     def fmt(v, spec):
@@ -148,7 +149,7 @@ def markdown(report: dict, command: str) -> str:
         mark = ""
         if a is not None and b is not None and a != b:
             mark = "JMVAE" if better(a, b) else "JMVAE-GAN"
-        return f"| {label} | {fmt(a, spec)} | {fmt(b, spec)} | {mark} |"
+        return f"| {label.replace('|', chr(92) + '|')} | {fmt(a, spec)} | {fmt(b, spec)} | {mark} |"  # | inside a cell
 
     higher = lambda a, b: a > b  # noqa: E731
     lower = lambda a, b: a < b  # noqa: E731
@@ -157,8 +158,9 @@ def markdown(report: dict, command: str) -> str:
         "| | JMVAE | JMVAE-GAN | better |",
         "|---|---:|---:|---|",
         f"| weights | `{Path(d['weights']).name}` | `{Path(g['weights']).name}` | |",
-        f"| training steps / epochs / seconds | {d['step']:,} / {d['epochs_done']} / {d['train_seconds']:.0f} | "
-        f"{g['step']:,} / {g['epochs_done']} / {g['train_seconds']:.0f} | |",
+        f"| training steps / epochs / seconds (time limit) | {d['step']:,} / {d['epochs_done']} / "
+        f"{d['train_seconds']:.0f} ({fmt(d['time_limit_min'], 'g')} min) | {g['step']:,} / {g['epochs_done']} / "
+        f"{g['train_seconds']:.0f} ({fmt(g['time_limit_min'], 'g')} min) | |",
         f"| alpha (JMVAE-kl) / adversarial weight | {d['alpha']:g} / - | {g['alpha']:g} / {fmt(g['gan_weight'], 'g')} | |",
     ]
     for kind, what in (("mean", "attr→img means"), ("sample", "attr→img samples (ζ = 1)")):
@@ -188,8 +190,8 @@ def markdown(report: dict, command: str) -> str:
             f"References: the classifier on the real validation faces scores mean accuracy "
             f"{ref['classifier_on_real']['accuracy']:.4f} and balanced accuracy "
             f"{ref['classifier_on_real']['balanced_accuracy']:.4f} (the ceiling of coherence); the Fréchet distance "
-            f"between two random halves of the real faces is {ref['frechet_real_halves']:.2f} (the floor that "
-            "sampling alone gives).",
+            f"between two random halves of the real faces is {ref['frechet_real_halves']:.2f} (what sampling alone "
+            "gives; with half as many faces per set as the comparisons above, whose floor is therefore lower).",
             "",
             "Sharpness is the mean squared response of a 3x3 Laplacian filter on the generated faces divided by the "
             "same on the real ones; coherence is the bundled attribute classifier's agreement with the requested "
@@ -198,8 +200,10 @@ def markdown(report: dict, command: str) -> str:
             "",
             f"![real | JMVAE | JMVAE-GAN]({report['grid_name']})",
             "",
-            "Rows: real validation faces | JMVAE attr→img (decoded mean of q(z|w)) | JMVAE-GAN attr→img, each column "
-            "from the real face's attribute labels.",
+            "Rows: real validation faces; JMVAE and JMVAE-GAN attr→img, the decoded mean of q(z|w); the same two "
+            "with one sample z = mean + σ·ε each (the same ε for both). Each column comes from the real face's "
+            "attribute labels.",
+            *(["", notes.strip()] if notes.strip() else []),
         ]
     )
 
@@ -216,6 +220,7 @@ def main() -> None:
     ap.add_argument("--grid", type=Path, default=ROOT / "docs" / "gan_grid.png")
     ap.add_argument("--grid-faces", type=int, default=10)
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results.md", help="'-' writes no results file")
+    ap.add_argument("--notes", type=Path, default=None, help="markdown appended to the results section")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
 
@@ -248,8 +253,9 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - t0
 
     cols = np.random.default_rng(args.seed).choice(len(real), min(args.grid_faces, len(real)), replace=False)
-    rows = [list(real[cols]), list(generated["default"]["mean"][cols]), list(generated["gan"]["mean"][cols])]
-    sheet = figures.tile_sheet(rows, None, 96, row_labels=["real", "JMVAE", "JMVAE-GAN"])
+    rows = [list(real[cols])] + [list(generated[m][kind][cols]) for kind in ("mean", "sample") for m in ("default", "gan")]
+    labels = ["real", "JMVAE", "JMVAE-GAN", "JMVAE sample", "GAN sample"]
+    sheet = figures.tile_sheet(rows, None, 96, row_labels=labels)
     args.grid.parent.mkdir(parents=True, exist_ok=True)
     images.write_image(sheet, args.grid)
     report["grid_name"] = args.grid.name
@@ -258,7 +264,8 @@ def main() -> None:
     if args.max_images:
         command += f" --max-images {args.max_images}"
     if str(args.results) != "-":
-        write_section(args.results, SECTION, markdown(report, command))
+        notes = args.notes.read_text() if args.notes else ""
+        write_section(args.results, SECTION, markdown(report, command, notes))
         console.print(f"wrote {args.results} ({SECTION})", highlight=False)
     text = json.dumps(report, indent=2)
     if args.json:

@@ -69,7 +69,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, action="append", help=f"data folder(s) (default {DATA})")
     p.add_argument("--max-images", type=int, default=6000, help="images used in all (train + validation)")
-    p.add_argument("--time-limit", type=float, default=4.0, help="training minutes per model")
+    p.add_argument("--time-limit", type=float, default=4.0,
+                   help="training minutes per model; 0: none, --epochs alone sets the budget (a fairer one on a "
+                   "machine that other jobs share)")
     p.add_argument("--epochs", type=int, default=100, help="training epochs per model, if the time limit allows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
@@ -84,6 +86,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --out-dir")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file whose Table 1 section is rewritten")
     p.add_argument("--quiet", action="store_true", help="no training progress bars")
+    p.add_argument("--note", default="", help="a sentence for the results section (e.g. what else ran meanwhile)")
     args = p.parse_args()
     args.data = args.data or [DATA]
     args.models = args.models.split(",")
@@ -122,6 +125,8 @@ def verdict(d: np.ndarray) -> tuple[float, float, str]:
 def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, device: torch.device, data_desc: str) -> str:
     cmd = "python benchmarks/table1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     precisions = sorted({run["precision"] for run in runs.values()})
+    budget = (f"each model trained for {args.time_limit:g} minutes of wall time (at most {args.epochs} epochs)"
+              if args.time_limit else f"each model trained for {args.epochs} epochs")
     headings = " | ".join(h for h, _ in COLUMNS.values())
     lines = [
         HEADING,
@@ -130,8 +135,7 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
         "",
         f"- Data: {data_desc}. Evaluated on the first {n_eval} images of the {args.split} split: the same images "
         "and the same random seed for every model.",
-        f"- Budget: each model trained for {args.time_limit:g} minutes of wall time (at most {args.epochs} epochs), "
-        f"seed {args.seed}, the default architecture and optimiser of `jmvae train` ({'/'.join(precisions)} "
+        f"- Budget: {budget}, seed {args.seed}, the default architecture and optimiser of `jmvae train` ({'/'.join(precisions)} "
         f"training), one model after another on {hardware(device)}. Evaluation in fp32.",
         f"- Estimators (`jmvae_cli/likelihood.py`): K = {args.k} importance samples per image for every bound and "
         f"for the q(z|w) estimate of log p(w); N_w = {args.nw} prior samples for the paper's log p(w). Nats per "
@@ -140,6 +144,7 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
         "- The log p(x) columns and CVAE's and CMMA's log p(x|w) are importance-weighted lower bounds (Eq. 5). "
         "JMVAE's log p(x|w) (Eq. 4) is a bound on log p(x,w) minus an estimate of log p(w), not a bound: an "
         "underestimate of log p(w) raises it, and the paper's N_w prior samples underestimate log p(w) most.",
+        *([f"- Note: {args.note}"] if args.note else []),
         "",
         f"| model | train steps (epochs) | {headings} |",
         "|---|---|" + "---|" * len(COLUMNS),
@@ -171,7 +176,8 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
             cells = [cell(runs[n]["values"][key], n_attrs if key in ATTRIBUTE_KEYS else image_dims)[0] for key in keys]
             lines.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
     lines += ["", "Evaluation time per model: " + ", ".join(
-        f"{LABELS[n]} {r['eval_seconds']:.0f} s" for n, r in runs.items()) + "."]
+        f"{LABELS[n]} {r['eval_seconds']:.0f} s" for n, r in runs.items()) + "; training time: " + ", ".join(
+        f"{LABELS[n]} {r['train_seconds']:.0f} s" for n, r in runs.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +206,7 @@ def main() -> None:
             t = time.monotonic()
             train(TrainOptions(data=args.data, out=out, epochs=args.epochs, model=model, objective=objective,
                                device=args.device, seed=args.seed, max_images=args.max_images,
-                               time_limit=args.time_limit, progress=not args.quiet))
+                               time_limit=args.time_limit or None, progress=not args.quiet))
             print(f"{name}: trained in {time.monotonic() - t:.0f} s", flush=True)
         loaded = load_model(out / MODEL_FILE, device)
         steps_per_epoch = loaded.meta["data"]["train_images"] // loaded.meta["train"]["batch_size"]

@@ -9,7 +9,7 @@ per example, summed over the dimensions of a modality and averaged over the batc
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

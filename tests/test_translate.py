@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from jmvae_cli import faces, translate
-from jmvae_cli.runtime import Precision, bf16_supported
+from jmvae_cli.runtime import bf16_supported
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, write_photo  # noqa: F401 (fixture)
 
 
