@@ -27,7 +27,9 @@ from jmvae_cli.model import (
 
 
 def gaussian_head(n_in: int, hidden: int, latent: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * latent))
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * latent)
+    )
 
 
 def as_gaussian(h: torch.Tensor) -> Gaussian:

@@ -137,8 +137,9 @@ def bundled_weights(name: str) -> Path:
 # ----------------------------------------------------------------------------- the training state
 
 
-def save_train_state(path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                     meta: dict) -> None:
+def save_train_state(
+    path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer], meta: dict
+) -> None:
     """Everything --resume needs, by name: {"model": ..., "discriminator": ...} and their optimizers."""
     tensors, groups = {}, {}
     for name, module in modules.items():

@@ -235,10 +235,14 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         states, opt_states, meta = load_train_state(opts.out / STATE_FILE)
         cfg = JMVAEConfig.from_dict(meta["config"])
         if ("discriminator" in states) != opts.gan:
-            raise JmvaeError(f"--resume: {opts.out} was trained {'with' if not opts.gan else 'without'} --gan; "
-                             "resume it the same way")
+            raise JmvaeError(
+                f"--resume: {opts.out} was trained {'with' if not opts.gan else 'without'} --gan; "
+                "resume it the same way"
+            )
         if meta["attr_names"] != data.attr_names:
-            raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} was trained on")
+            raise JmvaeError(
+                f"--resume: the data's attributes differ from those the model in {opts.out} was trained on"
+            )
         step, epochs_done, elapsed_before = meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0)
     elif opts.init:
         start = load_model(opts.init)
@@ -405,7 +409,9 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
                 save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
                 shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
-                progress.console.print(f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s")
+                progress.console.print(
+                    f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s"
+                )
             if out_of_time:
                 break
     return metrics
