@@ -322,15 +322,16 @@ def edit_report(counts: np.ndarray, edits: list[tuple[int, int]], attr_names: li
     """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged."""
     rows = []
     for (i, target), (faces, before, after, kept) in zip(edits, counts):
+        others = faces * (len(attr_names) - 1)
         rows.append(
             {
                 "attribute": attr_names[i],
                 "target": int(target),
                 "faces": int(faces),
                 # the classifier already sees the target on some unedited faces (its errors, or label noise)
-                "target_before": before / faces if faces else None,
-                "flipped": after / faces if faces else None,
-                "others_unchanged": kept / (faces * (len(attr_names) - 1)) if faces and len(attr_names) > 1 else None,
+                "target_before": float(before / faces) if faces else None,
+                "flipped": float(after / faces) if faces else None,
+                "others_unchanged": float(kept / others) if others else None,
             }
         )
     done = [r for r in rows if r["faces"]]
