@@ -196,6 +196,63 @@ def _check_out_dir(opts: TrainOptions) -> None:
         raise JmvaeError(f"{opts.out} already holds a trained model: pass --resume to continue it, or another --out")
 
 
+@dataclass
+class Start:
+    """Where a run begins: a fresh model, a model file to fine-tune (--init), or a saved run (--resume)."""
+
+    cfg: JMVAEConfig
+    states: dict[str, dict] = field(default_factory=dict)  # module state_dicts by name
+    optimizer_states: dict[str, dict] = field(default_factory=dict)
+    step: int = 0
+    epochs_done: int = 0
+    train_seconds: float = 0.0
+
+
+def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
+    if opts.resume:
+        states, optimizer_states, meta = load_train_state(opts.out / STATE_FILE)
+        if ("discriminator" in states) != opts.gan:
+            was = "with" if not opts.gan else "without"
+            raise JmvaeError(f"--resume: {opts.out} was trained {was} --gan; resume it the same way")
+        if meta["attr_names"] != attr_names:
+            raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} knows")
+        cfg = JMVAEConfig.from_dict(meta["config"])
+        return Start(cfg, states, optimizer_states, meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0))
+    if opts.init:
+        loaded = load_model(opts.init)
+        if loaded.attr_names != attr_names:
+            raise JmvaeError(f"--init: {opts.init} was trained on other attributes than this data's")
+        # Fine-tuning keeps the architecture; --alpha may change, the objective may not.
+        cfg = JMVAEConfig.from_dict({**loaded.model.cfg.to_dict(), "alpha": opts.alpha})
+        return Start(cfg, states={"model": loaded.model.state_dict()})
+    cfg = JMVAEConfig(
+        model=opts.model,
+        n_attrs=len(attr_names),
+        latent_dim=opts.latent_dim,
+        objective=opts.objective,
+        alpha=opts.alpha,
+        **opts.arch,
+    )
+    return Start(cfg)
+
+
+def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, prec: Precision, start: Start):
+    """The model (and with --gan the discriminator) and their Adam optimizers, loaded from `start`."""
+    model = build(cfg).to(device, memory_format=prec.memory_format)
+    modules = {"model": model}
+    optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
+    if opts.gan:
+        modules["discriminator"] = Discriminator().to(device, memory_format=prec.memory_format)
+        optimizers["disc_optimizer"] = torch.optim.Adam(
+            modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
+        )
+    for name, state in start.states.items():
+        modules[name].load_state_dict(state)
+    for name, state in start.optimizer_states.items():
+        optimizers[name].load_state_dict(state)
+    return modules, optimizers
+
+
 def train(opts: TrainOptions) -> dict:
     """Train (or resume) a model as `opts` says; returns the last epoch's metrics."""
     d = init_distributed(opts.device)
@@ -230,53 +287,12 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if len(train_idx) < opts.batch_size * d.world:
         raise JmvaeError(f"only {len(train_idx)} training images: fewer than one batch of {opts.batch_size}")
 
-    step, epochs_done, elapsed_before = 0, 0, 0.0
-    if opts.resume:
-        states, opt_states, meta = load_train_state(opts.out / STATE_FILE)
-        cfg = JMVAEConfig.from_dict(meta["config"])
-        if ("discriminator" in states) != opts.gan:
-            raise JmvaeError(
-                f"--resume: {opts.out} was trained {'with' if not opts.gan else 'without'} --gan; "
-                "resume it the same way"
-            )
-        if meta["attr_names"] != data.attr_names:
-            raise JmvaeError(
-                f"--resume: the data's attributes differ from those the model in {opts.out} was trained on"
-            )
-        step, epochs_done, elapsed_before = meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0)
-    elif opts.init:
-        start = load_model(opts.init)
-        if start.attr_names != data.attr_names:
-            raise JmvaeError(f"--init: {opts.init} was trained on other attributes than this data's")
-        # Fine-tuning keeps the architecture; --alpha may change, the objective may not.
-        cfg = JMVAEConfig.from_dict({**start.model.cfg.to_dict(), "alpha": opts.alpha})
-    else:
-        cfg = JMVAEConfig(
-            model=opts.model,
-            n_attrs=len(data.attr_names),
-            latent_dim=opts.latent_dim,
-            objective=opts.objective,
-            alpha=opts.alpha,
-            **opts.arch,
-        )
+    start = starting_point(opts, data.attr_names)
+    cfg, step, epochs_done, elapsed_before = start.cfg, start.step, start.epochs_done, start.train_seconds
     if epochs_done >= opts.epochs:
         raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
-
-    model = build(cfg).to(device, memory_format=prec.memory_format)
-    modules = {"model": model}
-    optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
-    if opts.gan:
-        modules["discriminator"] = Discriminator().to(device, memory_format=prec.memory_format)
-        optimizers["disc_optimizer"] = torch.optim.Adam(
-            modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
-        )
-    if opts.init:
-        model.load_state_dict(start.model.state_dict())
-    if opts.resume:
-        for name, module in modules.items():
-            module.load_state_dict(states[name])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(opt_states[name])
+    modules, optimizers = build_modules(cfg, opts, device, prec, start)
+    model = modules["model"]
     optimizer, disc = optimizers["optimizer"], modules.get("discriminator")
     ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     n_pixels = 3 * cfg.image_size**2
