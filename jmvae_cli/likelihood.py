@@ -10,24 +10,31 @@ as K grows. The estimators here take log densities as callables, so they are tes
 known in closed form (tests/test_likelihood.py); `evaluate_likelihoods` applies them to a trained model.
 
 Keys of the result (each is per image, then averaged over the images; see DESCRIPTIONS):
-    log_px_elbo_qxw, log_px_iw_qxw        log p(x), proposal q(z|x,w)                         JMVAE
-    log_px_elbo_qx, log_px_iw_qx          log p(x), proposal q(z|x) (no attributes needed)    JMVAE, VAE
-    log_pxw_elbo, log_pxw_iw              log p(x,w), proposal q(z|x,w) (Eq. 4's first term)  JMVAE
-    log_pw_prior_nw                       log mean_i p(w|z_i), z_i ~ p(z), N_w samples       JMVAE
-    log_pw_iw_qw                          log p(w), importance sampled with q(z|w), K samples JMVAE
-    log_px_given_w_paper                  log_pxw_iw - log_pw_prior_nw (Eq. 4 as the paper)   JMVAE
-    log_px_given_w_iw                     log_pxw_iw - log_pw_iw_qw                           JMVAE
-    log_px_given_w_elbo_qxw, ..._iw_qxw   log p(x|w): q(z|x,w), prior p(z|w), p(x|z,w)        CVAE
-    log_px_given_w_elbo_qx, ..._iw_qx     log p(x|w): q(z|x), prior p(z|w), p(x|z)            CMMA
+    log_px_elbo_qxw, log_px_iw_qxw        log p(x), proposal q(z|x,w)                           JMVAE
+    log_px_elbo_qx, log_px_iw_qx          log p(x), proposal q(z|x) (no attributes needed)      JMVAE, VAE
+    log_pxw_elbo, log_pxw_iw              log p(x,w), proposal q(z|x,w) (Eq. 4's first term)    JMVAE
+    log_pw_prior_nw                       log mean_i p(w|z_i), z_i ~ p(z), N_w samples          JMVAE
+    log_pw_iw_qw                          log p(w), proposal q(z|w), K_w samples                JMVAE
+    log_pw_iw_mix                         log p(w), proposal (q(z|w) + p(z)) / 2, K_w samples   JMVAE
+    log_px_given_w_paper                  log_pxw_iw - log_pw_prior_nw (Eq. 4 as in the paper)  JMVAE
+    log_px_given_w_iw                     log_pxw_iw - log_pw_iw_qw                             JMVAE
+    log_px_given_w_mix                    log_pxw_iw - log_pw_iw_mix                            JMVAE
+    log_px_given_w_elbo_qxw, ..._iw_qxw   log p(x|w): q(z|x,w), prior p(z|w), p(x|z,w)          CVAE
+    log_px_given_w_elbo_qx, ..._iw_qx     log p(x|w): q(z|x), prior p(z|w), p(x|z)              CMMA
 
-The two JMVAE log p(x|w) values are differences of estimates, not bounds: log p(w) is underestimated on average
-(Jensen: the log of an unbiased estimate of p(w)), most of all by the paper's N_w = 10 prior samples, and that
-pushes log p(x|w) up. Importance sampling with q(z|w) has far lower variance, hence far less of this bias, which
-makes log_px_given_w_iw the fairer one to set beside CVAE's and CMMA's bounds.
+The JMVAE's log p(x|w) values are differences of estimates, not bounds: every log p(w) estimate here is low on
+average (Jensen: the log of an unbiased estimate of p(w)), by more the larger its variance, and a low log p(w)
+pushes log p(x|w) up. The paper's N_w = 10 prior samples are the noisiest. q(z|w) should do better, but it is
+only as good a proposal as it is wide: a q(z|w) narrower than the true p(z|w) makes the weights heavy-tailed, and
+JMVAE-zero's stand-in (the joint encoder on a blank image) can miss p(z|w) altogether. The mixture with the prior
+(defensive importance sampling) is never much worse than either part, so log_px_given_w_mix is the one to set
+beside CVAE's and CMMA's bounds. p(w|z) is a small MLP, so the log p(w) estimates take K_w = 1000 samples by
+default, against the K samples of the bounds that decode images.
 """
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -48,15 +55,18 @@ DESCRIPTIONS = {
     "log_pxw_elbo": "log p(x,w): ELBO with proposal q(z|x,w)",
     "log_pxw_iw": "log p(x,w): K-sample importance-weighted bound with proposal q(z|x,w)",
     "log_pw_prior_nw": "log p(w): log mean of p(w|z_i) over N_w prior samples z_i ~ p(z) (the paper's estimate)",
-    "log_pw_iw_qw": "log p(w): K-sample importance sampling with proposal q(z|w)",
+    "log_pw_iw_qw": "log p(w): importance sampling with K_w samples of q(z|w)",
+    "log_pw_iw_mix": "log p(w): importance sampling with K_w samples of the mixture (q(z|w) + p(z)) / 2",
     "log_px_given_w_paper": "log p(x|w) (Eq. 4): log_pxw_iw - log_pw_prior_nw",
     "log_px_given_w_iw": "log p(x|w): log_pxw_iw - log_pw_iw_qw",
+    "log_px_given_w_mix": "log p(x|w): log_pxw_iw - log_pw_iw_mix",
     "log_px_given_w_elbo_qxw": "log p(x|w): ELBO with proposal q(z|x,w), prior p(z|w)",
     "log_px_given_w_iw_qxw": "log p(x|w): K-sample importance-weighted bound with proposal q(z|x,w), prior p(z|w)",
     "log_px_given_w_elbo_qx": "log p(x|w): ELBO with proposal q(z|x), prior p(z|w)",
     "log_px_given_w_iw_qx": "log p(x|w): K-sample importance-weighted bound with proposal q(z|x), prior p(z|w)",
 }
-ATTRIBUTE_KEYS = ("log_pw_prior_nw", "log_pw_iw_qw")  # quantities over w alone; all others are over the image
+# quantities over w alone; all others are over the image
+ATTRIBUTE_KEYS = ("log_pw_prior_nw", "log_pw_iw_qw", "log_pw_iw_mix")
 
 
 class Bounds(NamedTuple):
@@ -68,13 +78,37 @@ class Bounds(NamedTuple):
 
 
 def standard_normal(batch: int, latent_dim: int, device=None, dtype=torch.float32) -> Gaussian:
-    """p(z) = N(0, I) as a proposal: importance sampling from the prior is the paper's estimate of log p(w)."""
+    """p(z) = N(0, I) as a proposal: importance sampling from the prior is the paper's estimate of log p(w), and the
+    defensive half of the mixture proposal."""
     zeros = torch.zeros(batch, latent_dim, device=device, dtype=dtype)  # (B, Z)
     return Gaussian(zeros, zeros)
 
 
+@dataclass
+class Mixture:
+    """An equal-weight mixture of Gaussians over the same batch: defensive importance sampling (Hesterberg 1995)
+    mixes the prior into a learnt proposal, which bounds every weight p(w|z)p(z)/proposal(z) by C p(w|z) <= C."""
+
+    components: list[Gaussian]
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        logs = torch.stack([c.log_prob(z) for c in self.components])  # (C, n, B)
+        return torch.logsumexp(logs, 0) - math.log(len(self.components))  # (n, B)
+
+
+def draw(proposal: Gaussian | Mixture, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n samples of a proposal for each of its B rows: z (n, B, Z). A mixture picks a component per sample."""
+    if isinstance(proposal, Mixture):
+        zs = torch.stack([draw(c, n, generator) for c in proposal.components])  # (C, n, B, Z)
+        pick = torch.randint(len(zs), zs.shape[1:3], generator=generator, device=zs.device)  # (n, B)
+        return zs.gather(0, pick[None, :, :, None].expand(1, *zs.shape[1:]))[0]  # (n, B, Z)
+    mu = proposal.mu  # (B, Z)
+    eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (n, B, Z)
+    return mu + eps * torch.exp(0.5 * proposal.logvar)  # (n, B, Z)
+
+
 def importance_weighted(
-    proposal: Gaussian,
+    proposal: Gaussian | Mixture,
     log_targets: LogTargets,
     k: int,
     *,
@@ -89,14 +123,12 @@ def importance_weighted(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    mu, std = proposal.mu, torch.exp(0.5 * proposal.logvar)  # (B, Z) each
     chunk = k if chunk is None else max(1, chunk)
     sums: dict[str, torch.Tensor] = {}
     lse: dict[str, torch.Tensor] = {}
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
-        eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (n, B, Z)
-        z = mu + eps * std  # (n, B, Z)
+        z = draw(proposal, n, generator)  # (n, B, Z)
         log_q = proposal.log_prob(z)  # (n, B)
         for name, log_p in log_targets(z).items():
             log_w = log_p - log_q  # (n, B)
@@ -117,13 +149,34 @@ def _flat(fn: Callable[..., torch.Tensor], z: torch.Tensor, *data: torch.Tensor)
     return fn(*flat, z.reshape(n * b, -1)).view(n, b)  # (n, B)
 
 
-def _image_log_likelihoods(model, x: torch.Tensor, w: torch.Tensor, k: int, nw: int, chunk: int,
+@torch.inference_mode()
+def attribute_log_likelihoods(model, w: torch.Tensor, *, nw: int = 10, kw: int = 1000, decode_batch: int = 1000,
+                              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A JMVAE's three estimates of log p(w) for attribute vectors w (B, A): {key: (B,) nats}, keys
+    log_pw_prior_nw (nw prior samples), log_pw_iw_qw and log_pw_iw_mix (kw samples each). No image is decoded."""
+    w = w.float()
+    prior = standard_normal(len(w), model.cfg.latent_dim, w.device)
+    q_w = model.q_w(w)
+    # p(w|z) is an MLP whose activations per row are about 1/50 of an image decoder's: as much memory per pass
+    chunk = max(1, 50 * decode_batch // len(w))
+
+    def attributes(z):
+        return {"w": _flat(model.log_pw, z, w) + standard_normal_log_prob(z)}  # (n, B)
+
+    proposals = {"log_pw_prior_nw": (prior, nw), "log_pw_iw_qw": (q_w, kw),
+                 "log_pw_iw_mix": (Mixture([q_w, prior]), kw)}
+    return {key: importance_weighted(proposal, attributes, n, chunk=chunk, generator=generator)["w"].iw
+            for key, (proposal, n) in proposals.items()}
+
+
+def _image_log_likelihoods(model, x: torch.Tensor, w: torch.Tensor, k: int, nw: int, kw: int, decode_batch: int,
                            gen: torch.Generator | None) -> dict[str, torch.Tensor]:
     """Per-image estimates for one batch, by model kind: {key: (B,)}."""
     kind = model.cfg.model
     if kind not in ("jmvae", "vae", "cvae", "cmma"):
         raise JmvaeError(f"a {kind} model has no likelihood to evaluate (jmvae, vae, cvae and cmma have)")
     out: dict[str, torch.Tensor] = {}
+    chunk = max(1, decode_batch // len(x))  # z samples per image-decoder pass
 
     def put(prefix: str, suffix: str, b: Bounds) -> None:
         out[f"{prefix}_elbo{suffix}"], out[f"{prefix}_iw{suffix}"] = b.elbo, b.iw
@@ -142,18 +195,14 @@ def _image_log_likelihoods(model, x: torch.Tensor, w: torch.Tensor, k: int, nw: 
             log_pxz = log_px(z) + standard_normal_log_prob(z)  # (n, B)
             return {"x": log_pxz, "xw": log_pxz + _flat(model.log_pw, z, w)}
 
-        def attributes(z):
-            return {"w": _flat(model.log_pw, z, w) + standard_normal_log_prob(z)}  # (n, B)
-
         joint = importance_weighted(model.q_xw(x, w), marginal_and_joint, k, chunk=chunk, generator=gen)
         put("log_px", "_qxw", joint["x"])
         put("log_pxw", "", joint["xw"])
         put("log_px", "_qx", importance_weighted(model.q_x(x), marginal, k, chunk=chunk, generator=gen)["x"])
-        prior = standard_normal(len(x), model.cfg.latent_dim, x.device)
-        out["log_pw_prior_nw"] = importance_weighted(prior, attributes, nw, generator=gen)["w"].iw
-        out["log_pw_iw_qw"] = importance_weighted(model.q_w(w), attributes, k, generator=gen)["w"].iw
+        out.update(attribute_log_likelihoods(model, w, nw=nw, kw=kw, decode_batch=decode_batch, generator=gen))
         out["log_px_given_w_paper"] = out["log_pxw_iw"] - out["log_pw_prior_nw"]
         out["log_px_given_w_iw"] = out["log_pxw_iw"] - out["log_pw_iw_qw"]
+        out["log_px_given_w_mix"] = out["log_pxw_iw"] - out["log_pw_iw_mix"]
     elif kind == "vae":
         put("log_px", "_qx", importance_weighted(model.q_x(x), marginal, k, chunk=chunk, generator=gen)["x"])
     else:
@@ -175,6 +224,7 @@ def batch_log_likelihoods(
     *,
     k: int = 100,
     nw: int = 10,
+    kw: int = 1000,
     decode_batch: int = 1000,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -183,8 +233,7 @@ def batch_log_likelihoods(
     The model must be in eval mode. Each image-decoder pass decodes at most about `decode_batch` images: the K
     samples are taken in chunks of decode_batch // B.
     """
-    chunk = max(1, decode_batch // len(x))
-    return _image_log_likelihoods(model, x, w.float(), k, nw, chunk, generator)
+    return _image_log_likelihoods(model, x, w.float(), k, nw, kw, decode_batch, generator)
 
 
 # ----------------------------------------------------------------------------- over a data split
@@ -208,6 +257,7 @@ def per_image_log_likelihoods(
     *,
     k: int = 100,
     nw: int = 10,
+    kw: int = 1000,
     batch_size: int = 50,
     decode_batch: int = 1000,
     device: torch.device | str | None = None,
@@ -229,7 +279,8 @@ def per_image_log_likelihoods(
             rows = idx[start : start + batch_size]
             x = pixels_to_input(torch.from_numpy(data.images[rows]).to(device))  # (B, 3, H, W)
             w = torch.from_numpy(data.attrs[rows]).to(device).float()  # (B, A)
-            values = batch_log_likelihoods(model, x, w, k=k, nw=nw, decode_batch=decode_batch, generator=gen)
+            values = batch_log_likelihoods(model, x, w, k=k, nw=nw, kw=kw, decode_batch=decode_batch,
+                                           generator=gen)
             for key, v in values.items():
                 per_batch.setdefault(key, []).append(v.double().cpu().numpy())
             if progress is not None:
@@ -246,6 +297,7 @@ def evaluate_likelihoods(
     *,
     k: int = 100,
     nw: int = 10,
+    kw: int = 1000,
     batch_size: int = 50,
     decode_batch: int = 1000,
     device: torch.device | str | None = None,
@@ -256,12 +308,14 @@ def evaluate_likelihoods(
 
     Returns {key: {"nats", "nats_se", "bits_per_dim", "bits_per_dim_se", "dims"}}: nats per example (mean and
     standard error over the images) and bits per dimension, where the dimensions are 3*H*W for quantities over the
-    image and the number of attributes for log p(w). K samples per image for every bound and for log_pw_iw_qw,
-    N_w = nw for log_pw_prior_nw. The model is moved to `device` (default: where it is; channels_last on CPU and
-    CUDA, which doubles the CPU's convolution speed) and evaluated in fp32 and eval mode; batch_size images at a time, each image-decoder pass at most about decode_batch images. `progress`,
-    if given, is called with the number of images in each finished batch. The same seed gives the same samples.
+    image and the number of attributes for log p(w). K = k samples per image for every bound, N_w = nw for
+    log_pw_prior_nw, K_w = kw for the other log p(w) estimates. The model is moved to `device` (default: where it
+    is; channels_last on CPU and CUDA, which doubles the CPU's convolution speed) and evaluated in fp32 and eval
+    mode, batch_size images at a time, each image-decoder pass decoding at most about decode_batch images.
+    `progress`, if given, is called with the number of images in each finished batch. The same seed gives the same
+    samples.
     """
-    values = per_image_log_likelihoods(model, data, idx, k=k, nw=nw, batch_size=batch_size,
+    values = per_image_log_likelihoods(model, data, idx, k=k, nw=nw, kw=kw, batch_size=batch_size,
                                        decode_batch=decode_batch, device=device, seed=seed, progress=progress)
     image_dims = 3 * model.cfg.image_size**2
     return {key: summarize(v, model.cfg.n_attrs if key in ATTRIBUTE_KEYS else image_dims) for key, v in values.items()}

@@ -12,6 +12,7 @@ from jmvae_cli.data import FaceData
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.likelihood import (
     DESCRIPTIONS,
+    Mixture,
     batch_log_likelihoods,
     evaluate_likelihoods,
     importance_weighted,
@@ -80,10 +81,10 @@ def test_iw_bound_tightens_towards_the_truth_as_k_grows():
     assert elbo == pytest.approx(iw1)  # one sample: the two bounds coincide
     assert iw1 < iw10 - 0.2 < iw1000 - 0.2
     assert iw1000 < truth + 0.005  # still a bound (up to Monte Carlo noise)
-    assert iw1000 == pytest.approx(truth, abs=0.02)
+    assert iw1000 == pytest.approx(truth, abs=0.05)
     # the ELBO does not tighten with K: it stays KL(q || p(z|x)) below the truth
     gap = kl_gaussians(poor, exact).mean().item()
-    assert est[1000].elbo.mean().item() == pytest.approx(truth - gap, abs=0.02)
+    assert est[1000].elbo.mean().item() == pytest.approx(truth - gap, abs=0.05)
 
 
 # ----------------------------------------------------------------------------- log p(w) for 3 binary attributes
@@ -127,7 +128,22 @@ def test_log_pw_estimators_agree_with_the_exhaustive_truth():
     prior = importance_weighted(standard_normal(8, 1, dtype=torch.float64), attributes(ALL_W), 100_000, generator=g)
     torch.testing.assert_close(prior["w"].iw, truth, atol=0.01, rtol=0)
     q_w = importance_weighted(posterior, attributes(ALL_W), 1000, generator=g)
-    torch.testing.assert_close(q_w["w"].iw, truth, atol=0.01, rtol=0)
+    torch.testing.assert_close(q_w["w"].iw, truth, atol=0.02, rtol=0)  # its tails are lighter than p(z|w)'s
+    mix = Mixture([posterior, standard_normal(8, 1, dtype=torch.float64)])
+    torch.testing.assert_close(importance_weighted(mix, attributes(ALL_W), 4000, generator=g)["w"].iw, truth,
+                               atol=0.03, rtol=0)
+
+
+def test_the_prior_in_the_mixture_rescues_a_proposal_that_misses_the_posterior():
+    """Like JMVAE-zero's q(z|w) (the joint encoder on a blank image): narrow and in the wrong place."""
+    truth, posterior = quadrature(ALL_W)
+    bad = Gaussian(posterior.mu + 3, posterior.logvar - 3)
+    g = torch.Generator().manual_seed(2)
+    alone = importance_weighted(bad, attributes(ALL_W), 1000, generator=g)["w"].iw
+    mixed = importance_weighted(Mixture([bad, standard_normal(8, 1, dtype=torch.float64)]), attributes(ALL_W),
+                                10_000, generator=g)["w"].iw
+    assert (alone < truth - 1).all()
+    torch.testing.assert_close(mixed, truth, atol=0.05, rtol=0)
 
 
 def test_prior_sampling_with_few_samples_is_biased_low_and_q_w_has_lower_variance():
@@ -152,7 +168,8 @@ def test_prior_sampling_with_few_samples_is_biased_low_and_q_w_has_lower_varianc
 BOUND_KEYS = {
     "jmvae": {
         "log_px_elbo_qxw", "log_px_iw_qxw", "log_px_elbo_qx", "log_px_iw_qx", "log_pxw_elbo", "log_pxw_iw",
-        "log_pw_prior_nw", "log_pw_iw_qw", "log_px_given_w_paper", "log_px_given_w_iw",
+        "log_pw_prior_nw", "log_pw_iw_qw", "log_pw_iw_mix", "log_px_given_w_paper", "log_px_given_w_iw",
+        "log_px_given_w_mix",
     },
     "vae": {"log_px_elbo_qx", "log_px_iw_qx"},
     "cvae": {"log_px_given_w_elbo_qxw", "log_px_given_w_iw_qxw"},
@@ -186,7 +203,7 @@ def test_evaluate_gives_finite_bounds_for_every_model(kind, objective):
     model, data = tiny(kind, objective), tiny_data()
     done = []
     # 5 images a batch (the last holds 2), 7 decodes a pass (one z sample per chunk): every path of the batching
-    res = evaluate_likelihoods(model, data, np.arange(12), k=6, nw=4, batch_size=5, decode_batch=7,
+    res = evaluate_likelihoods(model, data, np.arange(12), k=6, nw=4, kw=9, batch_size=5, decode_batch=7,
                                progress=done.append)
     assert set(res) == BOUND_KEYS[kind] and set(res) <= set(DESCRIPTIONS)
     assert done == [5, 5, 2]
@@ -201,8 +218,9 @@ def test_evaluate_gives_finite_bounds_for_every_model(kind, objective):
         nats = {key: r["nats"] for key, r in res.items()}
         assert nats["log_px_given_w_iw"] == pytest.approx(nats["log_pxw_iw"] - nats["log_pw_iw_qw"])
         assert nats["log_px_given_w_paper"] == pytest.approx(nats["log_pxw_iw"] - nats["log_pw_prior_nw"])
+        assert nats["log_px_given_w_mix"] == pytest.approx(nats["log_pxw_iw"] - nats["log_pw_iw_mix"])
     assert not model.training
-    again = evaluate_likelihoods(model, data, np.arange(12), k=6, nw=4, batch_size=5, decode_batch=7)
+    again = evaluate_likelihoods(model, data, np.arange(12), k=6, nw=4, kw=9, batch_size=5, decode_batch=7)
     assert again == res  # the seed fixes the samples
 
 
@@ -210,11 +228,11 @@ def test_per_image_iw_bound_is_above_the_elbo_and_equals_it_for_one_sample():
     model, data = tiny("jmvae"), tiny_data(4)
     x = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (4, 3, 16, 16)
     w = torch.from_numpy(data.attrs).float()  # (4, 5)
-    many = batch_log_likelihoods(model, x, w, k=20, nw=3, decode_batch=16)
+    many = batch_log_likelihoods(model, x, w, k=20, nw=3, kw=20, decode_batch=16)
     for key in ("log_px", "log_pxw"):
         suffix = "_qxw" if key == "log_px" else ""
         assert (many[f"{key}_iw{suffix}"] >= many[f"{key}_elbo{suffix}"]).all()
-    one = batch_log_likelihoods(model, x, w, k=1, nw=3)
+    one = batch_log_likelihoods(model, x, w, k=1, nw=3, kw=3)
     torch.testing.assert_close(one["log_px_iw_qx"], one["log_px_elbo_qx"])
 
 
