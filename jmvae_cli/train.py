@@ -48,7 +48,7 @@ class TrainOptions:
     out: Path
     epochs: int = 20
     batch_size: int = 100  # the authors'
-    lr: float = 5e-4  # peak of a cosine schedule; the authors' constant 1e-4 converges several times slower
+    lr: float = 5e-4  # peak of a cosine schedule (the authors used a constant 1e-4)
     beta1: float = 0.5  # the authors'
     alpha: float = 0.1  # the paper's
     objective: str = "jmvae-kl"
