@@ -162,6 +162,9 @@ def train(
     batch_size: Annotated[int, typer.Option(min=2)] = 100,
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of the cosine schedule.")] = 5e-4,
     alpha: Annotated[float, typer.Option(min=0.0, help="Weight of JMVAE-kl's unimodal KL terms.")] = 0.1,
+    cross_weight: Annotated[
+        float, typer.Option(min=0.0, help="Weight of a cross-modal term -log p(w|z), z from q(z|x) (0: the paper's).")
+    ] = 0.0,
     objective: Annotated[Objective, typer.Option(help="The JMVAE's objective: Eq. 2 (kl) or Eq. 1 (zero).")] = (
         Objective.jmvae_kl
     ),
@@ -209,6 +212,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         alpha=alpha,
+        cross_weight=cross_weight,
         objective=objective.value,
         model=model.value,
         gan=gan,

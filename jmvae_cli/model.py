@@ -33,6 +33,10 @@ class JMVAEConfig:
     joint_hidden: int = 1024  # the authors' dense joint layer
     objective: str = "jmvae-kl"
     alpha: float = 0.1  # weight of JMVAE-kl's unimodal KL terms (the paper's value)
+    # Weight of a cross-modal term -E_q(z|x)[log p(w|z)] added to JMVAE-kl (as in MMVAE, Shi et al. 2019). Eq. 2's
+    # KL only asks q(z|x) to cover q(z|x,w); the mean of such a broad q need not decode to the likeliest w, and
+    # img2attr reads w from exactly that mean. 0 is the paper's objective.
+    cross_weight: float = 0.0
     min_log_scale: float = -7.0  # floor on the pixel logistic's log-scale: keeps the bin mass finite
 
     def __post_init__(self):
@@ -233,7 +237,7 @@ class JMVAE(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
         """Loss terms for a batch; 'loss' is the negative of Eq. 1 (jmvae-zero) or Eq. 2 (jmvae-kl), with the
-        prior KL scaled by the warm-up factor beta. Unimodal KLs are reported for both objectives."""
+        prior KL scaled by the warm-up factor beta, plus cfg.cross_weight times the cross-modal term rec_w_x."""
         feats = self.image_features(x)  # (B, F)
         q = self._joint(feats, w)
         z = q.sample()  # (B, Z)
@@ -243,9 +247,12 @@ class JMVAE(nn.Module):
         terms = {"rec_x": rec_x, "rec_w": rec_w, "kl": kl}
         loss = rec_x + rec_w + beta * kl
         if self.cfg.objective == "jmvae-kl":
-            terms["kl_x"] = kl_gaussians(q, self._gaussian(self.enc_x(feats))).mean()
+            q_x = self._gaussian(self.enc_x(feats))
+            terms["kl_x"] = kl_gaussians(q, q_x).mean()
             terms["kl_w"] = kl_gaussians(q, self._gaussian(self.enc_w(w))).mean()
             loss = loss + self.cfg.alpha * (terms["kl_x"] + terms["kl_w"])
+            terms["rec_w_x"] = -self.log_pw(w, q_x.sample()).mean()  # img->attr through a sample of q(z|x)
+            loss = loss + self.cfg.cross_weight * terms["rec_w_x"]
         terms["loss"] = loss
         terms["elbo"] = -(rec_x + rec_w + kl)
         return terms

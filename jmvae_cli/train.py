@@ -7,7 +7,10 @@ takes a shard of every epoch and gradients are averaged by DistributedDataParall
 import json
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +54,7 @@ class TrainOptions:
     lr: float = 5e-4  # peak of a cosine schedule (the authors used a constant 1e-4)
     beta1: float = 0.5  # the authors'
     alpha: float = 0.1  # the paper's
+    cross_weight: float = 0.0  # the paper's objective has no cross-modal term (model.py)
     objective: str = "jmvae-kl"
     model: str = "jmvae"  # or a baseline: vae, cvae, cmma, classifier
     gan: bool = False  # add an adversarial term for the image decoder (gan.py)
@@ -222,8 +226,9 @@ def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
         loaded = load_model(opts.init)
         if loaded.attr_names != attr_names:
             raise JmvaeError(f"--init: {opts.init} was trained on other attributes than this data's")
-        # Fine-tuning keeps the architecture; --alpha may change, the objective may not.
-        cfg = JMVAEConfig.from_dict({**loaded.model.cfg.to_dict(), "alpha": opts.alpha})
+        # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
+        weights = {"alpha": opts.alpha, "cross_weight": opts.cross_weight}
+        cfg = JMVAEConfig.from_dict({**loaded.model.cfg.to_dict(), **weights})
         return Start(cfg, states={"model": loaded.model.state_dict()})
     cfg = JMVAEConfig(
         model=opts.model,
@@ -231,6 +236,7 @@ def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
         latent_dim=opts.latent_dim,
         objective=opts.objective,
         alpha=opts.alpha,
+        cross_weight=opts.cross_weight,
         **opts.arch,
     )
     return Start(cfg)
@@ -253,11 +259,30 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
     return modules, optimizers
 
 
+@contextmanager
+def sigterm_as_interrupt():
+    """`kill`, `timeout` and cluster schedulers stop a job with SIGTERM: save and stop as for Ctrl-C, instead of
+    losing the work since the last checkpoint."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(opts: TrainOptions) -> dict:
     """Train (or resume) a model as `opts` says; returns the last epoch's metrics."""
     d = init_distributed(opts.device)
     try:
-        return _train(opts, d)
+        with sigterm_as_interrupt():
+            return _train(opts, d)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
@@ -343,10 +368,10 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     metrics: dict = {}
     with progress:
         task = progress.add_task("train", total=total_steps, completed=step, epoch="", terms="", speed="")
-        for epoch in range(epochs_done, opts.epochs):
-            sums: dict[str, float] = {}
-            n_steps, t_epoch = 0, time.monotonic()
-            try:
+        try:
+            for epoch in range(epochs_done, opts.epochs):
+                sums: dict[str, float] = {}
+                n_steps, t_epoch = 0, time.monotonic()
                 for idx in epoch_batches(train_idx, opts.batch_size, opts.seed, epoch, d):
                     x, w = batch_tensors(data, idx, device)
                     if opts.flip:
@@ -399,35 +424,35 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                         progress.update(task, completed=step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
                     if opts.time_limit and elapsed > 60 * opts.time_limit:
                         break
-            except KeyboardInterrupt:
-                save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics or None)
-                raise Interrupted(f"interrupted: saved the model at step {step} in {opts.out}") from None
 
-            epoch_seconds = time.monotonic() - t_epoch
-            epochs_done = epoch + 1
-            train_seconds = time.monotonic() - t_start + elapsed_before
-            out_of_time = bool(opts.time_limit) and train_seconds > 60 * opts.time_limit
-            if d.main:
-                val = validate(model, data, val_idx[: opts.val_images], device, prec)
-                metrics = {
-                    "epoch": epochs_done,
-                    "step": step,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "precision": prec.name,
-                    "images_per_s": n_steps * opts.batch_size * d.world / epoch_seconds,
-                    "train": {k: float(v) / max(n_steps, 1) for k, v in sums.items()},
-                    "val": val,
-                }
-                with open(opts.out / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                grid = sample_grid(model, data, grid_idx, device)
-                if grid is not None:
-                    write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
-                save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
-                shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
-                progress.console.print(
-                    f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s"
-                )
-            if out_of_time:
-                break
+                epoch_seconds = time.monotonic() - t_epoch
+                epochs_done = epoch + 1
+                train_seconds = time.monotonic() - t_start + elapsed_before
+                out_of_time = bool(opts.time_limit) and train_seconds > 60 * opts.time_limit
+                if d.main:
+                    val = validate(model, data, val_idx[: opts.val_images], device, prec)
+                    metrics = {
+                        "epoch": epochs_done,
+                        "step": step,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "precision": prec.name,
+                        "images_per_s": n_steps * opts.batch_size * d.world / epoch_seconds,
+                        "train": {k: float(v) / max(n_steps, 1) for k, v in sums.items()},
+                        "val": val,
+                    }
+                    with open(opts.out / METRICS_FILE, "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    grid = sample_grid(model, data, grid_idx, device)
+                    if grid is not None:
+                        write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
+                    save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
+                    shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
+                    progress.console.print(
+                        f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s"
+                    )
+                if out_of_time:
+                    break
+        except KeyboardInterrupt:  # also SIGTERM; anywhere in the epoch, validation and saving included
+            save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics or None)
+            raise Interrupted(f"interrupted: saved the model at step {step} in {opts.out}") from None
     return metrics

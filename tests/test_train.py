@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,21 +98,32 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(data, tmp_path, monkeypa
     assert len(metrics(out)) == 1
 
 
-def test_ctrl_c_saves_and_exits_cleanly(data, tmp_path, monkeypatch):
+def ctrl_c():
+    raise KeyboardInterrupt
+
+
+def sigterm():
+    signal.raise_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", [ctrl_c, sigterm])
+def test_ctrl_c_and_sigterm_save_and_exit_cleanly(data, tmp_path, monkeypatch, stop):
     out = tmp_path / "run"
     real_forward, calls = JMVAE.forward, []
+    handler_before = signal.getsignal(signal.SIGTERM)
 
     def interrupt_on_third_step(self, x, w, beta=1.0):
         if self.training:
             calls.append(1)
             if len(calls) == 3:
-                raise KeyboardInterrupt
+                stop()
         return real_forward(self, x, w, beta)
 
     monkeypatch.setattr(JMVAE, "forward", interrupt_on_third_step)
     with pytest.raises(Interrupted):
         train(options(data, out, epochs=5))
     assert load_train_state(out / "train_state.safetensors")[2]["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is handler_before
     monkeypatch.setattr(JMVAE, "forward", real_forward)
     train(options(data, out, epochs=1, resume=True))  # the saved state resumes
     assert metrics(out)[0]["step"] > 2
