@@ -190,6 +190,10 @@ def train(
     ] = 0.1,
     warmup_epochs: Annotated[float, typer.Option(min=0.0, help="Epochs of KL warm-up.")] = 1.0,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
+    ema: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.99999, help="Validate and save a moving average of the weights, e.g. 0.999 (0: off)."),
+    ] = 0.0,
     time_limit: Annotated[
         Optional[float], typer.Option(min=0.0, help="Stop after this many minutes (the schedule fits itself to it).")
     ] = None,
@@ -228,6 +232,7 @@ def train(
         val_fraction=val_fraction,
         warmup_epochs=warmup_epochs,
         flip=flip,
+        ema=ema,
         time_limit=time_limit,
         cache_dir=cache_dir,
     )

@@ -4,6 +4,7 @@ One process trains on one device. Under `torchrun --nproc-per-node N -m jmvae_cl
 takes a shard of every epoch and gradients are averaged by DistributedDataParallel; rank 0 alone logs and writes.
 """
 
+import copy
 import json
 import math
 import os
@@ -70,6 +71,7 @@ class TrainOptions:
     val_fraction: float = 0.1
     warmup_epochs: float = 1.0  # KL warm-up: the prior KL's weight rises linearly from 0 to 1 over this many epochs
     flip: bool = True  # random horizontal flips: none of the CelebA attributes is left/right
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights, which is validated and saved
     time_limit: float | None = None  # minutes; the learning-rate schedule then runs to this wall time
     cache_dir: Path | None = None
     val_images: int = 5000  # validation per epoch looks at most this many images
@@ -220,6 +222,8 @@ def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
             raise JmvaeError(f"--resume: {opts.out} was trained {was} --gan; resume it the same way")
         if meta["attr_names"] != attr_names:
             raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} knows")
+        if "ema" in states and not opts.ema:
+            raise JmvaeError(f"--resume: {opts.out} was trained with --ema; resume it the same way")
         cfg = JMVAEConfig.from_dict(meta["config"])
         return Start(cfg, states, optimizer_states, meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0))
     if opts.init:
@@ -243,7 +247,8 @@ def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
 
 
 def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, prec: Precision, start: Start):
-    """The model (and with --gan the discriminator) and their Adam optimizers, loaded from `start`."""
+    """The model (with --gan the discriminator, with --ema the average of the model) and their Adam optimizers,
+    loaded from `start`."""
     model = build(cfg).to(device, memory_format=prec.memory_format)
     modules = {"model": model}
     optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
@@ -253,10 +258,26 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
             modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
         )
     for name, state in start.states.items():
-        modules[name].load_state_dict(state)
+        if name != "ema":
+            modules[name].load_state_dict(state)
+    if opts.ema:  # a fine-tune, or a resume of a run without an average, starts averaging from the model
+        modules["ema"] = copy.deepcopy(model).eval()
+        if "ema" in start.states:
+            modules["ema"].load_state_dict(start.states["ema"])
     for name, state in start.optimizer_states.items():
         optimizers[name].load_state_dict(state)
     return modules, optimizers
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Polyak averaging, ema <- decay * ema + (1 - decay) * model, batch-norm statistics included. The average of
+    the last few thousand steps generalises better than the last step: it smooths out the noise of the final ones."""
+    for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.is_floating_point():
+            e.lerp_(p, 1 - decay)
+        else:
+            e.copy_(p)
 
 
 @contextmanager
@@ -317,7 +338,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if epochs_done >= opts.epochs:
         raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
     modules, optimizers = build_modules(cfg, opts, device, prec, start)
-    model = modules["model"]
+    model, ema = modules["model"], modules.get("ema")
+    final = ema if ema is not None else model  # what is validated, pictured and saved as the model
     optimizer, disc = optimizers["optimizer"], modules.get("discriminator")
     ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
     n_pixels = 3 * cfg.image_size**2
@@ -351,7 +373,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         last_save = time.monotonic()
         m = {**meta, "step": step, "epochs_done": epochs_done, "train_seconds": train_seconds, "metrics": metrics}
         save_train_state(opts.out / STATE_FILE, modules, optimizers, m)
-        save_model(opts.out / MODEL_FILE, model, m)
+        save_model(opts.out / MODEL_FILE, final, m)
 
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -408,6 +430,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    if ema is not None:  # the usual warm-up: early on the average follows the model closely
+                        update_ema(ema, model, min(opts.ema, (1 + step) / (10 + step)))
                     if disc is not None:
                         with prec.autocast():
                             terms["disc"] = discriminator_loss(disc(x), disc(fake.detach()))
@@ -430,7 +454,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                 train_seconds = time.monotonic() - t_start + elapsed_before
                 out_of_time = bool(opts.time_limit) and train_seconds > 60 * opts.time_limit
                 if d.main:
-                    val = validate(model, data, val_idx[: opts.val_images], device, prec)
+                    val = validate(final, data, val_idx[: opts.val_images], device, prec)
                     metrics = {
                         "epoch": epochs_done,
                         "step": step,
@@ -442,7 +466,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
                     }
                     with open(opts.out / METRICS_FILE, "a") as f:
                         f.write(json.dumps(metrics) + "\n")
-                    grid = sample_grid(model, data, grid_idx, device)
+                    grid = sample_grid(final, data, grid_idx, device)
                     if grid is not None:
                         write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
                     save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)

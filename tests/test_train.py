@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from jmvae_cli.checkpoint import load_model, load_train_state
 from jmvae_cli.cli import app
+from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE
-from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, train
+from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, train, update_ema
 
 TINY = {"channels": (8, 8, 8, 8), "image_features": 16, "attr_hidden": 16, "joint_hidden": 16}
 REPO = Path(__file__).resolve().parents[1]
@@ -160,6 +161,32 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
     train(options(data, tmp_path / "b", epochs=1, init=tmp_path / "a" / "model.safetensors", alpha=2.0))
     b = load_model(tmp_path / "b" / "model.safetensors")
     assert b.model.cfg.alpha == 2.0 and b.meta["train"]["init"].endswith("model.safetensors")
+
+
+def test_update_ema_averages_weights_and_batch_norm_statistics():
+    model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(1.0)
+        model.num_batches_tracked.fill_(7)
+    update_ema(ema, model, decay=0.75)  # ema starts at weight 1, running mean 0
+    assert torch.allclose(ema.weight, torch.full((3,), 1.25))
+    assert torch.allclose(ema.running_mean, torch.full((3,), 0.25))
+    assert ema.num_batches_tracked.item() == 7
+
+
+def test_ema_is_what_gets_validated_saved_and_resumed(data, tmp_path):
+    out = tmp_path / "run"
+    train(options(data, out, epochs=2, ema=0.9))
+    states, _, _ = load_train_state(out / "train_state.safetensors")
+    saved = load_model(out / "model.safetensors").model.state_dict()  # stored in fp16, loaded as fp32
+    weights = [k for k in saved if k.endswith("weight")]
+    assert all(torch.equal(saved[k], states["ema"][k].half().float()) for k in weights)
+    assert not all(torch.equal(saved[k], states["model"][k].half().float()) for k in weights)
+    train(options(data, out, epochs=3, ema=0.9, resume=True))
+    assert load_train_state(out / "train_state.safetensors")[2]["epochs_done"] == 3
+    with pytest.raises(JmvaeError, match="--ema"):
+        train(options(data, out, epochs=4, resume=True))
 
 
 def test_two_process_ddp_on_gloo(data, tmp_path):
