@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How the bundled default model was trained (see weights/README.md), from the repository root:
+# Stage 1 of the bundled default model, and the recipe of the other bundled models (see weights/README.md),
+# from the repository root:
 #   bash weights/train_default.sh DATASETS OUT MINUTES [extra `jmvae train` options]
 # DATASETS holds celeba/ and celeba-hq-64/ as laid out in ../shared/datasets.
 set -euo pipefail
