@@ -192,7 +192,9 @@ def train(
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     ema: Annotated[
         float,
-        typer.Option(min=0.0, max=0.99999, help="Validate and save a moving average of the weights, e.g. 0.999 (0: off)."),
+        typer.Option(
+            min=0.0, max=0.99999, help="Validate and save a moving average of the weights, e.g. 0.999 (0: off)."
+        ),
     ] = 0.0,
     time_limit: Annotated[
         Optional[float], typer.Option(min=0.0, help="Stop after this many minutes (the schedule fits itself to it).")

@@ -271,8 +271,8 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """Polyak averaging, ema <- decay * ema + (1 - decay) * model, batch-norm statistics included. The average of
-    the last few thousand steps generalises better than the last step: it smooths out the noise of the final ones."""
+    """Polyak averaging, ema <- decay * ema + (1 - decay) * model, batch-norm statistics included: the average of
+    the last few thousand steps smooths out the noise of the final ones, which the last step alone carries."""
     for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
         if e.is_floating_point():
             e.lerp_(p, 1 - decay)
