@@ -1,3 +1,4 @@
 from jmvae_cli.cli import main
 
-main()
+if __name__ == "__main__":  # decoding workers are spawned, and they re-import the main module
+    main()

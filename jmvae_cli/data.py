@@ -17,9 +17,12 @@ import hashlib
 import json
 import math
 import os
+import signal
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -299,17 +302,40 @@ def _build_images(jobs: list[tuple[Path, str, Preprocess]], images_file: Path, p
     with (
         _atomic(images_file) as tmp,
         open(tmp, "wb") as out,
-        Pool(os.cpu_count()) as pool,  # JPEG decoding is CPU-bound: one worker per core
         Progress(*columns, console=console, transient=True, disable=not progress) as bar,
     ):
         task = bar.add_task("decoding faces", total=len(jobs))
-        for i, face in enumerate(pool.imap(_decode_job, jobs, chunksize=64)):
+        for i, face in enumerate(_decode_all(jobs)):
             if face is None:
                 skipped.append(i)
             else:
                 out.write(face.tobytes())
             bar.advance(task)
     return skipped
+
+
+POOL_AFTER_SECONDS = 5.0  # decode in worker processes when the rest would take longer than this in this one
+
+
+def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray | None]:
+    """decode_face of every job, in order. JPEG decoding is CPU-bound, so big folders go to one worker process per
+    core; small ones are decoded here, as starting the workers costs about a second. The workers are spawned, not
+    forked: a fork copies this process's locks but not the threads holding them, and under torchrun (gloo's threads)
+    forked workers deadlocked about one run in twenty."""
+    head, rest = jobs[:64], jobs[64:]
+    t = time.perf_counter()
+    yield from map(_decode_job, head)
+    rest_seconds = (time.perf_counter() - t) / max(len(head), 1) * len(rest)
+    if rest_seconds < POOL_AFTER_SECONDS or (os.cpu_count() or 1) == 1:
+        yield from map(_decode_job, rest)
+        return
+    with get_context("spawn").Pool(os.cpu_count(), initializer=_ignore_sigint) as pool:
+        yield from pool.imap(_decode_job, rest, chunksize=64)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not print tracebacks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # -----------------------------------------------------------------------------

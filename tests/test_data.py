@@ -1,4 +1,5 @@
 import time
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,28 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_reported(tmp_path, m
     assert "warning" not in capsys.readouterr().err
 
 
+def test_big_folders_decode_in_spawned_workers_in_order(tmp_path, make_celeba, monkeypatch):
+    root = make_celeba(tmp_path, 80, size=(89, 109))
+    names = sorted(p.name for p in (root / "img_align_celeba").iterdir())
+    for bad in (names[3], names[70]):  # one decoded here, one by the workers
+        (root / "img_align_celeba" / bad).write_bytes(b"not a jpeg")
+    serial = load_data([root], cache_dir=tmp_path / "serial", progress=False)
+    contexts = []
+
+    def recording(method):
+        contexts.append(method)
+        return get_context(method)
+
+    monkeypatch.setattr(data, "get_context", recording)
+    monkeypatch.setattr(data, "POOL_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
+    pooled = load_data([root], cache_dir=tmp_path / "pooled", progress=False)
+    assert contexts == ["spawn"]  # forked workers inherit locks held by other threads, and can deadlock
+    assert pooled.names == serial.names and pooled.skipped == serial.skipped == 2
+    np.testing.assert_array_equal(pooled.images, serial.images)
+    assert_rows_line_up(pooled)
+
+
 def test_no_readable_image_at_all(tmp_path, make_generic):
     root = make_generic(tmp_path, 3, ["A"])
     for image in (root / "img").iterdir():
@@ -224,7 +247,7 @@ def test_cache_is_reused_without_decoding(tmp_path, make_celeba, monkeypatch):
     def no_decoding(*args):
         raise AssertionError("decoded although the cache was valid")
 
-    monkeypatch.setattr(data, "decode_face", no_decoding)  # pool workers are forked, so they see this too
+    monkeypatch.setattr(data, "decode_face", no_decoding)  # six images are decoded in this process
     second = load_data([root], cache_dir=cache, progress=False)
     assert isinstance(second.images, np.memmap)
     np.testing.assert_array_equal(second.images, first.images)

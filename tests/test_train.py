@@ -192,12 +192,20 @@ def test_ema_is_what_gets_validated_saved_and_resumed(data, tmp_path):
 def test_two_process_ddp_on_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    # --standalone: a free port, so concurrent runs on one host cannot meet on a fixed one
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "jmvae_cli", "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
            "--latent-dim", "4", "--device", "cpu", "--val-fraction", "0.25"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "2 processes" in result.stderr
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not just torchrun
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun hung; its stderr ends with:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "2 processes" in stderr
     m = metrics(out)
     assert len(m) == 1  # rank 0 alone writes
     train_images = load_model(out / "model.safetensors").meta["data"]["train_images"]
