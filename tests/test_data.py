@@ -1,4 +1,3 @@
-import time
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -167,15 +166,13 @@ def test_malformed_attribute_csv_names_file_and_line(tmp_path, make_generic, edi
         read_source(root)
 
 
-def test_attribute_txt_parse_is_fast(tmp_path):
-    # the full CelebA file has 202,599 rows; parsing must stay a small part of a run's start-up
+def test_attribute_txt_of_full_celeba_size(tmp_path):
+    # the full CelebA file has 202,599 rows (benchmarks/data_loading.py times the parse)
     rng = np.random.default_rng(0)
     values = rng.choice(np.array(["-1", " 1"]), size=(202_599, 40))
     rows = [f"{i:06d}.jpg {'  '.join(v)}" for i, v in enumerate(values, start=1)]
     (tmp_path / "a.txt").write_text("\n".join(["202599", " ".join(CELEBA_ATTRS), *rows]) + "\n")
-    start = time.perf_counter()
     names, _, attrs = data._read_attr_txt(tmp_path / "a.txt")
-    assert time.perf_counter() - start < 5
     assert len(names) == 202_599 and names[-1] == "202599.jpg"
     np.testing.assert_array_equal(attrs, values == " 1")
 
