@@ -20,6 +20,8 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -329,8 +331,21 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
     if rest_seconds < POOL_AFTER_SECONDS or (os.cpu_count() or 1) == 1:
         yield from map(_decode_job, rest)
         return
-    with get_context("spawn").Pool(os.cpu_count(), initializer=_ignore_sigint) as pool:
-        yield from pool.imap(_decode_job, rest, chunksize=64)
+    done = 0
+    pool = ProcessPoolExecutor(os.cpu_count(), mp_context=get_context("spawn"), initializer=_ignore_sigint)
+    try:
+        for face in pool.map(_decode_job, rest, chunksize=64):
+            yield face
+            done += 1
+    except BrokenProcessPool:
+        # a spawned worker re-imports the main script: without `if __name__ == "__main__":` it fails to start
+        console.print(
+            "[yellow]warning:[/] the decoding worker processes failed, decoding in this process instead (a script "
+            'that loads data must keep its work under `if __name__ == "__main__":`, as with any multiprocessing)'
+        )
+        yield from map(_decode_job, rest[done:])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, do not decode the rest first
 
 
 def _ignore_sigint() -> None:

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -220,6 +223,24 @@ def test_big_folders_decode_in_spawned_workers_in_order(tmp_path, make_celeba, m
     assert pooled.names == serial.names and pooled.skipped == serial.skipped == 2
     np.testing.assert_array_equal(pooled.images, serial.images)
     assert_rows_line_up(pooled)
+
+
+def test_a_script_without_main_guard_still_loads_big_folders(tmp_path, make_celeba):
+    # spawned workers re-import the main script; unguarded, they fail to start, and this process decodes instead
+    root = make_celeba(tmp_path, 80, size=(89, 109))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from jmvae_cli import data\n"
+        "data.POOL_AFTER_SECONDS = 0.0\n"
+        f"faces = data.load_data([{str(root)!r}], cache_dir={str(tmp_path / 'cache')!r}, progress=False)\n"
+        "print(len(faces.names), int(faces.images.sum()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    serial = load_data([root], cache_dir=tmp_path / "serial", progress=False)
+    assert result.stdout.split() == [str(len(serial.names)), str(int(serial.images.sum()))]
+    assert "decoding in this process instead" in result.stderr and "__main__" in result.stderr
 
 
 def test_no_readable_image_at_all(tmp_path, make_generic):
