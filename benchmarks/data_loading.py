@@ -36,7 +36,7 @@ def time_attr_parse(rows: int, folder: Path) -> dict:
 
 
 def time_decode(roots: list[Path], folder: Path, pool: bool) -> dict:
-    data.POOL_AFTER_SECONDS = 5.0 if pool else float("inf")
+    data.POOL_AFTER_SECONDS = 0.0 if pool else float("inf")  # force one way or the other
     start = time.perf_counter()
     faces = data.load_data(roots, cache_dir=folder / ("pool" if pool else "serial"), progress=False)
     seconds = time.perf_counter() - start

@@ -328,11 +328,12 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
     t = time.perf_counter()
     yield from map(_decode_job, head)
     rest_seconds = (time.perf_counter() - t) / max(len(head), 1) * len(rest)
-    if rest_seconds < POOL_AFTER_SECONDS or (os.cpu_count() or 1) == 1:
+    workers = os.cpu_count() or 1
+    if rest_seconds < POOL_AFTER_SECONDS or workers == 1:
         yield from map(_decode_job, rest)
         return
     done = 0
-    pool = ProcessPoolExecutor(os.cpu_count(), mp_context=get_context("spawn"), initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
     try:
         for face in pool.map(_decode_job, rest, chunksize=64):
             yield face
