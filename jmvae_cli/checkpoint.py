@@ -10,7 +10,6 @@ A JSON copy of the metadata is written beside each, for people and for jq; the l
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from jmvae_cli.errors import JmvaeError
+from jmvae_cli.files import atomic_write
 from jmvae_cli.baselines import build
 from jmvae_cli.model import JMVAEConfig
 
@@ -32,20 +32,6 @@ FP16_MAX = 60000.0  # values beyond fp16's range stay fp32
 
 class WeightsError(JmvaeError):
     pass
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

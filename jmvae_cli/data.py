@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,6 +33,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
+from jmvae_cli.files import replacing
 
 CACHE_VERSION = 1  # bump when decoding changes in a way the Preprocess settings do not capture
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -263,18 +263,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jmvae"
 
 
-@contextmanager
-def _atomic(path: Path):
-    """Yield a temporary name beside path and move it into place only on success, so a killed build never
-    leaves a half-written file under the name later runs trust."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cache_key(sources: list[Source], folders: list[int], names: list[str], preprocess: Preprocess) -> str:
     """sha256 of everything the decoded images depend on; a file list alone would miss a re-downloaded folder."""
     stats = [s.attr_file.stat() for s in sources]
@@ -302,7 +290,7 @@ def _build_images(jobs: list[tuple[Path, str, Preprocess]], images_file: Path, p
     skipped = []
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
     with (
-        _atomic(images_file) as tmp,
+        replacing(images_file) as tmp,
         open(tmp, "wb") as out,
         Progress(*columns, console=console, transient=True, disable=not progress) as bar,
     ):
@@ -402,7 +390,7 @@ def load_data(
         skipped = _build_images(jobs, images_file, progress)
         # the rows, not just their count, so that reuse drops exactly the rows this build dropped
         meta = {"key": key, "count": len(names) - len(skipped), "skipped": skipped}
-        with _atomic(meta_file) as tmp:  # written last: its presence vouches for the image file
+        with replacing(meta_file) as tmp:  # written last: its presence vouches for the image file
             tmp.write_text(json.dumps(meta))
         if skipped:
             examples = ", ".join(str(jobs[i][0]) for i in skipped[:3])

@@ -1,8 +1,6 @@
 """Reading and writing user images: any file Pillow can open comes back as plain 8-bit RGB, or as one clear error."""
 
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -11,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from jmvae_cli.errors import JmvaeError
+from jmvae_cli.files import replacing
 
 # Pillow's default pixel limit (Image.MAX_IMAGE_PIXELS, about 89 Mpx) is kept: far above any camera photo,
 # far below what a crafted file could make us allocate. Above it we refuse rather than warn.
@@ -91,18 +90,8 @@ def write_image(img: Image.Image, dest: str | Path | BinaryIO) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise ImageError(f"{dest}: output folder {str(folder)!r} does not exist")
-    # temp file in the same folder so os.replace is a rename on one file system, hence atomic
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _save(img, f, fmt, str(dest))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        _save(img, f, fmt, str(dest))
 
 
 def _format_for(suffix: str, name: str) -> str:

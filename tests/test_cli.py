@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from jmvae_cli import cli, faces, images, translate
+from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
     ATTRS,
@@ -113,7 +114,7 @@ def test_img2attr_threshold_and_only_positive(weights_env, tmp_path):
 
 
 def test_img2attr_table_is_the_default_on_a_terminal(weights_env, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(common, "stdout_is_tty", lambda: True)
     assert "probability" in ok(run("img2attr", write_photo(tmp_path / "a.png", 64, 64), "--no-detect")).stdout
 
 
@@ -266,7 +267,7 @@ def test_attr2img_average_face_and_samples(weights_env, tmp_path):
 def test_attr2img_to_stdout_never_to_a_terminal(weights_env, monkeypatch):
     r = ok(run("attr2img", "--set", "Smiling", "-o", "-"))
     assert Image.open(io.BytesIO(r.stdout_bytes)).size == (64, 64)
-    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(common, "stdout_is_tty", lambda: True)
     fails(run("attr2img", "--set", "Smiling", "-o", "-"), "terminal", code=2)
 
 
@@ -364,7 +365,7 @@ def test_edit_stdin_and_stdout(weights_env, photo, monkeypatch):
     r = ok(run("edit", "-", "--no-detect", "--set", "Smiling", "-o", "-", input=photo.read_bytes()))
     assert Image.open(io.BytesIO(r.stdout_bytes)).size == (200, 120)
     fails(run("edit", "-", "--no-detect", "--set", "Smiling", input=photo.read_bytes()), code=2)
-    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(common, "stdout_is_tty", lambda: True)
     fails(run("edit", photo, "--set", "Smiling", "-o", "-"), "terminal", code=2)
 
 

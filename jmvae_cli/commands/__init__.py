@@ -1,0 +1,1 @@
+"""One module per `jmvae` command; cli.py puts them together."""

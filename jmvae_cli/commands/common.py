@@ -1,0 +1,121 @@
+"""What the commands share: the options defined once (Annotated), loading the model, and writing images."""
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from jmvae_cli.console import console
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+
+
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", help="Where to run: auto takes CUDA, then MPS, then the CPU.", show_default=True)
+]
+WeightsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model (default: the bundled model)."
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which device and weights are used.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+# Options of the translation commands (img2attr, attr2img, edit, attributes).
+FormatOpt = Annotated[
+    Optional[Format],
+    typer.Option("--format", "-f", help="Output format (default: table on a terminal, tsv when piped)."),
+]
+SetOpt = Annotated[
+    list[str],
+    typer.Option("--set", help="Attribute to turn on (repeatable; case-insensitive).", show_default=False),
+]
+UnsetOpt = Annotated[
+    list[str],
+    typer.Option("--unset", help="Attribute to turn off (repeatable; case-insensitive).", show_default=False),
+]
+StrengthOpt = Annotated[
+    float,
+    typer.Option(
+        "--strength",
+        min=0.0,
+        help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
+    ),
+]
+SoftOpt = Annotated[
+    bool,
+    typer.Option("--soft", help="Feed inferred attribute probabilities to q(z|w) as they are, not thresholded at 0.5."),
+]
+OutputOpt = Annotated[
+    Optional[str], typer.Option("--output", "-o", help="Image file to write (.png, .jpg, .webp); - writes PNG to stdout.")
+]
+SizeOpt = Annotated[
+    Optional[int], typer.Option("--size", min=8, max=2048, help="Upscale each 64x64 face to this many pixels.")
+]
+AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="Use every face found, not just the largest.")]
+NoDetectOpt = Annotated[
+    bool, typer.Option("--no-detect", help="The image already is a face crop: use its centre square as the face.")
+]
+
+
+
+class Base(str, Enum):
+    random = "random"
+    zeros = "zeros"
+
+
+
+def load_translator(weights: Optional[Path], device: Device, verbose: bool, batch: bool = False):
+    from jmvae_cli.translate import Translator
+
+    tr = Translator.from_weights(weights, device.value)
+    if verbose:
+        how = tr.precision.name if batch else "fp32"
+        console.print(
+            f"weights {tr.weights} ({len(tr.attr_names)} attributes), device {tr.device} ({how})", highlight=False
+        )
+    return tr
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def print_error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def check_image_output(output: Optional[str]) -> None:
+    if output == "-" and stdout_is_tty():
+        raise typer.BadParameter("refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'")
+
+
+def write_output_image(img, output: str) -> None:
+    from jmvae_cli import images
+
+    if output == "-":
+        stream = sys.stdout.buffer
+        images.write_image(img, stream)
+        stream.flush()
+    else:
+        images.write_image(img, Path(output))
+        console.print(f"wrote {output}", highlight=False)
+
+
+def read_stdin_bytes() -> bytes:
+    return sys.stdin.buffer.read()
