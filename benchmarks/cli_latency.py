@@ -124,7 +124,7 @@ def main():
               f"[target >= 200/s: {'ok' if per_s >= 200 else 'MISSED'}]")
 
         # 3. bf16 against fp32 on the sample faces
-        from jmvae_cli import translate
+        from jmvae_cli import faces, translate
         from jmvae_cli.runtime import Precision
 
         import numpy as np
@@ -135,7 +135,7 @@ def main():
             crops = []
             for p in photos:
                 try:
-                    crops.append(translate.load_faces(p, str(p))[1][0].crop)
+                    crops.append(faces.load_faces(p, str(p))[1][0].crop)
                 except Exception:
                     pass
             crops = np.stack(crops)

@@ -40,6 +40,8 @@ def as_gaussian(h: torch.Tensor) -> Gaussian:
 class ImageVAE(nn.Module):
     """What VAE and CMMA share: q(z|x) on the JMVAE's image trunk and p(x|z)."""
 
+    infers_attributes = False
+
     def __init__(self, cfg: JMVAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -128,6 +130,8 @@ class CVAE(ImageVAE):
 class AttributeClassifier(nn.Module):
     """x -> attribute logits. Trained on real faces alone, it judges whether generated faces show what was asked
     for (attr->img coherence), and its features give the Fréchet distance between generated and real faces."""
+
+    infers_attributes = True
 
     def __init__(self, cfg: JMVAEConfig):
         super().__init__()

@@ -9,11 +9,13 @@ its box to the training frame with constants measured on the training images the
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from jmvae_cli import images
 from jmvae_cli.errors import JmvaeError
 
 # Training crop side / detector box width, and the crop centre's offset from the box centre in box widths
@@ -37,6 +39,7 @@ FRAME_DY = -0.1449
 # draws its boxes 7% wider.
 DETECT_MIN_SIDE = 256
 DETECT_MAX_SIDE = 640
+DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
 
 
 class NoFaceError(JmvaeError):
@@ -148,3 +151,58 @@ def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True
     if not faces:
         raise NoFaceError("no face found")
     return [frame_box(f) for f in (faces if all_faces else faces[:1])]
+
+
+@dataclass
+class FaceCrop:
+    face: int  # index among the faces found, largest first
+    box: Box  # the frame in the photo's pixels
+    crop: np.ndarray  # (64, 64, 3) uint8
+
+
+def load_faces(
+    source: str | Path | bytes, name: str, *, all_faces: bool = False, detect: bool = True, size: int = 64
+) -> tuple[Image.Image, list[FaceCrop]]:
+    """Read a photo and cut out its face(s) as the model's input. Raises JmvaeError naming the file."""
+    img = images.read_image(source, name)
+    try:
+        boxes = find_faces(img, all_faces=all_faces, detect=detect)
+    except NoFaceError:
+        raise NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
+    return img, [FaceCrop(i, b, np.array(crop_face(img, b, size))) for i, b in enumerate(boxes)]
+
+
+def feather_mask(h: int, w: int, feather: float) -> np.ndarray:
+    """(h, w) float32: 1 inside, falling smoothly to 0 at the edges over `feather` of the shorter side
+    (feather 0: no fade, the whole frame takes the change)."""
+    if feather <= 0:
+        return np.ones((h, w), np.float32)
+    r = max(1.0, feather * min(h, w))
+
+    def ramp(n: int) -> np.ndarray:
+        d = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / r  # distance to the nearer edge, in ramps
+        t = np.clip(d, 0, 1)
+        return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible seam where the ramp starts
+
+    return ramp(h)[:, None] * ramp(w)[None, :]
+
+
+def paste_edit(photo: Image.Image, box: Box, delta: np.ndarray, feather: float = DEFAULT_FEATHER) -> Image.Image:
+    """Add a face crop's (64, 64, 3) change in pixel units to the photo at full resolution.
+
+    The change is smoothly (bicubically) upscaled to the frame's size in the photo and faded out towards the
+    frame's edges; every pixel outside the frame is left exactly as it was."""
+    import cv2
+
+    W, H = photo.size
+    # the frame's pixels exactly as faces.crop_face rounds them, so the change lands where the crop came from
+    x0, y0 = round(box.x), round(box.y)
+    x1, y1 = max(x0 + 1, round(box.x + box.w)), max(y0 + 1, round(box.y + box.h))
+    d = cv2.resize(np.ascontiguousarray(delta, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+    d = d.reshape(y1 - y0, x1 - x0, 3) * feather_mask(y1 - y0, x1 - x0, feather)[..., None]  # (bh, bw, 3)
+    out = np.array(photo.convert("RGB"))  # (H, W, 3) uint8, a copy
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)  # the frame may reach past the photo
+    if ix0 < ix1 and iy0 < iy1:
+        region = out[iy0:iy1, ix0:ix1].astype(np.float32) + d[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+        out[iy0:iy1, ix0:ix1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "RGB")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from jmvae_cli import translate
+from jmvae_cli import attributes, translate
 from jmvae_cli.translate import Translator
 
 GAP = 2  # pixels between tiles
@@ -51,7 +51,7 @@ def parse_spec(spec: str, attr_names: list[str]) -> tuple[int, bool | None, str]
         s = s[1:]
     elif s.lower().replace("_", " ").startswith("not "):
         value, s = False, s[4:]
-    i = translate.attr_index(s, attr_names)
+    i = attributes.attr_index(s, attr_names)
     return i, value, attr_names[i]
 
 
@@ -176,7 +176,7 @@ def faces_figure(
     for spec in columns or defaults(FACES_COLUMNS, tr.attr_names):
         i, on, name = parse_spec(spec, tr.attr_names)
         if on is None:
-            raise translate.AttributeNameError(f"{spec!r}: flipping (~) needs a face; use {name} or -{name} here")
+            raise attributes.AttributeNameError(f"{spec!r}: flipping (~) needs a face; use {name} or -{name} here")
         w = base.copy()
         w[i] = 0.5 + strength / 2 if on else 0.5 - strength / 2
         ws.append(w)
@@ -202,7 +202,7 @@ def pca_points(
     """Means of q(z|w) for n_bases random bases (the shown attributes off), each with one of `attrs` set on,
     projected on their two leading principal components. -> (points (K * n_bases, 2), attribute number of each point (K * n_bases,),
     share of the variance each component explains (2,), attribute names (K,))."""
-    idx = [translate.attr_index(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
+    idx = [attributes.attr_index(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
     bases = np.random.default_rng(seed).integers(0, 2, (n_bases, len(tr.attr_names))).astype(np.float32)  # (N, A)
     bases[:, idx] = 0  # each point then carries exactly one of the attributes shown, the one it is coloured by
     ws = np.repeat(bases[None], len(idx), 0)  # (K, N, A)

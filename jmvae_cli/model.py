@@ -167,6 +167,8 @@ class ImageDecoder(nn.Module):
 
 
 class JMVAE(nn.Module):
+    infers_attributes = True  # has attrs_from_images(x): training reports its img->attr accuracy
+
     def __init__(self, cfg: JMVAEConfig):
         super().__init__()
         self.cfg = cfg

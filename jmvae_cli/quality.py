@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jmvae_cli import translate
+from jmvae_cli import attributes, translate
 from jmvae_cli.checkpoint import bundled_weights, load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
@@ -185,11 +185,11 @@ def q_x_zero(model: JMVAE, x: torch.Tensor) -> Gaussian:
 
 
 def parse_edits(specs: Iterable[str], attr_names: list[str]) -> list[tuple[int, int]]:
-    """'+Smiling' or 'Smiling' -> (index, 1), '-Eyeglasses' -> (index, 0); names as translate.attr_index reads them."""
+    """'+Smiling' or 'Smiling' -> (index, 1), '-Eyeglasses' -> (index, 0); names as attributes.attr_index reads them."""
     edits = []
     for spec in specs:
         target = 0 if spec.startswith("-") else 1
-        edits.append((translate.attr_index(spec.lstrip("+-"), attr_names), target))
+        edits.append((attributes.attr_index(spec.lstrip("+-"), attr_names), target))
     return edits
 
 
@@ -215,7 +215,7 @@ def _as_written(x: torch.Tensor) -> torch.Tensor:
 def edit_start(model: JMVAE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What every edit of a batch shares, as translate.edit_face computes it: p(w|z) (B, A) -> (w thresholded
     (B, A), x_mean, the decoded mean of q(z|w) (B, 3, 64, 64))."""
-    w = translate.binarize(probs)  # (B, A)
+    w = attributes.binarize(probs)  # (B, A)
     return w, model.images_from_z(model.q_w(w).mu)
 
 

@@ -149,7 +149,7 @@ def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec:
             x, w = batch_tensors(data, idx[i : i + batch_size], device)
             with prec.autocast():
                 terms = model(x, w)
-                if hasattr(model, "attrs_from_images"):
+                if model.infers_attributes:
                     correct += ((model.attrs_from_images(x) > 0.5).float() == w).double().sum(0).cpu()  # (A,)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
@@ -158,7 +158,7 @@ def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec:
     out = {k: v / n for k, v in sums.items()}
     if "elbo" in out:
         out["bits_per_dim"] = -out["elbo"] / (3 * model.cfg.image_size**2 * math.log(2))
-    if hasattr(model, "attrs_from_images"):
+    if model.infers_attributes:
         per_attr = (correct / n).tolist()
         out["attr_acc"] = float(np.mean(per_attr))
         out["attr_acc_per"] = dict(zip(data.attr_names, per_attr))

@@ -13,7 +13,6 @@ face of a definite attribute set. `soft=True` keeps the probabilities instead.
 """
 
 import concurrent.futures
-import difflib
 import glob
 import math
 import os
@@ -26,21 +25,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from jmvae_cli import faces, images
+from jmvae_cli import faces
+from jmvae_cli.attributes import AttributeNameError, attr_index, binarize
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
 
 DEFAULT_STRENGTH = 2.0  # the paper's +-2
-DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
 BATCH_SIZE = 128
 # Image files taken from a folder; anything else in it (sidecar .json, .txt) is skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
-
-
-class AttributeNameError(JmvaeError):
-    pass
 
 
 class AttrsFileError(JmvaeError):
@@ -97,20 +92,6 @@ class Translator:
 # ----------------------------------------------------------------------------- attribute names and values
 
 
-def _norm(name: str) -> str:
-    return name.strip().lower().replace("-", "_").replace(" ", "_")
-
-
-def attr_index(name: str, attr_names: list[str]) -> int:
-    """Case-insensitive, '-' and ' ' read as '_'; a miss names the closest attributes."""
-    normed = [_norm(a) for a in attr_names]
-    if _norm(name) in normed:
-        return normed.index(_norm(name))
-    close = difflib.get_close_matches(_norm(name), normed, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(attr_names[normed.index(c)] for c in close)}?" if close else ""
-    raise AttributeNameError(f"unknown attribute {name!r}{hint} (`jmvae attributes` lists the model's names)")
-
-
 def attr_changes(
     set_names: Iterable[str], unset_names: Iterable[str], attr_names: list[str], strength: float = DEFAULT_STRENGTH
 ) -> dict[int, float]:
@@ -121,10 +102,6 @@ def attr_changes(
     if both:
         raise AttributeNameError(f"{', '.join(attr_names[i] for i in both)}: both --set and --unset")
     return {i: 0.5 + strength / 2 for i in on} | {i: 0.5 - strength / 2 for i in off}
-
-
-def binarize(probs: torch.Tensor | np.ndarray, soft: bool = False):
-    return probs if soft else (probs >= 0.5) * 1.0
 
 
 def base_attributes(kind: str, n_attrs: int, seed: int) -> np.ndarray:
@@ -204,25 +181,6 @@ def infer_attributes(tr: Translator, faces_u8: np.ndarray) -> np.ndarray:
             x = pixels_to_input(u8)  # (b, 3, 64, 64), channels_last in memory already
             out.append(tr.model.attrs_from_images(x).float().cpu().numpy())  # (b, A)
     return np.concatenate(out) if out else np.zeros((0, len(tr.attr_names)), np.float32)
-
-
-@dataclass
-class FaceCrop:
-    face: int  # index among the faces found, largest first
-    box: faces.Box  # the frame in the photo's pixels
-    crop: np.ndarray  # (64, 64, 3) uint8
-
-
-def load_faces(
-    source: str | Path | bytes, name: str, *, all_faces: bool = False, detect: bool = True, size: int = 64
-) -> tuple[Image.Image, list[FaceCrop]]:
-    """Read a photo and cut out its face(s) as the model's input. Raises JmvaeError naming the file."""
-    img = images.read_image(source, name)
-    try:
-        boxes = faces.find_faces(img, all_faces=all_faces, detect=detect)
-    except faces.NoFaceError:
-        raise faces.NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
-    return img, [FaceCrop(i, b, np.array(faces.crop_face(img, b, size))) for i, b in enumerate(boxes)]
 
 
 @dataclass
@@ -323,9 +281,9 @@ def img2attr(
 def _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file) -> Iterator[AttrResult]:
     def prepare(src: str):
         data = stdin if src == "-" else src
-        return load_faces(data, "<stdin>" if src == "-" else src, all_faces=all_faces, detect=detect)[1]
+        return faces.load_faces(data, "<stdin>" if src == "-" else src, all_faces=all_faces, detect=detect)[1]
 
-    waiting: list[tuple[str, object]] = []  # (file, list[FaceCrop] | JmvaeError), in input order
+    waiting: list[tuple[str, object]] = []  # (file, list[faces.FaceCrop] | JmvaeError), in input order
 
     def flush() -> Iterator[AttrResult]:
         crops = [c.crop for _, r in waiting if isinstance(r, list) for c in r]
@@ -430,42 +388,6 @@ def edit_face(tr: Translator, face_u8: np.ndarray, changes: dict[int, float], so
     means = tr.model.images_from_z(z)  # (2, 3, 64, 64)
     result = (x + means[1:] - means[:1]).clamp(-1, 1)  # (1, 3, 64, 64)
     return EditResult(probs[0], w[0], w_new[0], x[0], means[0], means[1], result[0])
-
-
-def feather_mask(h: int, w: int, feather: float) -> np.ndarray:
-    """(h, w) float32: 1 inside, falling smoothly to 0 at the edges over `feather` of the shorter side
-    (feather 0: no fade, the whole frame takes the change)."""
-    if feather <= 0:
-        return np.ones((h, w), np.float32)
-    r = max(1.0, feather * min(h, w))
-
-    def ramp(n: int) -> np.ndarray:
-        d = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / r  # distance to the nearer edge, in ramps
-        t = np.clip(d, 0, 1)
-        return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible seam where the ramp starts
-
-    return ramp(h)[:, None] * ramp(w)[None, :]
-
-
-def paste_edit(photo: Image.Image, box: faces.Box, delta: np.ndarray, feather: float = DEFAULT_FEATHER) -> Image.Image:
-    """Add a face crop's (64, 64, 3) change in pixel units to the photo at full resolution.
-
-    The change is smoothly (bicubically) upscaled to the frame's size in the photo and faded out towards the
-    frame's edges; every pixel outside the frame is left exactly as it was."""
-    import cv2
-
-    W, H = photo.size
-    # the frame's pixels exactly as faces.crop_face rounds them, so the change lands where the crop came from
-    x0, y0 = round(box.x), round(box.y)
-    x1, y1 = max(x0 + 1, round(box.x + box.w)), max(y0 + 1, round(box.y + box.h))
-    d = cv2.resize(np.ascontiguousarray(delta, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-    d = d.reshape(y1 - y0, x1 - x0, 3) * feather_mask(y1 - y0, x1 - x0, feather)[..., None]  # (bh, bw, 3)
-    out = np.array(photo.convert("RGB"))  # (H, W, 3) uint8, a copy
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)  # the frame may reach past the photo
-    if ix0 < ix1 and iy0 < iy1:
-        region = out[iy0:iy1, ix0:ix1].astype(np.float32) + d[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-        out[iy0:iy1, ix0:ix1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    return Image.fromarray(out, "RGB")
 
 
 def default_edit_output(image: str) -> Path:

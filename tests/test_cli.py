@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from jmvae_cli import cli, faces, images, translate
+from jmvae_cli import attributes, cli, faces, images, translate
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
@@ -164,7 +164,7 @@ def test_img2attr_finds_the_face_in_a_photo(weights_env, tiny_weights, tmp_path)
     recs = json.loads(ok(run("img2attr", tmp_path / "face.jpg", tmp_path / "group.jpg", "-f", "json")).stdout)
     tr = translate.Translator.from_weights(tiny_weights, "cpu")
     for rec in recs:  # the probabilities of the detected face's crop
-        _, crops = translate.load_faces(rec["file"], rec["file"])
+        _, crops = faces.load_faces(rec["file"], rec["file"])
         assert len(crops) == 1 and 300 < crops[0].box.x + crops[0].box.w / 2 < 600 or rec["file"].endswith("face.jpg")
         expected = translate.infer_attributes(tr, crops[0].crop[None])[0]
         assert np.allclose(list(rec["attributes"].values()), expected, atol=2e-4)
@@ -293,7 +293,7 @@ def test_img2attr_into_attr2img(weights_env, tiny_weights, tmp_path, fmt):
     # the same as: the image's thresholded attributes with Smiling at the paper's +2
     tr = translate.Translator.from_weights(tiny_weights, "cpu")
     probs = translate.infer_attributes(tr, np.asarray(Image.open(a).convert("RGB"))[None])[0]
-    w = translate.binarize(probs)
+    w = attributes.binarize(probs)
     w[0] = 1.5
     expected = translate.average_face(tr, w)[0]
     assert np.abs(np.asarray(Image.open(out)).astype(int) - expected).max() <= 1

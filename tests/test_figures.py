@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from jmvae_cli import cli, figures, translate
+from jmvae_cli import attributes, cli, figures, translate
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
 
 runner = CliRunner()
@@ -42,7 +42,7 @@ def test_parse_spec():
     assert figures.parse_spec("not Young", ATTRS) == (4, False, "Young")
     assert figures.parse_spec("Not_Blond_Hair", ATTRS) == (3, False, "Blond_Hair")
     assert figures.parse_spec("~Eyeglasses", ATTRS) == (2, None, "Eyeglasses")
-    with pytest.raises(translate.AttributeNameError, match="Bald"):
+    with pytest.raises(attributes.AttributeNameError, match="Bald"):
         figures.parse_spec("Bald", ATTRS)
 
 
@@ -61,7 +61,7 @@ def test_faces_figure_layout_and_tiles(tr):
     assert np.array_equal(tile_at(img, 1, 2, n_rows, n_cols, 64), translate.average_face(tr, w, 2, 0.5, 3)[1])
     big = figures.faces_figure(tr, columns, samples=1, tile=96)
     assert big.size == figures.sheet_size(2, 4, 96, ["mean", "sample 1"])
-    with pytest.raises(translate.AttributeNameError):
+    with pytest.raises(attributes.AttributeNameError):
         figures.faces_figure(tr, ["~Male"])
 
 

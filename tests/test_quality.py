@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from jmvae_cli import cli, quality, translate
+from jmvae_cli import attributes, cli, quality, translate
 from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import save_model
 from jmvae_cli.data import DataError, load_data
@@ -154,7 +154,7 @@ def test_load_classifier_reorders_and_refuses(tmp_path, tr):
 
 def test_parse_and_default_edits():
     assert quality.parse_edits(["+Male", "-eyeglasses", "Smiling"], ATTRS) == [(1, 1), (2, 0), (0, 1)]
-    with pytest.raises(translate.AttributeNameError):
+    with pytest.raises(attributes.AttributeNameError):
         quality.parse_edits(["+Bald"], ATTRS)
     # the default list, restricted to the attributes the model has, in the default order
     assert quality.default_edits(ATTRS) == [(0, 1), (2, 1), (1, 1), (3, 1), (4, 1), (2, 0)]

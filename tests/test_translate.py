@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jmvae_cli import faces, translate
+from jmvae_cli import attributes, faces, translate
 from jmvae_cli.runtime import bf16_supported
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, write_photo  # noqa: F401 (fixture)
 
@@ -21,13 +21,13 @@ def tr(tiny_weights):
 
 
 def test_attr_index_is_case_insensitive_and_suggests():
-    assert translate.attr_index("smiling", ATTRS) == 0
-    assert translate.attr_index("blond-hair", ATTRS) == 3
-    assert translate.attr_index("BLOND HAIR", ATTRS) == 3
-    with pytest.raises(translate.AttributeNameError, match="did you mean Smiling"):
-        translate.attr_index("Smilng", ATTRS)
-    with pytest.raises(translate.AttributeNameError) as e:
-        translate.attr_index("Wearing_Hat", ATTRS)
+    assert attributes.attr_index("smiling", ATTRS) == 0
+    assert attributes.attr_index("blond-hair", ATTRS) == 3
+    assert attributes.attr_index("BLOND HAIR", ATTRS) == 3
+    with pytest.raises(attributes.AttributeNameError, match="did you mean Smiling"):
+        attributes.attr_index("Smilng", ATTRS)
+    with pytest.raises(attributes.AttributeNameError) as e:
+        attributes.attr_index("Wearing_Hat", ATTRS)
     assert "did you mean" not in str(e.value)
 
 
@@ -35,7 +35,7 @@ def test_attr_changes_strength_and_conflicts():
     ch = translate.attr_changes(["Smiling"], ["male"], ATTRS, strength=2.0)
     assert ch == {0: 1.5, 1: -0.5}  # the paper's +-2 in +-1 coding
     assert translate.attr_changes(["Smiling"], [], ATTRS, strength=1.0) == {0: 1.0}
-    with pytest.raises(translate.AttributeNameError, match="both --set and --unset"):
+    with pytest.raises(attributes.AttributeNameError, match="both --set and --unset"):
         translate.attr_changes(["Smiling"], ["SMILING"], ATTRS)
 
 
@@ -151,17 +151,17 @@ def test_bf16_batches_match_fp32(tiny_weights):
 
 
 def test_feather_mask():
-    m = translate.feather_mask(100, 80, 0.15)
+    m = faces.feather_mask(100, 80, 0.15)
     assert m.shape == (100, 80) and m.max() == 1 and m[50, 40] == 1
     assert m[0, 40] < 0.05 and m[50, 0] < 0.05 and m.min() >= 0
-    assert np.array_equal(translate.feather_mask(10, 10, 0), np.ones((10, 10), np.float32))
+    assert np.array_equal(faces.feather_mask(10, 10, 0), np.ones((10, 10), np.float32))
 
 
 def test_paste_edit_leaves_the_rest_untouched():
     photo = Image.fromarray(photo_array(300, 200, seed=2), "RGB")
     box = faces.Box(40.3, 30.6, 120.2, 120.2)
     delta = np.full((64, 64, 3), 40.0, np.float32)
-    out = np.asarray(translate.paste_edit(photo, box, delta, 0.15)).astype(int)
+    out = np.asarray(faces.paste_edit(photo, box, delta, 0.15)).astype(int)
     src = np.asarray(photo).astype(int)
     x0, y0, x1, y1 = 40, 31, 161, 151  # the frame rounded as crop_face rounds it
     outside = np.ones(src.shape[:2], bool)
@@ -175,7 +175,7 @@ def test_paste_edit_leaves_the_rest_untouched():
 
 def test_paste_edit_frame_reaching_past_the_photo():
     photo = Image.fromarray(photo_array(100, 100, seed=2), "RGB")
-    out = translate.paste_edit(photo, faces.Box(-30, 50, 90, 90), np.full((64, 64, 3), -20, np.float32))
+    out = faces.paste_edit(photo, faces.Box(-30, 50, 90, 90), np.full((64, 64, 3), -20, np.float32))
     a, b = np.asarray(out).astype(int), np.asarray(photo).astype(int)
     assert out.size == photo.size
     assert np.array_equal(a[:50], b[:50]) and np.array_equal(a[:, 60:], b[:, 60:])
@@ -186,7 +186,7 @@ def test_paste_of_a_whole_64px_frame_is_the_crop_result(tr):
     """With the frame the whole 64x64 image and no feathering, the full-resolution path is the paper's x'."""
     face = photo_array(64, 64, seed=7)
     r = translate.edit_face(tr, face, {0: 1.5})
-    out = translate.paste_edit(Image.fromarray(face), faces.Box(0, 0, 64, 64), r.delta_pixels, feather=0)
+    out = faces.paste_edit(Image.fromarray(face), faces.Box(0, 0, 64, 64), r.delta_pixels, feather=0)
     assert np.abs(np.asarray(out).astype(int) - r.pixels("result").astype(int)).max() <= 1
 
 

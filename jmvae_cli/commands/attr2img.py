@@ -42,7 +42,7 @@ def attr2img(
     if base is not None and attrs is not None:
         raise typer.BadParameter("--base and --attrs both give the starting attributes: choose one", param_hint="'--base'")
 
-    from jmvae_cli import translate
+    from jmvae_cli import attributes, translate
 
     tr = common.load_translator(weights, device, verbose)
     changes = tr.changes(set_, unset, strength)
@@ -55,7 +55,7 @@ def attr2img(
             except (OSError, UnicodeDecodeError) as e:
                 raise JmvaeError(f"{attrs}: cannot read attributes ({getattr(e, 'strerror', None) or e})") from None
         probs, _ = translate.read_attrs_record(text, tr.attr_names, name)
-        w = translate.binarize(probs, soft)
+        w = attributes.binarize(probs, soft)
     else:
         w = translate.base_attributes((base or common.Base.random).value, len(tr.attr_names), seed)
     for i, v in changes.items():

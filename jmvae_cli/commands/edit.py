@@ -46,7 +46,7 @@ def edit(
 
     import numpy as np
 
-    from jmvae_cli import translate
+    from jmvae_cli import faces, translate
 
     if output is None:
         if image == "-":
@@ -63,7 +63,7 @@ def edit(
     changes = tr.changes(set_, unset, strength)
     data = common.read_stdin_bytes() if image == "-" else image
     name = "<stdin>" if image == "-" else image
-    photo, crops = translate.load_faces(data, name, all_faces=all_faces, detect=not no_detect)
+    photo, crops = faces.load_faces(data, name, all_faces=all_faces, detect=not no_detect)
     results = [translate.edit_face(tr, c.crop, changes, soft) for c in crops]
 
     if print_attrs:
@@ -84,5 +84,5 @@ def edit(
     else:
         img = photo
         for c, r in zip(crops, results):
-            img = translate.paste_edit(img, c.box, r.delta_pixels, feather)
+            img = faces.paste_edit(img, c.box, r.delta_pixels, feather)
     common.write_output_image(img, output)

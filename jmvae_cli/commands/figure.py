@@ -52,7 +52,7 @@ def figure(
         msg = "figure edit needs the photo to edit" if image is None else f"figure {kind.value} takes no image"
         raise typer.BadParameter(msg, param_hint="IMAGE")
 
-    from jmvae_cli import figures, translate
+    from jmvae_cli import faces, figures
 
     tr = common.load_translator(weights, device, verbose)
     if kind == FigureKind.faces:
@@ -61,7 +61,7 @@ def figure(
         img = figures.pca_figure(tr, attrs, bases, seed, strength)
     else:
         data = common.read_stdin_bytes() if image == "-" else image
-        _, crops = translate.load_faces(data, "<stdin>" if image == "-" else image, detect=not no_detect)
+        _, crops = faces.load_faces(data, "<stdin>" if image == "-" else image, detect=not no_detect)
         img, probs = figures.edit_figure(tr, crops[0].crop, attrs, strength, size)
         on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if p >= 0.5)[::-1]
         console.print("inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True)
