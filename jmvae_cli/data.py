@@ -44,6 +44,7 @@ LAYOUTS = {
     "generic": (".", "attributes.csv"),
 }
 PARTITION_FILE = "list_eval_partition.txt"
+VAL_FRACTION = 0.1  # share of a folder without a partition file that goes to validation, chosen by file name
 
 
 class DataError(JmvaeError):
@@ -99,7 +100,7 @@ class FaceData:
 # reading a folder
 
 
-def read_source(root: str | Path, val_fraction: float = 0.1) -> Source:
+def read_source(root: str | Path, val_fraction: float = VAL_FRACTION) -> Source:
     """Parse one data folder. Rows are split by list_eval_partition.txt when an official CelebA folder has one,
     otherwise by a hash of the file name: a val_fraction share goes to val, the rest to train."""
     if not 0 <= val_fraction < 1:
@@ -350,7 +351,7 @@ def load_data(
     roots: list[str | Path],
     *,
     preprocess: Preprocess = Preprocess(),
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     cache_dir: str | Path | None = None,
     max_images: int | None = None,
     progress: bool = True,

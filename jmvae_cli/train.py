@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from jmvae_cli.checkpoint import load_model, load_train_state, save_model, save_train_state
 from jmvae_cli.console import console
-from jmvae_cli.data import FaceData, Preprocess, load_data
+from jmvae_cli.data import VAL_FRACTION, FaceData, Preprocess, load_data
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.images import from_uint8_array, write_image
 from jmvae_cli.baselines import build
@@ -68,7 +68,7 @@ class TrainOptions:
     resume: bool = False
     init: Path | None = None  # start from this model file's weights (fine-tuning), with a fresh optimizer
     max_images: int | None = None
-    val_fraction: float = 0.1
+    val_fraction: float = VAL_FRACTION
     warmup_epochs: float = 1.0  # KL warm-up: the prior KL's weight rises linearly from 0 to 1 over this many epochs
     flip: bool = True  # random horizontal flips: none of the CelebA attributes is left/right
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, which is validated and saved

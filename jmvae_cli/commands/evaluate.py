@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from jmvae_cli.commands import common
+from jmvae_cli.data import VAL_FRACTION
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
 
@@ -65,7 +66,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training).")
-    ] = 0.1,
+    ] = VAL_FRACTION,
     format: Annotated[
         Optional[common.Format],
         typer.Option("--format", "-f", help="table or json (default: table on a terminal, json when piped)."),

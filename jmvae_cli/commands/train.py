@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from jmvae_cli.commands import common
+from jmvae_cli.data import VAL_FRACTION
 from jmvae_cli.console import console
 
 
@@ -71,7 +72,7 @@ def train(
     max_images: Annotated[Optional[int], typer.Option(min=1, help="Use at most this many images (quick runs).")] = None,
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file.")
-    ] = 0.1,
+    ] = VAL_FRACTION,
     warmup_epochs: Annotated[float, typer.Option(min=0.0, help="Epochs of KL warm-up.")] = 1.0,
     flip: Annotated[bool, typer.Option(help="Random horizontal flips.")] = True,
     ema: Annotated[
