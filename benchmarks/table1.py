@@ -262,7 +262,7 @@ def main() -> None:
                                                   device=device, seed=args.seed)
         run["eval_seconds"] = time.monotonic() - t
         print(f"{name}: evaluated {len(idx)} images in {run['eval_seconds']:.0f} s", flush=True)
-        if model.cfg.model == "jmvae":
+        if model.models_attributes:  # it has log p(w) estimates to check against more samples
             run["reference_pw"] = reference_log_pw(model, data, idx, args, device)
 
     image_dims, n_attrs = 3 * data.images.shape[1] ** 2, len(data.attr_names)

@@ -14,43 +14,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from jmvae_cli.model import (
-    JMVAE,
     Gaussian,
     ImageDecoder,
     ImageFeatures,
     JMVAEConfig,
+    Model,
     discretized_logistic_log_prob,
+    gaussian_head,
     kl_gaussians,
     kl_standard_normal,
     mlp,
 )
 
 
-def gaussian_head(n_in: int, hidden: int, latent: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * latent)
-    )
-
-
-def as_gaussian(h: torch.Tensor) -> Gaussian:
-    mu, logvar = h.float().chunk(2, dim=-1)  # (B, Z) each
-    return Gaussian(mu, logvar.clamp(-12.0, 8.0))
-
-
-class ImageVAE(nn.Module):
+class ImageVAE(Model):
     """What VAE and CMMA share: q(z|x) on the JMVAE's image trunk and p(x|z)."""
 
-    infers_attributes = False
-
     def __init__(self, cfg: JMVAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.image_features = ImageFeatures(cfg)
         self.enc_x = gaussian_head(cfg.image_features, cfg.joint_hidden, cfg.latent_dim)
         self.dec_x = ImageDecoder(cfg)
 
     def q_x(self, x: torch.Tensor) -> Gaussian:
-        return as_gaussian(self.enc_x(self.image_features(x)))
+        return Gaussian.from_head(self.enc_x(self.image_features(x)))
+
+    def posteriors(self, x: torch.Tensor, w: torch.Tensor) -> dict[str, Gaussian]:
+        return {"qx": self.q_x(x)}
 
     def log_px(self, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         mean, log_scale = self.dec_x(z)
@@ -81,16 +71,16 @@ class CMMA(ImageVAE):
         super().__init__(cfg)
         self.prior_w = mlp(cfg.n_attrs, cfg.attr_hidden, 2 * cfg.latent_dim)  # p(z|w)
 
-    def p_z_given_w(self, w: torch.Tensor) -> Gaussian:
-        return as_gaussian(self.prior_w(w))
+    def prior(self, w: torch.Tensor) -> Gaussian:
+        return Gaussian.from_head(self.prior_w(w))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
         q = self.q_x(x)
-        return self._terms(x, q, kl_gaussians(q, self.p_z_given_w(w)), beta)
+        return self._terms(x, q, kl_gaussians(q, self.prior(w)), beta)
 
     @torch.no_grad()
     def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
-        return [self.images_from_z(self.q_x(x).mu), self.images_from_z(self.p_z_given_w(w).mu)]
+        return [self.images_from_z(self.q_x(x).mu), self.images_from_z(self.prior(w).mu)]
 
 
 class CVAE(ImageVAE):
@@ -102,13 +92,16 @@ class CVAE(ImageVAE):
         self.joint_attr = mlp(A, H)
         self.enc_x = gaussian_head(cfg.image_features + H, cfg.joint_hidden, cfg.latent_dim)  # q(z|x,w)
         self.prior_w = mlp(A, H, 2 * cfg.latent_dim)  # p(z|w)
-        self.dec_x = ImageDecoder(JMVAEConfig(**{**cfg.to_dict(), "latent_dim": cfg.latent_dim + A}))  # p(x|z,w)
+        self.dec_x = ImageDecoder(cfg, in_dim=cfg.latent_dim + A)  # p(x|z,w)
 
     def q_xw(self, x: torch.Tensor, w: torch.Tensor) -> Gaussian:
-        return as_gaussian(self.enc_x(torch.cat([self.image_features(x), self.joint_attr(w)], dim=1)))
+        return Gaussian.from_head(self.enc_x(torch.cat([self.image_features(x), self.joint_attr(w)], dim=1)))
 
-    def p_z_given_w(self, w: torch.Tensor) -> Gaussian:
-        return as_gaussian(self.prior_w(w))
+    def posteriors(self, x: torch.Tensor, w: torch.Tensor) -> dict[str, Gaussian]:
+        return {"qxw": self.q_xw(x, w)}
+
+    def prior(self, w: torch.Tensor) -> Gaussian:
+        return Gaussian.from_head(self.prior_w(w))
 
     def log_px(self, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         mean, log_scale = self.dec_x(torch.cat([z, w.to(z.dtype)], dim=1))
@@ -120,22 +113,22 @@ class CVAE(ImageVAE):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, beta: float = 1.0) -> dict[str, torch.Tensor]:
         q = self.q_xw(x, w)
-        return self._terms(x, q, kl_gaussians(q, self.p_z_given_w(w)), beta, w)
+        return self._terms(x, q, kl_gaussians(q, self.prior(w)), beta, w)
 
     @torch.no_grad()
     def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
-        return [self.images_from_z(self.q_xw(x, w).mu, w), self.images_from_z(self.p_z_given_w(w).mu, w)]
+        return [self.images_from_z(self.q_xw(x, w).mu, w), self.images_from_z(self.prior(w).mu, w)]
 
 
-class AttributeClassifier(nn.Module):
+class AttributeClassifier(Model):
     """x -> attribute logits. Trained on real faces alone, it judges whether generated faces show what was asked
-    for (attr->img coherence), and its features give the Fréchet distance between generated and real faces."""
+    for (attr->img coherence), and its features give the Fréchet distance between generated and real faces. It has
+    no latent variable, so no posteriors and no likelihood."""
 
     infers_attributes = True
 
     def __init__(self, cfg: JMVAEConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.image_features = ImageFeatures(cfg)
         self.head = nn.Linear(cfg.image_features, cfg.n_attrs)
 
@@ -150,12 +143,3 @@ class AttributeClassifier(nn.Module):
     @torch.no_grad()
     def attrs_from_images(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.image_features(x)).float())
-
-    def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
-        return []
-
-
-def build(cfg: JMVAEConfig) -> nn.Module:
-    """Any model of this package, from its config."""
-    kinds = {"jmvae": JMVAE, "vae": VAE, "cvae": CVAE, "cmma": CMMA, "classifier": AttributeClassifier}
-    return kinds[cfg.model](cfg)

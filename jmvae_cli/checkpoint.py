@@ -21,8 +21,8 @@ from safetensors.torch import save as st_save
 
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.files import atomic_write
-from jmvae_cli.baselines import build
 from jmvae_cli.model import JMVAEConfig
+from jmvae_cli.registry import build
 
 FORMAT = "jmvae"
 FORMAT_VERSION = 1

@@ -9,6 +9,10 @@ Both are lower bounds on log p(data) in expectation; iw >= elbo for the same sam
 as K grows. The estimators here take log densities as callables, so they are tested on models whose likelihood is
 known in closed form (tests/test_likelihood.py); `evaluate_likelihoods` applies them to a trained model.
 
+Which bounds a model gets follows from the pieces it has (model.Model), not from its name: one bound per posterior
+(q(z|x,w) gives the keys ending _qxw, q(z|x) those ending _qx), on log p(x) under p(z) = N(0, I) or on log p(x|w)
+under a learnt prior p(z|w); a model that models attributes too (p(w|z), q(z|w)) adds log p(x,w) and log p(w).
+
 Keys of the result (each is per image, then averaged over the images; see DESCRIPTIONS):
     log_px_elbo_qxw, log_px_iw_qxw        log p(x), proposal q(z|x,w)                           JMVAE
     log_px_elbo_qx, log_px_iw_qx          log p(x), proposal q(z|x) (no attributes needed)      JMVAE, VAE
@@ -152,8 +156,9 @@ def _flat(fn: Callable[..., torch.Tensor], z: torch.Tensor, *data: torch.Tensor)
 @torch.inference_mode()
 def attribute_log_likelihoods(model, w: torch.Tensor, *, nw: int = 10, kw: int = 1000, decode_batch: int = 1000,
                               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """A JMVAE's three estimates of log p(w) for attribute vectors w (B, A): {key: (B,) nats}, keys
-    log_pw_prior_nw (nw prior samples), log_pw_iw_qw and log_pw_iw_mix (kw samples each). No image is decoded."""
+    """Three estimates of log p(w) for attribute vectors w (B, A) by a model with models_attributes (the JMVAE):
+    {key: (B,) nats}, keys log_pw_prior_nw (nw prior samples), log_pw_iw_qw and log_pw_iw_mix (kw samples each).
+    No image is decoded."""
     w = w.float()
     prior = standard_normal(len(w), model.cfg.latent_dim, w.device)
     q_w = model.q_w(w)
@@ -171,48 +176,34 @@ def attribute_log_likelihoods(model, w: torch.Tensor, *, nw: int = 10, kw: int =
 
 def _image_log_likelihoods(model, x: torch.Tensor, w: torch.Tensor, k: int, nw: int, kw: int, decode_batch: int,
                            gen: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """Per-image estimates for one batch, by model kind: {key: (B,)}."""
-    kind = model.cfg.model
-    if kind not in ("jmvae", "vae", "cvae", "cmma"):
-        raise JmvaeError(f"a {kind} model has no likelihood to evaluate (jmvae, vae, cvae and cmma have)")
-    out: dict[str, torch.Tensor] = {}
+    """Per-image estimates for one batch, from the pieces the model has (model.Model): {key: (B,)}."""
+    posteriors = model.posteriors(x, w)  # {"qxw": q(z|x,w), "qx": q(z|x)}, those it has
+    if not posteriors:
+        raise JmvaeError(f"a {model.cfg.model} model has no likelihood to evaluate: it has no posterior q(z|.)")
+    prior = model.prior(w)  # p(z|w), or None for N(0, I)
+    log_pz = standard_normal_log_prob if prior is None else prior.log_prob
+    image_key = "log_px" if prior is None else "log_px_given_w"  # a prior given w bounds log p(x|w)
     chunk = max(1, decode_batch // len(x))  # z samples per image-decoder pass
+    out: dict[str, torch.Tensor] = {}
 
-    def put(prefix: str, suffix: str, b: Bounds) -> None:
-        out[f"{prefix}_elbo{suffix}"], out[f"{prefix}_iw{suffix}"] = b.elbo, b.iw
+    def image(z):  # log p(x, z), or log p(x, z | w): (n, B)
+        return {"x": _flat(lambda x_, w_, z_: model.log_px(x_, z_, w_), z, x, w) + log_pz(z)}
 
-    def log_px(z: torch.Tensor) -> torch.Tensor:  # (n, B)
-        if kind == "cvae":  # the decoder sees w beside z
-            return _flat(lambda x_, w_, z_: model.log_px(x_, z_, w_), z, x, w)
-        return _flat(model.log_px, z, x)
+    def image_and_attributes(z):  # one decoder pass for log p(x, z) and log p(x, w, z)
+        log_pxz = image(z)["x"]  # (n, B)
+        return {"x": log_pxz, "xw": log_pxz + _flat(model.log_pw, z, w)}
 
-    def marginal(z):  # log p(x, z) under p(z) = N(0, I)
-        return {"x": log_px(z) + standard_normal_log_prob(z)}
-
-    if kind == "jmvae":
-
-        def marginal_and_joint(z):  # one decoder pass for log p(x, z) and log p(x, w, z)
-            log_pxz = log_px(z) + standard_normal_log_prob(z)  # (n, B)
-            return {"x": log_pxz, "xw": log_pxz + _flat(model.log_pw, z, w)}
-
-        joint = importance_weighted(model.q_xw(x, w), marginal_and_joint, k, chunk=chunk, generator=gen)
-        put("log_px", "_qxw", joint["x"])
-        put("log_pxw", "", joint["xw"])
-        put("log_px", "_qx", importance_weighted(model.q_x(x), marginal, k, chunk=chunk, generator=gen)["x"])
+    for name, proposal in posteriors.items():
+        joint = model.models_attributes and name == "qxw"  # log p(x, w) takes the proposal that sees both
+        bounds = importance_weighted(proposal, image_and_attributes if joint else image, k, chunk=chunk, generator=gen)
+        out[f"{image_key}_elbo_{name}"], out[f"{image_key}_iw_{name}"] = bounds["x"]
+        if joint:
+            out["log_pxw_elbo"], out["log_pxw_iw"] = bounds["xw"]
+    if model.models_attributes:
         out.update(attribute_log_likelihoods(model, w, nw=nw, kw=kw, decode_batch=decode_batch, generator=gen))
         out["log_px_given_w_paper"] = out["log_pxw_iw"] - out["log_pw_prior_nw"]
         out["log_px_given_w_iw"] = out["log_pxw_iw"] - out["log_pw_iw_qw"]
         out["log_px_given_w_mix"] = out["log_pxw_iw"] - out["log_pw_iw_mix"]
-    elif kind == "vae":
-        put("log_px", "_qx", importance_weighted(model.q_x(x), marginal, k, chunk=chunk, generator=gen)["x"])
-    else:
-        prior_w = model.p_z_given_w(w)
-
-        def conditional(z):  # log p(x, z | w) under the learnt prior p(z|w)
-            return {"x": log_px(z) + prior_w.log_prob(z)}
-
-        proposal, suffix = (model.q_xw(x, w), "_qxw") if kind == "cvae" else (model.q_x(x), "_qx")
-        put("log_px_given_w", suffix, importance_weighted(proposal, conditional, k, chunk=chunk, generator=gen)["x"])
     return out
 
 

@@ -6,22 +6,32 @@
 
 Images enter as floats in [-1, 1] (uint8 / 127.5 - 1), attributes as {0, 1} floats. Every loss below is in nats
 per example, summed over the dimensions of a modality and averaged over the batch.
+
+Beside the JMVAE, what every model of the package builds on: its config, the distributions, the networks, and
+Model, the interface its callers use. baselines.py holds the paper's other models; registry.py lists them all.
 """
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-OBJECTIVES = ("jmvae-kl", "jmvae-zero")
-MODELS = ("jmvae", "vae", "cvae", "cmma", "classifier")  # the last four live in baselines.py
+from jmvae_cli import registry
+from jmvae_cli.attributes import binarize
 
 
 @dataclass
 class JMVAEConfig:
-    """Rebuilds any model of this package; `model` names which (JMVAE unless a baseline is asked for)."""
+    """Rebuilds any model of this package: `model` names which (registry.py), the rest sizes and trains it.
+
+    One flat config for every model, saved as a model file's "config". The widths size the networks that the JMVAE
+    and its baselines share (ImageFeatures, ImageDecoder, the attribute MLPs, the Gaussian heads), so that they are
+    compared at equal size; objective, alpha and cross_weight are the JMVAE's alone, and other models ignore them.
+    A new model size is new values here, not new code.
+    """
 
     model: str = "jmvae"
     n_attrs: int = 40
@@ -41,10 +51,10 @@ class JMVAEConfig:
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.model not in registry.names():
+            raise ValueError(f"model must be one of {', '.join(registry.names())}, not {self.model!r}")
+        if self.objective not in registry.OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(registry.OBJECTIVES)}, not {self.objective!r}")
         if self.image_size != 2 ** len(self.channels) * 4:
             raise ValueError(f"image_size {self.image_size} needs {len(self.channels)} stride-2 layers to reach 4x4")
 
@@ -66,6 +76,13 @@ class Gaussian:
 
     mu: torch.Tensor  # (B, Z)
     logvar: torch.Tensor  # (B, Z)
+
+    @classmethod
+    def from_head(cls, h: torch.Tensor) -> "Gaussian":
+        """The Gaussian that an encoder's (B, 2Z) output stands for: mean, then log-variance, clamped so that its
+        exp() neither underflows to a zero variance nor overflows."""
+        mu, logvar = h.float().chunk(2, dim=-1)  # (B, Z) each
+        return cls(mu, logvar.clamp(-12.0, 8.0))
 
     def sample(self) -> torch.Tensor:
         return self.mu + torch.randn_like(self.mu) * torch.exp(0.5 * self.logvar)
@@ -131,6 +148,13 @@ def mlp(n_in: int, hidden: int, n_out: int | None = None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def gaussian_head(n_in: int, hidden: int, latent: int) -> nn.Sequential:
+    """A hidden layer to the 2 * latent numbers that Gaussian.from_head reads."""
+    return nn.Sequential(
+        nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * latent)
+    )
+
+
 class ImageFeatures(nn.Module):
     """x (B, 3, 64, 64) -> (B, image_features). One trunk feeds both q(z|x,w) and q(z|x): JMVAE-kl pulls the two
     posteriors together anyway, and sharing halves the encoder's cost per step and its size on disk."""
@@ -149,13 +173,15 @@ class ImageFeatures(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """z (B, Z) -> per-pixel logistic mean and log-scale, each (B, 3, 64, 64)."""
+    """z (B, Z) -> per-pixel logistic mean and log-scale, each (B, 3, 64, 64). A decoder that sees more than z (CVAE's
+    z and w) takes in_dim inputs instead of latent_dim."""
 
-    def __init__(self, cfg: JMVAEConfig):
+    def __init__(self, cfg: JMVAEConfig, in_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
         chans = tuple(reversed(cfg.channels))  # 256, 256, 128, 64
-        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, chans[0] * 4 * 4, bias=False), nn.BatchNorm1d(chans[0] * 16))
+        in_dim = cfg.latent_dim if in_dim is None else in_dim
+        self.fc = nn.Sequential(nn.Linear(in_dim, chans[0] * 4 * 4, bias=False), nn.BatchNorm1d(chans[0] * 16))
         self.deconvs = nn.Sequential(*[deconv_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
         self.out = nn.ConvTranspose2d(chans[-1], 6, 4, 2, 1)
 
@@ -166,59 +192,91 @@ class ImageDecoder(nn.Module):
         return torch.tanh(mean), log_scale.clamp_min(self.cfg.min_log_scale)
 
 
-class JMVAE(nn.Module):
-    infers_attributes = True  # has attrs_from_images(x): training reports its img->attr accuracy
+# ----------------------------------------------------------------------------- what every model offers
+
+
+class Model(nn.Module):
+    """What callers may ask of any model in the registry (registry.py), instead of checking its name.
+
+    Every model:
+        cfg                     its JMVAEConfig; cfg.model is its name in the registry
+        forward(x, w, beta)     training's loss terms, nats per example: "loss" is minimised; "elbo", where the model
+                                has a bound, gives validation its bits per dimension
+        grid_rows(x, w)         training's sample picture: image rows (B, 3, H, W) shown under the faces, maybe none
+    If infers_attributes:
+        attrs_from_images(x)    attribute probabilities for images: (B, A)
+    The pieces of the likelihood bounds (likelihood.py); a model without posteriors has no likelihood:
+        posteriors(x, w)        the proposals q(z|.) it has, by name: "qxw" for q(z|x,w), "qx" for q(z|x)
+        prior(w)                p(z|w) where the prior depends on w, so that the bounds are on log p(x|w);
+                                None where it is N(0, I) and the bounds are on log p(x)
+        log_px(x, z, w)         log p(x|z), or log p(x|z,w) where the decoder sees w: (B,)
+    If models_attributes (p(w|z) and q(z|w): the bounds add log p(x,w) and log p(w)):
+        log_pw(w, z)            log p(w|z): (B,)
+        q_w(w)                  q(z|w)
+    """
+
+    infers_attributes: ClassVar[bool] = False
+    models_attributes: ClassVar[bool] = False
 
     def __init__(self, cfg: JMVAEConfig):
         super().__init__()
         self.cfg = cfg
+
+    def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+        return []
+
+    def posteriors(self, x: torch.Tensor, w: torch.Tensor) -> dict[str, Gaussian]:
+        return {}
+
+    def prior(self, w: torch.Tensor) -> Gaussian | None:
+        return None
+
+
+class JMVAE(Model):
+    infers_attributes = True
+    models_attributes = True
+
+    def __init__(self, cfg: JMVAEConfig):
+        super().__init__(cfg)
         Z, A, H = cfg.latent_dim, cfg.n_attrs, cfg.attr_hidden
         self.image_features = ImageFeatures(cfg)
         self.joint_attr = mlp(A, H)  # w's features inside q(z|x,w)
-        self.joint = nn.Sequential(
-            nn.Linear(cfg.image_features + H, cfg.joint_hidden),
-            nn.BatchNorm1d(cfg.joint_hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(cfg.joint_hidden, 2 * Z),
-        )
+        self.joint = gaussian_head(cfg.image_features + H, cfg.joint_hidden, Z)
         if cfg.objective == "jmvae-kl":  # JMVAE-zero has no unimodal encoders
             # q(z|x): its own hidden layer on the shared trunk, as deep as the joint path it must imitate
-            self.enc_x = nn.Sequential(
-                nn.Linear(cfg.image_features, cfg.joint_hidden),
-                nn.BatchNorm1d(cfg.joint_hidden),
-                nn.ReLU(inplace=True),
-                nn.Linear(cfg.joint_hidden, 2 * Z),
-            )
+            self.enc_x = gaussian_head(cfg.image_features, cfg.joint_hidden, Z)
             self.enc_w = mlp(A, H, 2 * Z)  # q(z|w)
         self.dec_x = ImageDecoder(cfg)  # p(x|z)
         self.dec_w = mlp(Z, H, A)  # p(w|z), logits
 
     # --- encoders
 
-    @staticmethod
-    def _gaussian(h: torch.Tensor) -> Gaussian:
-        mu, logvar = h.float().chunk(2, dim=-1)  # (B, Z) each
-        return Gaussian(mu, logvar.clamp(-12.0, 8.0))
-
     def _joint(self, feats: torch.Tensor, w: torch.Tensor) -> Gaussian:
-        return self._gaussian(self.joint(torch.cat([feats, self.joint_attr(w)], dim=1)))
+        return Gaussian.from_head(self.joint(torch.cat([feats, self.joint_attr(w)], dim=1)))
 
     def q_xw(self, x: torch.Tensor, w: torch.Tensor) -> Gaussian:
         return self._joint(self.image_features(x), w)
 
+    def q_xw_blank(self, x: torch.Tensor) -> Gaussian:
+        """q(z|x, w=0): the joint encoder with the attributes blanked, JMVAE-zero's way to encode an image alone."""
+        w = torch.zeros(x.shape[0], self.cfg.n_attrs, device=x.device, dtype=x.dtype)  # (B, A)
+        return self._joint(self.image_features(x), w)
+
     def q_x(self, x: torch.Tensor) -> Gaussian:
-        """q(z|x); JMVAE-zero has no unimodal encoder and feeds the joint one w = 0 instead."""
-        feats = self.image_features(x)
+        """q(z|x); JMVAE-zero has no unimodal encoder and uses q_xw_blank instead."""
         if self.cfg.objective == "jmvae-zero":
-            return self._joint(feats, torch.zeros(x.shape[0], self.cfg.n_attrs, device=x.device, dtype=x.dtype))
-        return self._gaussian(self.enc_x(feats))
+            return self.q_xw_blank(x)
+        return Gaussian.from_head(self.enc_x(self.image_features(x)))
 
     def q_w(self, w: torch.Tensor) -> Gaussian:
         """q(z|w); for JMVAE-zero the joint encoder with a blank (mid-grey, 0 in [-1, 1]) image."""
         if self.cfg.objective == "jmvae-zero":
             s = self.cfg.image_size
             return self.q_xw(torch.zeros(w.shape[0], 3, s, s, device=w.device, dtype=w.dtype), w)
-        return self._gaussian(self.enc_w(w))
+        return Gaussian.from_head(self.enc_w(w))
+
+    def posteriors(self, x: torch.Tensor, w: torch.Tensor) -> dict[str, Gaussian]:
+        return {"qxw": self.q_xw(x, w), "qx": self.q_x(x)}
 
     # --- decoders
 
@@ -228,7 +286,8 @@ class JMVAE(nn.Module):
     def decode_w(self, z: torch.Tensor) -> torch.Tensor:
         return self.dec_w(z).float()  # (B, A) logits
 
-    def log_px(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def log_px(self, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x|z); the decoder does not see w."""
         mean, log_scale = self.decode_x(z)
         return discretized_logistic_log_prob(x.float(), mean, log_scale)  # (B,)
 
@@ -249,9 +308,9 @@ class JMVAE(nn.Module):
         terms = {"rec_x": rec_x, "rec_w": rec_w, "kl": kl}
         loss = rec_x + rec_w + beta * kl
         if self.cfg.objective == "jmvae-kl":
-            q_x = self._gaussian(self.enc_x(feats))
+            q_x = Gaussian.from_head(self.enc_x(feats))
             terms["kl_x"] = kl_gaussians(q, q_x).mean()
-            terms["kl_w"] = kl_gaussians(q, self._gaussian(self.enc_w(w))).mean()
+            terms["kl_w"] = kl_gaussians(q, Gaussian.from_head(self.enc_w(w))).mean()
             loss = loss + self.cfg.alpha * (terms["kl_x"] + terms["kl_w"])
             terms["rec_w_x"] = -self.log_pw(w, q_x.sample()).mean()  # img->attr through a sample of q(z|x)
             loss = loss + self.cfg.cross_weight * terms["rec_w_x"]
@@ -274,15 +333,12 @@ class JMVAE(nn.Module):
     @torch.no_grad()
     def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
         """Training's picture: reconstructions via q(z|x,w), image->attributes->image, attributes->image."""
-        w_hat = (self.attrs_from_images(x) > 0.5).float()  # (B, A)
+        w_hat = binarize(self.attrs_from_images(x))  # (B, A)
         return [
             self.images_from_z(self.q_xw(x, w).mu),
             self.images_from_z(self.q_w(w_hat).mu),
             self.images_from_z(self.q_w(w).mu),
         ]
-
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # ----------------------------------------------------------------------------- pixels in and out

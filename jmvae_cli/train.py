@@ -25,9 +25,9 @@ from jmvae_cli.console import console
 from jmvae_cli.data import VAL_FRACTION, FaceData, Preprocess, load_data
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.images import from_uint8_array, write_image
-from jmvae_cli.baselines import build
 from jmvae_cli.gan import Discriminator, discriminator_loss, generator_loss
 from jmvae_cli.model import JMVAEConfig, output_to_pixels, pixels_to_input
+from jmvae_cli.registry import build
 from jmvae_cli.runtime import Precision, pick_device
 
 SHOWN = ("rec_x", "rec_w", "kl", "gen", "disc")  # loss terms on the progress bar

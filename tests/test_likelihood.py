@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from jmvae_cli.baselines import build
 from jmvae_cli.data import FaceData
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.likelihood import (
@@ -19,6 +18,7 @@ from jmvae_cli.likelihood import (
     standard_normal,
 )
 from jmvae_cli.model import Gaussian, JMVAEConfig, kl_gaussians, standard_normal_log_prob
+from jmvae_cli.registry import build
 
 # ----------------------------------------------------------------------------- linear-Gaussian: p(x) in closed form
 

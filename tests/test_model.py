@@ -113,5 +113,27 @@ def test_config_round_trip_and_validation():
 
 
 def test_default_architecture_fits_the_weights_budget():
-    n = JMVAE(JMVAEConfig()).n_params()
+    n = sum(p.numel() for p in JMVAE(JMVAEConfig()).parameters())
     assert n * 2 < 25e6  # stored in fp16
+
+
+@pytest.mark.parametrize("objective", ["jmvae-kl", "jmvae-zero"])
+def test_q_xw_blank_is_the_joint_encoder_without_attributes(objective):
+    torch.manual_seed(0)
+    model = JMVAE(tiny_config(objective=objective)).eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    blank = model.q_xw_blank(x)
+    assert torch.equal(blank.mu, model.q_xw(x, torch.zeros(3, 5)).mu)
+    # JMVAE-zero's q(z|x) is this; JMVAE-kl's is its own encoder
+    assert torch.equal(blank.mu, model.q_x(x).mu) == (objective == "jmvae-zero")
+
+
+def test_grid_counts_an_attribute_at_the_threshold_as_present(monkeypatch):
+    """image->attributes->image encodes the attributes the model finds present, from THRESHOLD on."""
+    model = JMVAE(tiny_config()).eval()
+    monkeypatch.setattr(model, "attrs_from_images", lambda x: torch.full((len(x), 5), 0.5))
+    asked = []
+    q_w = model.q_w
+    monkeypatch.setattr(model, "q_w", lambda w: asked.append(w) or q_w(w))
+    model.grid_rows(torch.zeros(2, 3, 16, 16), torch.zeros(2, 5))
+    assert torch.equal(asked[0], torch.ones(2, 5))
