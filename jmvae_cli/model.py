@@ -15,8 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-OBJECTIVES = ("jmvae-kl", "jmvae-zero")
-MODELS = ("jmvae", "vae", "cvae", "cmma", "classifier")  # the last four live in baselines.py
+from jmvae_cli.choices import MODELS, OBJECTIVES
 
 
 @dataclass
