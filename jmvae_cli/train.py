@@ -486,10 +486,6 @@ def describe(cfg: JMVAEConfig, opts: TrainOptions) -> str:
     return name + ("-gan" if opts.gan else "")
 
 
-def _finite(val: dict) -> bool:
-    return all(math.isfinite(v) for v in val.values() if isinstance(v, float))
-
-
 class Trainer:
     """One run's modules, schedule and checkpoints: train_step, train_epoch, end_epoch (validation, metrics, grid)
     and save_checkpoint, driven by run()."""
@@ -610,9 +606,10 @@ class Trainer:
         val = None
         if len(self.val_idx):
             val = validate(self.final, self.data, self.val_idx, self.device, self.prec)
-            if not _finite(val):
-                shown = ", ".join(f"{k} {v}" for k, v in val.items() if isinstance(v, float) and not math.isfinite(v))
-                raise self.diverged(f"validation gave {shown}")
+            bad = [k for k, v in val.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                shown = next((k for k in ("bits_per_dim", "loss") if k in bad), bad[0])
+                raise self.diverged(f"validation gave {shown} {val[shown]}")
         metrics = {
             "epoch": self.epochs_done,
             "step": self.step,
