@@ -395,8 +395,13 @@ def starting_point(opts: TrainOptions) -> Start:
         loaded = load_model(opts.init)
         # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
         cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
-        return Start(cfg, preprocess_of(loaded.meta), f"--init {opts.init}", loaded.attr_names,
-                     states={"model": loaded.model.state_dict()})
+        return Start(
+            cfg,
+            preprocess_of(loaded.meta),
+            f"--init {opts.init}",
+            loaded.attr_names,
+            states={"model": loaded.model.state_dict()},
+        )
     cfg = config_of(opts, n_attrs=JMVAEConfig.n_attrs)  # n_attrs: the data's, once it is read (Start.for_data)
     return Start(cfg, Preprocess(size=cfg.image_size), "a new model")
 
@@ -490,8 +495,9 @@ class Trainer:
     """One run's modules, schedule and checkpoints: train_step, train_epoch, end_epoch (validation, metrics, grid)
     and save_checkpoint, driven by run()."""
 
-    def __init__(self, opts: TrainOptions, d: Dist, device: torch.device, prec: Precision, data: FaceData,
-                 start: Start):
+    def __init__(
+        self, opts: TrainOptions, d: Dist, device: torch.device, prec: Precision, data: FaceData, start: Start
+    ):
         self.opts, self.d, self.device, self.prec, self.data = opts, d, device, prec, data
         self.cfg = start.cfg
         self.modules, self.optimizers = build_modules(start.cfg, opts, device, prec, start)
@@ -515,8 +521,11 @@ class Trainer:
             "attr_names": data.attr_names,
             "preprocess": start.preprocess.to_dict(),
             "train": opts.to_dict(),
-            "data": {"train_images": len(self.train_idx), "val_images": len(data.indices("val")),
-                     "skipped": data.skipped},
+            "data": {
+                "train_images": len(self.train_idx),
+                "val_images": len(data.indices("val")),
+                "skipped": data.skipped,
+            },
         }
 
     # --- the clock and the schedule
@@ -660,13 +669,19 @@ class Trainer:
         if not force and time.monotonic() - self.last_save < self.opts.checkpoint_every:
             return
         tensors = [t for m in self.modules.values() for t in m.state_dict().values()]
-        tensors += [v for opt in self.optimizers.values() for s in opt.state.values() for v in s.values()
-                    if torch.is_tensor(v)]
+        tensors += [
+            v for opt in self.optimizers.values() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
+        ]
         bad = count_nonfinite(tensors)
         if bad:
             raise self.diverged(f"{bad} weights became non-finite")
-        meta = {**self.meta, "step": self.step, "epochs_done": self.epochs_done,
-                "train_seconds": self.train_seconds(), "metrics": metrics}
+        meta = {
+            **self.meta,
+            "step": self.step,
+            "epochs_done": self.epochs_done,
+            "train_seconds": self.train_seconds(),
+            "metrics": metrics,
+        }
         out = self.opts.out
         with signals_held():
             with self.writing(out / STATE_FILE):
@@ -730,7 +745,7 @@ def train(opts: TrainOptions) -> dict:
     opts.check()
     d = init_distributed(opts.device)
     try:
-        with sigterm_as_interrupt(), (claimed(opts.out) if d.main else nullcontext()):
+        with sigterm_as_interrupt(), claimed(opts.out) if d.main else nullcontext():
             return _train(opts, d)
     finally:
         if d.world > 1:
@@ -754,8 +769,12 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         raise JmvaeError(f"{opts.out} is already trained for {start.epochs_done} epochs: raise --epochs to train on")
     torch.manual_seed(opts.seed + d.rank)
 
-    load = dict(preprocess=start.preprocess, val_fraction=opts.val_fraction, cache_dir=opts.cache_dir,
-                max_images=opts.max_images)
+    load = dict(
+        preprocess=start.preprocess,
+        val_fraction=opts.val_fraction,
+        cache_dir=opts.cache_dir,
+        max_images=opts.max_images,
+    )
     if d.main:  # rank 0 decodes and caches; the others wait, then read its cache
         data = load_data(opts.data, progress=opts.progress, **load)
     if d.world > 1:
@@ -763,7 +782,9 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if not d.main:
         data = load_data(opts.data, progress=False, **load)
     if len(data.indices("train")) < opts.batch_size * d.world:
-        raise JmvaeError(f"only {len(data.indices('train'))} training images: fewer than one batch of {opts.batch_size}")
+        raise JmvaeError(
+            f"only {len(data.indices('train'))} training images: fewer than one batch of {opts.batch_size}"
+        )
     start = start.for_data(data.attr_names)
 
     trainer = Trainer(opts, d, device, prec, data, start)

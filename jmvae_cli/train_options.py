@@ -37,51 +37,68 @@ class TrainOptions:
         flags=("--data",),
         on_resume="change",  # folders move; their attribute names are still checked against the model's
     )
-    out: Path = option(Path("runs/jmvae"), "Folder for the model, metrics and sample grids.", flags=("--out", "-o"),
-                       on_resume="run")
+    out: Path = option(
+        Path("runs/jmvae"), "Folder for the model, metrics and sample grids.", flags=("--out", "-o"), on_resume="run"
+    )
     epochs: int = option(20, "Total epochs (also when resuming).", min=1, on_resume="change")
     batch_size: int = option(100, "Images per step (the authors' 100).", min=2)
-    lr: float = option(5e-4, "Peak learning rate of the cosine schedule (the authors used a constant 1e-4).",
-                       min=0.0, on_resume="change")
+    lr: float = option(
+        5e-4,
+        "Peak learning rate of the cosine schedule (the authors used a constant 1e-4).",
+        min=0.0,
+        on_resume="change",
+    )
     beta1: float = option(0.5, "Adam's beta1 (the authors').", cli=False)
     alpha: float = option(0.1, "Weight of JMVAE-kl's unimodal KL terms (the paper's 0.1).", min=0.0)
     cross_weight: float = option(
         0.0, "Weight of a cross-modal term -log p(w|z), z from q(z|x) (0: the paper's objective).", min=0.0
     )
     objective: str = option("jmvae-kl", "The JMVAE's objective: Eq. 2 (kl) or Eq. 1 (zero).", choices=OBJECTIVES)
-    model: str = option("jmvae", "jmvae, a baseline of the paper (vae, cvae, cmma), or the attribute classifier.",
-                        choices=MODELS)
+    model: str = option(
+        "jmvae", "jmvae, a baseline of the paper (vae, cvae, cmma), or the attribute classifier.", choices=MODELS
+    )
     gan: bool = option(False, "Add an adversarial loss for sharper faces (JMVAE-GAN, gan.py).")
-    gan_weight: float = option(0.1, "Weight of the adversarial term per pixel, against the likelihood's nats.",
-                               min=0.0)
+    gan_weight: float = option(0.1, "Weight of the adversarial term per pixel, against the likelihood's nats.", min=0.0)
     gan_lr: float = option(2e-4, "The discriminator's learning rate.", min=0.0, on_resume="change")
     latent_dim: int = option(128, "Dimensions of z.", min=1)
-    device: str = option("auto", "Where to run: auto takes CUDA, then MPS, then the CPU.", choices=DEVICES,
-                         on_resume="machine")
-    precision: str = option("auto", "auto: bf16 where the hardware supports it, fp32 otherwise.", choices=PRECISIONS,
-                            on_resume="change")
+    device: str = option(
+        "auto", "Where to run: auto takes CUDA, then MPS, then the CPU.", choices=DEVICES, on_resume="machine"
+    )
+    precision: str = option(
+        "auto", "auto: bf16 where the hardware supports it, fp32 otherwise.", choices=PRECISIONS, on_resume="change"
+    )
     seed: int = option(0, "Random seed.")
     resume: bool = option(False, on_resume="run")  # its help is help_text("resume")
-    init: Path | None = option(None, "Start from this model's weights (fine-tuning), with a fresh optimizer.",
-                               on_resume="run")
+    init: Path | None = option(
+        None, "Start from this model's weights (fine-tuning), with a fresh optimizer.", on_resume="run"
+    )
     max_images: int | None = option(None, "Use at most this many images (quick runs).", min=1)
-    val_fraction: float = option(VAL_FRACTION, "Validation share when the data has no partition file.", min=0.0,
-                                 max=0.9)
-    warmup_epochs: float = option(1.0, "KL warm-up: the prior KL's weight rises from 0 to 1 over this many epochs.",
-                                  min=0.0)
+    val_fraction: float = option(
+        VAL_FRACTION, "Validation share when the data has no partition file.", min=0.0, max=0.9
+    )
+    warmup_epochs: float = option(
+        1.0, "KL warm-up: the prior KL's weight rises from 0 to 1 over this many epochs.", min=0.0
+    )
     flip: bool = option(True, "Random horizontal flips (no CelebA attribute is left/right).")
     ema: float = option(
-        0.0, "Validate and save a moving average of the weights with this decay per step, e.g. 0.999 (0: off).",
-        min=0.0, max=0.99999, on_resume="change",  # a run may start averaging on resume, not stop (train.py)
+        0.0,
+        "Validate and save a moving average of the weights with this decay per step, e.g. 0.999 (0: off).",
+        min=0.0,
+        max=0.99999,
+        on_resume="change",  # a run may start averaging on resume, not stop (train.py)
     )
     time_limit: float | None = option(
-        None, "Stop after this many minutes (the learning-rate schedule fits itself to it).", above=0.0,
+        None,
+        "Stop after this many minutes (the learning-rate schedule fits itself to it).",
+        above=0.0,
         on_resume="change",
     )
-    cache_dir: Path | None = option(None, "Where decoded images are cached.", envvar="JMVAE_CACHE_DIR",
-                                    on_resume="machine")
-    val_images: int = option(5000, "Validation per epoch looks at most this many images.", cli=False,
-                             on_resume="change")
+    cache_dir: Path | None = option(
+        None, "Where decoded images are cached.", envvar="JMVAE_CACHE_DIR", on_resume="machine"
+    )
+    val_images: int = option(
+        5000, "Validation per epoch looks at most this many images.", cli=False, on_resume="change"
+    )
     checkpoint_every: float = option(  # epochs can be a few seconds long on a GPU, and a save is ~100 MB
         60.0, "Seconds between checkpoints (the last epoch is always saved).", cli=False, on_resume="change"
     )

@@ -42,14 +42,32 @@ def arch(monkeypatch):
     arch = dict(TINY)
     real = train_module.options_for
     # checkpoint_every: only the last epoch (and an interrupt) saves, whatever the speed of the machine
-    monkeypatch.setattr(train_module, "options_for", lambda given: real({"arch": arch, "checkpoint_every": 1e9,
-                                                                         **given}))
+    monkeypatch.setattr(
+        train_module, "options_for", lambda given: real({"arch": arch, "checkpoint_every": 1e9, **given})
+    )
     return arch
 
 
 def train_cli(data, out, *args):
-    base = ["train", "--data", data, "--out", out, "--batch-size", "8", "--latent-dim", "4", "--val-fraction", "0.25",
-            "--warmup-epochs", "0.5", "--device", "cpu", "--precision", "fp32"]
+    base = [
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--batch-size",
+        "8",
+        "--latent-dim",
+        "4",
+        "--val-fraction",
+        "0.25",
+        "--warmup-epochs",
+        "0.5",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+    ]
     return runner.invoke(app, [str(a) for a in [*base, *args]])
 
 
@@ -243,13 +261,33 @@ def test_resume_refuses_options_that_conflict_with_the_saved_run(data, tmp_path,
     out = tmp_path / "run"
     ok(train_cli(data, out, "--epochs", "1"))
     before = snapshot(out)
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--resume", "--epochs", "2",
-                                 "--latent-dim", "16", "--model", "vae", "--objective", "jmvae-zero"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--resume",
+            "--epochs",
+            "2",
+            "--latent-dim",
+            "16",
+            "--model",
+            "vae",
+            "--objective",
+            "jmvae-zero",
+        ],
+    )
     fails(result, "--latent-dim 16 (saved: --latent-dim 4)", "--model vae", "--objective jmvae-zero", "--epochs")
     assert snapshot(out) == before
     # options not given are the saved run's: this resumes the 4-d model trained with batches of 8
-    ok(runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--resume", "--epochs", "2",
-                           "--device", "cpu"]))
+    ok(
+        runner.invoke(
+            app, ["train", "--data", str(data), "--out", str(out), "--resume", "--epochs", "2", "--device", "cpu"]
+        )
+    )
     saved = load_model(out / "model.safetensors").meta
     assert saved["train"]["latent_dim"] == 4 and saved["train"]["batch_size"] == 8 and saved["epochs_done"] == 2
 
@@ -325,8 +363,14 @@ def test_run_files_follow_the_umask(data, tmp_path, arch):
         ok(train_cli(data, out, "--epochs", "1"))
     finally:
         os.umask(previous)
-    for name in ("model.safetensors", "model.json", "train_state.safetensors", "train_state.json", "metrics.jsonl",
-                 "samples/epoch_001.png"):
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "train_state.safetensors",
+        "train_state.json",
+        "metrics.jsonl",
+        "samples/epoch_001.png",
+    ):
         assert (out / name).stat().st_mode & 0o777 == 0o640, name
 
 

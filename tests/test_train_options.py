@@ -37,8 +37,28 @@ def test_the_command_line_defaults_are_those_of_train_options(captured, monkeypa
 
 
 def test_every_command_line_option_reaches_train_options(captured):
-    args = ["train", "--data", "a", "--data", "b", "-o", "run", "--epochs", "3", "--model", "cvae", "--no-flip",
-            "--objective", "jmvae-zero", "--precision", "fp32", "--time-limit", "1.5", "--latent-dim", "7"]
+    args = [
+        "train",
+        "--data",
+        "a",
+        "--data",
+        "b",
+        "-o",
+        "run",
+        "--epochs",
+        "3",
+        "--model",
+        "cvae",
+        "--no-flip",
+        "--objective",
+        "jmvae-zero",
+        "--precision",
+        "fp32",
+        "--time-limit",
+        "1.5",
+        "--latent-dim",
+        "7",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     opts = captured[0]

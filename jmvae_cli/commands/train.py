@@ -41,8 +41,9 @@ def _parameter(f) -> inspect.Parameter:
         default = f.default_factory()
     else:
         default = inspect.Parameter.empty
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, option],
-                             default=default)
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[annotation, option], default=default
+    )
 
 
 def train(ctx: typer.Context, format: Optional[common.Format] = None, **options):
