@@ -2,10 +2,14 @@
 
 Two kinds of file, both written atomically (temp file + rename), so a kill at any moment leaves the previous one
 readable:
-  model.safetensors        the model alone, fp16 where that is lossless enough, for inference and for bundling;
-                           its metadata rebuilds the model (config, attribute names, preprocessing, how it was trained)
-  train_state.safetensors  fp32 model and optimizer state, for `jmvae train --resume`
+  train_state.safetensors  the checkpoint of a run: fp32 model and optimizer state, for `jmvae train --resume`
+  model.safetensors        the model alone, exported from the checkpoint, fp16 where that is lossless enough, for
+                           inference and for bundling; its metadata rebuilds the model (config, attribute names,
+                           preprocessing, how it was trained)
+Training writes the state first and the model after it, and both say which step they hold: a run cut between the
+two writes has a complete checkpoint, and its export is brought up to date from it on resume (train.py).
 A JSON copy of the metadata is written beside each, for people and for jq; the loader reads the header.
+Non-finite weights (a diverged run) are never loaded: they would give NaN probabilities and black faces.
 """
 
 import json
@@ -15,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -52,13 +56,54 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, UnicodeDecodeError, OSError) as e:
         raise WeightsError(f"{path} is not a readable safetensors weights file ({e})") from None
-    meta_json = (header.get("__metadata__") or {}).get(FORMAT)
+    return tensors, _meta(path, header.get("__metadata__"))
+
+
+def _meta(path: Path, metadata: dict | None) -> dict:
+    meta_json = (metadata or {}).get(FORMAT)
     if meta_json is None:
         raise WeightsError(f"{path} is a safetensors file but not a jmvae model (no '{FORMAT}' metadata)")
-    meta = json.loads(meta_json)
+    try:
+        meta = json.loads(meta_json)
+    except ValueError as e:
+        raise WeightsError(f"{path}: its '{FORMAT}' metadata is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: its '{FORMAT}' metadata is not a JSON object")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise WeightsError(f"{path} was written by a newer jmvae (format {meta['format_version']}); upgrade jmvae")
-    return tensors, meta
+    return meta
+
+
+def read_meta(path: Path) -> dict:
+    """The metadata of a weights file, from its header alone: cheap for a 100 MB training state."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+    except (SafetensorError, ValueError, OSError) as e:
+        raise WeightsError(f"{path} is not a readable safetensors weights file ({e})") from None
+    return _meta(path, metadata)
+
+
+def count_nonfinite(tensors) -> int:
+    """How many NaN or infinite values the floating-point tensors among `tensors` hold."""
+    return sum(int(t.numel() - torch.isfinite(t).sum()) for t in tensors if t.is_floating_point())
+
+
+def rewrite_stale_sidecar(path: Path) -> bool:
+    """Rewrite the JSON copy beside `path` if it is missing or no longer says what the header says (a kill between
+    the two writes). Returns whether it did."""
+    path = Path(path)
+    meta, sidecar = read_meta(path), path.with_suffix(".json")
+    try:
+        if json.loads(sidecar.read_text()) == meta:
+            return False
+    except (OSError, ValueError):
+        pass
+    atomic_write(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
+    return True
 
 
 # ----------------------------------------------------------------------------- the model file
@@ -85,6 +130,12 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict) -> None:
     _write(Path(path), tensors, {"kind": "model", "config": model.cfg.to_dict(), **meta})
 
 
+def model_meta(state_meta: dict) -> dict:
+    """The metadata of a training state that its exported model file carries too (save_model adds the rest)."""
+    state_only = ("format", "format_version", "kind", "config", "param_groups")
+    return {k: v for k, v in state_meta.items() if k not in state_only}
+
+
 def build_model(meta: dict, path: Path) -> torch.nn.Module:
     try:
         return build(JMVAEConfig.from_dict(meta["config"]))
@@ -94,6 +145,12 @@ def build_model(meta: dict, path: Path) -> torch.nn.Module:
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
     tensors, meta = _read(path)
+    bad = count_nonfinite(tensors.values())
+    if bad:
+        raise WeightsError(
+            f"{path} holds {bad} non-finite weights (NaN or infinity), the mark of a training run that diverged; "
+            "retrain it or use an earlier copy"
+        )
     model = build_model(meta, path)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})

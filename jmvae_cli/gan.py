@@ -15,21 +15,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+FINAL_SIZE = 4  # the convolutions halve the image down to 4x4, as the models' encoders do (model.py)
+MAX_WIDENING = 8  # channels double per layer up to 8x the first layer's, DCGAN's widest
+
 
 class Discriminator(nn.Module):
-    """x (B, 3, 64, 64) -> a real/fake logit (B,)."""
+    """x (B, 3, S, S) -> a real/fake logit (B,), for any image size S = 4 * 2^k (64 px: 4 layers)."""
 
     def __init__(self, width: int = 64, image_size: int = 64):
         super().__init__()
+        n_layers = (image_size // FINAL_SIZE).bit_length() - 1
+        if FINAL_SIZE * 2**n_layers != image_size:
+            raise ValueError(f"the discriminator needs an image size of 4 times a power of 2, not {image_size}")
         layers, c = [], 3
-        for i in range(4):  # 64 -> 32 -> 16 -> 8 -> 4
-            layers += [spectral_norm(nn.Conv2d(c, width * 2**i, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
-            c = width * 2**i
+        for i in range(n_layers):  # S -> S/2 -> ... -> 4
+            c_out = width * min(2**i, MAX_WIDENING)
+            layers += [spectral_norm(nn.Conv2d(c, c_out, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            c = c_out
         self.convs = nn.Sequential(*layers)
-        self.out = spectral_norm(nn.Linear(c * (image_size // 16) ** 2, 1))
+        self.out = spectral_norm(nn.Linear(c * FINAL_SIZE**2, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.convs(x).flatten(1)).float().squeeze(1)
+        return self.out(self.convs(x).flatten(1)).float().squeeze(1)  # (B,)
 
 
 def generator_loss(d_fake: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from jmvae_cli.choices import DEVICES, PRECISIONS
 from jmvae_cli.errors import JmvaeError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def pick_device(name: str = "auto") -> torch.device:

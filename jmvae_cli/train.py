@@ -2,6 +2,14 @@
 
 One process trains on one device. Under `torchrun --nproc-per-node N -m jmvae_cli train ...` each of N processes
 takes a shard of every epoch and gradients are averaged by DistributedDataParallel; rank 0 alone logs and writes.
+
+What a run folder (--out) guarantees:
+  - one run at a time: the run holds OUT/.train.lock, a second run into the same folder is refused;
+  - the checkpoint is train_state.safetensors, written atomically, then model.safetensors is exported from it;
+    resume brings the export, metrics.jsonl and the sample grids back in step with the checkpoint;
+  - non-finite weights are never saved: a run that diverges (a non-finite loss, weights or validation) stops
+    and names the checkpoint it leaves on disk;
+  - an existing run is never overwritten: --resume continues it, with the options it was trained with.
 """
 
 import copy
@@ -11,29 +19,57 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from filelock import FileLock, Timeout
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jmvae_cli.checkpoint import load_model, load_train_state, save_model, save_train_state
+from jmvae_cli.checkpoint import (
+    count_nonfinite,
+    load_model,
+    load_train_state,
+    model_meta,
+    read_meta,
+    rewrite_stale_sidecar,
+    save_model,
+    save_train_state,
+)
 from jmvae_cli.console import console
-from jmvae_cli.data import VAL_FRACTION, FaceData, Preprocess, load_data
+from jmvae_cli.data import FaceData, Preprocess, load_data
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.images import from_uint8_array, write_image
+from jmvae_cli.files import atomic_write, remove_stale_temporaries
 from jmvae_cli.gan import Discriminator, discriminator_loss, generator_loss
+from jmvae_cli.images import from_uint8_array, write_image
 from jmvae_cli.model import JMVAEConfig, output_to_pixels, pixels_to_input
 from jmvae_cli.registry import build
 from jmvae_cli.runtime import Precision, pick_device
+from jmvae_cli.train_options import TrainOptions, describe_value, flag, options_on_resume, options_that_may_change
+
+__all__ = ["Interrupted", "TrainOptions", "TrainingError", "options_for", "train"]
 
 SHOWN = ("rec_x", "rec_w", "kl", "gen", "disc")  # loss terms on the progress bar
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+LOCK_FILE = ".train.lock"
+
+# The learning-rate schedule (lr_at): a linear warm-up, since Adam's first steps are noisy with batch norm, over
+# LR_WARMUP_STEPS steps but at most LR_WARMUP_SHARE of a short run; then a cosine decay to LR_FLOOR of the peak.
+LR_WARMUP_STEPS = 200
+LR_WARMUP_SHARE = 0.1
+LR_FLOOR = 0.1
+EMA_WARMUP = 10  # the average's decay starts at 1/EMA_WARMUP and rises to --ema, so it soon forgets the init
+GRID_FACES = 8  # columns of the per-epoch sample grid
+PROGRESS_EVERY = 10  # steps between progress-bar updates
+# Options whose values live in the model's config: on resume they are read from the config, which is what the
+# weights were built from (an --init run's options do not say it).
+CONFIG_OPTIONS = ("model", "objective", "latent_dim", "alpha", "cross_weight")
 
 
 class TrainingError(JmvaeError):
@@ -44,48 +80,6 @@ class Interrupted(JmvaeError):
     """Ctrl-C during training: raised after the checkpoint is saved."""
 
     exit_code = 130
-
-
-@dataclass
-class TrainOptions:
-    data: list[Path]
-    out: Path
-    epochs: int = 20
-    batch_size: int = 100  # the authors'
-    lr: float = 5e-4  # peak of a cosine schedule (the authors used a constant 1e-4)
-    beta1: float = 0.5  # the authors'
-    alpha: float = 0.1  # the paper's
-    cross_weight: float = 0.0  # the paper's objective has no cross-modal term (model.py)
-    objective: str = "jmvae-kl"
-    model: str = "jmvae"  # or a baseline: vae, cvae, cmma, classifier
-    gan: bool = False  # add an adversarial term for the image decoder (gan.py)
-    gan_weight: float = 0.1  # the adversarial term's weight per pixel, against the likelihood's nats
-    gan_lr: float = 2e-4
-    latent_dim: int = 128
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    init: Path | None = None  # start from this model file's weights (fine-tuning), with a fresh optimizer
-    max_images: int | None = None
-    val_fraction: float = VAL_FRACTION
-    warmup_epochs: float = 1.0  # KL warm-up: the prior KL's weight rises linearly from 0 to 1 over this many epochs
-    flip: bool = True  # random horizontal flips: none of the CelebA attributes is left/right
-    ema: float = 0.0  # decay per step of an exponential moving average of the weights, which is validated and saved
-    time_limit: float | None = None  # minutes; the learning-rate schedule then runs to this wall time
-    cache_dir: Path | None = None
-    val_images: int = 5000  # validation per epoch looks at most this many images
-    checkpoint_every: float = 60.0  # seconds; epochs can be a few seconds long on a GPU, and a save is ~100 MB
-    progress: bool = True
-    arch: dict = field(default_factory=dict)  # other JMVAEConfig fields (widths...), for small models in tests
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["data"] = [str(p) for p in self.data]
-        d["out"] = str(self.out)
-        d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
-        d["init"] = str(self.init) if self.init else None
-        return d
 
 
 # ----------------------------------------------------------------------------- distributed set-up
@@ -114,12 +108,142 @@ def init_distributed(device_name: str) -> Dist:
     return d
 
 
+# ----------------------------------------------------------------------------- the run folder
+
+
+@contextmanager
+def claimed(out: Path):
+    """Create OUT and hold its lock while the block runs, so that a second run into it is refused rather than
+    mixed with this one; temporaries that killed runs left in it are removed first."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise JmvaeError(f"--out {out} is a file, not a folder") from None
+    except OSError as e:
+        raise JmvaeError(f"cannot create --out {out} ({e.strerror})") from None
+    lock = FileLock(out / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise JmvaeError(
+            f"{out} is in use by another jmvae train (it holds {out / LOCK_FILE}): wait for it, or choose another --out"
+        ) from None
+    except OSError as e:
+        raise JmvaeError(f"cannot write in --out {out} ({e.strerror})") from None
+    try:
+        removed = remove_stale_temporaries(out) + remove_stale_temporaries(out / SAMPLES_DIR)
+        if removed:
+            console.print(f"removed {len(removed)} temporary files that a killed run left in {out}", highlight=False)
+        yield
+    finally:
+        lock.release()
+
+
+def check_out_dir(opts: TrainOptions) -> None:
+    state, model = opts.out / STATE_FILE, opts.out / MODEL_FILE
+    if opts.resume and opts.init:
+        raise JmvaeError("--init starts a new run from a model file and --resume continues the one in --out: not both")
+    if opts.resume and not state.exists():
+        raise JmvaeError(f"--resume: no {STATE_FILE} in {opts.out} to resume from")
+    if not opts.resume and state.exists():
+        raise JmvaeError(f"{opts.out} already holds a trained model: pass --resume to continue it, or another --out")
+    if not opts.resume and model.exists():
+        raise JmvaeError(f"{opts.out} already holds a {MODEL_FILE}: choose another --out")
+
+
+def bring_in_step(out: Path, start: "Start") -> None:
+    """Make the run folder agree with its checkpoint (train_state), whatever moment a kill chose: the model file is
+    exported again if it is behind, JSON copies are rewritten if stale, and the metrics lines and sample grids of
+    epochs the checkpoint does not hold are dropped (they are trained again). A fresh run starts from nothing, so
+    it drops those of a run that never saved."""
+    if start.meta is not None:
+        model_file = out / MODEL_FILE
+        try:
+            exported = read_meta(model_file)
+        except JmvaeError:
+            exported = {}
+        if (exported.get("step"), exported.get("epochs_done")) != (start.step, start.epochs_done):
+            module = build(start.cfg)
+            module.load_state_dict(start.states["ema" if "ema" in start.states else "model"])
+            save_model(model_file, module, model_meta(start.meta))
+            console.print(
+                f"{model_file} was behind the checkpoint (a save was cut short): exported it again, "
+                f"epoch {start.epochs_done} (step {start.step})",
+                highlight=False,
+            )
+        for path in (out / STATE_FILE, model_file):
+            rewrite_stale_sidecar(path)
+    drop_epochs_after(out, start.epochs_done)
+
+
+def drop_epochs_after(out: Path, epochs_done: int) -> None:
+    """Keep one metrics line per epoch up to epochs_done (the last: an earlier version logged re-trained epochs
+    twice, and a kill can cut a line short), and the sample grids of those epochs."""
+    metrics_file = out / METRICS_FILE
+    if metrics_file.exists():
+        lines = metrics_file.read_text().splitlines()
+        by_epoch = {}
+        for line in lines:
+            try:
+                epoch = json.loads(line)["epoch"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if epoch <= epochs_done:
+                by_epoch[epoch] = line
+        kept = [by_epoch[e] for e in sorted(by_epoch)]
+        if kept != lines:
+            atomic_write(metrics_file, "".join(line + "\n" for line in kept).encode())
+    for grid in (out / SAMPLES_DIR).glob("epoch_*.png"):
+        number = grid.stem.removeprefix("epoch_")
+        if number.isdigit() and int(number) > epochs_done:
+            grid.unlink()
+
+
+# ----------------------------------------------------------------------------- options on resume
+
+
+def _json(value):
+    return json.loads(json.dumps(value))  # tuples become lists, as in saved metadata
+
+
+def options_of(meta: dict) -> dict:
+    """The options a run was saved with, as TrainOptions.to_dict() writes them; those that shape the model are
+    read from its config."""
+    cfg = JMVAEConfig.from_dict(meta["config"]).to_dict()
+    default = JMVAEConfig().to_dict()
+    arch = {k: v for k, v in cfg.items() if k not in (*CONFIG_OPTIONS, "n_attrs") and v != default[k]}
+    return _json({**meta.get("train", {}), **{k: cfg[k] for k in CONFIG_OPTIONS}, "arch": arch})
+
+
+def resume_conflicts(opts: TrainOptions, meta: dict) -> list[str]:
+    """The options of `opts` that would train another model than the run saved with `meta`, as one would type
+    them: ['--latent-dim 16 (saved: 128)']."""
+    saved = options_of(meta)
+    mine = options_of({"train": opts.to_dict(), "config": config_of(opts, meta["config"]["n_attrs"]).to_dict()})
+    names = [n for n in options_on_resume("keep") if n in saved and mine[n] != saved[n]]
+    if saved.get("ema") and not opts.ema:  # the saved model is an average: dropping it would swap the model
+        names.append("ema")
+    return [f"{describe_value(n, mine[n])} (saved: {describe_value(n, saved[n])})" for n in names]
+
+
+def options_for(given: dict) -> TrainOptions:
+    """The options of a run from those a user gave (by field name); with resume=True the others are the saved
+    run's, so that `--resume --epochs 40` is enough."""
+    opts = TrainOptions(**given)
+    state = opts.out / STATE_FILE
+    if not opts.resume or not state.is_file():  # a missing state is train()'s error to report
+        return opts
+    saved = {k: v for k, v in options_of(read_meta(state)).items() if k not in options_on_resume("machine")}
+    saved.update(init=None, resume=True)
+    return TrainOptions.from_dict({**saved, **given})
+
+
 # ----------------------------------------------------------------------------- batches
 
 
 def batch_tensors(data: FaceData, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     idx = np.sort(idx)  # sorted reads are sequential in the memory-mapped cache
-    x = pixels_to_input(torch.from_numpy(data.images[idx]).to(device, non_blocking=True))  # (B, 3, 64, 64)
+    x = pixels_to_input(torch.from_numpy(data.images[idx]).to(device, non_blocking=True))  # (B, 3, S, S)
     w = torch.from_numpy(data.attrs[idx]).to(device).float()  # (B, A)
     return x, w
 
@@ -139,7 +263,7 @@ def epoch_batches(train_idx: np.ndarray, batch_size: int, seed: int, epoch: int,
 @torch.no_grad()
 def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec: Precision, batch_size=250) -> dict:
     """Loss terms, bits per dimension of the bound, and img->attr accuracy (through q(z|x) for a JMVAE: the mean of
-    q, probabilities cut at 0.5), averaged over the images `idx`."""
+    q, probabilities cut at 0.5), averaged over the images `idx` (at least one)."""
     model.eval()
     sums: dict[str, float] = {}
     correct = torch.zeros(data.attrs.shape[1], dtype=torch.float64)
@@ -154,7 +278,7 @@ def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
     model.train()
-    n = max(len(idx), 1)
+    n = len(idx)
     out = {k: v / n for k, v in sums.items()}
     if "elbo" in out:
         out["bits_per_dim"] = -out["elbo"] / (3 * model.cfg.image_size**2 * math.log(2))
@@ -174,32 +298,48 @@ def sample_grid(model, data: FaceData, idx: np.ndarray, device: torch.device) ->
     model.train()
     if len(rows) == 1:
         return None
-    tiles = output_to_pixels(torch.cat(rows)).cpu().numpy()  # (R*B, 64, 64, 3)
+    tiles = output_to_pixels(torch.cat(rows)).cpu().numpy()  # (R*B, S, S, 3)
     r, n, s = len(rows), len(idx), tiles.shape[1]
     return tiles.reshape(r, n, s, s, 3).transpose(0, 2, 1, 3, 4).reshape(r * s, n * s, 3)
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the schedule
 
 
-def lr_at(step: int, progress: float, peak: float, warmup_steps: int = 200) -> float:
-    """A short linear warm-up (Adam's early steps are noisy with batch norm), then cosine decay over the run's
-    progress in [0, 1] to a tenth of the peak."""
-    cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def lr_at(step: int, progress: float, peak: float, warmup_steps: int = LR_WARMUP_STEPS) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay over the run's progress in [0, 1] to LR_FLOOR * peak."""
+    cosine = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return peak * min(1.0, (step + 1) / warmup_steps) * cosine
 
 
-def describe(cfg: JMVAEConfig, opts: TrainOptions) -> str:
-    name = cfg.objective if cfg.model == "jmvae" else cfg.model
-    return name + ("-gan" if opts.gan else "")
+def kl_weight_at(step: int, kl_warmup_steps: int) -> float:
+    """The prior KL's weight (beta): rises linearly from 0 to 1 over the KL warm-up, so that the decoders learn to
+    use z before the prior pulls q(z|.) onto it."""
+    return min(1.0, (step + 1) / kl_warmup_steps)
 
 
-def _check_out_dir(opts: TrainOptions) -> None:
-    state = opts.out / STATE_FILE
-    if opts.resume and not state.exists():
-        raise JmvaeError(f"--resume: no {STATE_FILE} in {opts.out} to resume from")
-    if not opts.resume and state.exists():
-        raise JmvaeError(f"{opts.out} already holds a trained model: pass --resume to continue it, or another --out")
+# ----------------------------------------------------------------------------- where a run starts
+
+
+def config_of(opts: TrainOptions, n_attrs: int) -> JMVAEConfig:
+    try:
+        return JMVAEConfig(
+            model=opts.model,
+            n_attrs=n_attrs,
+            latent_dim=opts.latent_dim,
+            objective=opts.objective,
+            alpha=opts.alpha,
+            cross_weight=opts.cross_weight,
+            **opts.arch,
+        )
+    except (TypeError, ValueError) as e:
+        raise JmvaeError(f"cannot build the model: {e}") from None
+
+
+def preprocess_of(meta: dict) -> Preprocess:
+    """How the images of a saved model were prepared: its training data is prepared the same way."""
+    known = {f.name for f in fields(Preprocess)}
+    return Preprocess(**{k: v for k, v in meta["preprocess"].items() if k in known})
 
 
 @dataclass
@@ -207,43 +347,63 @@ class Start:
     """Where a run begins: a fresh model, a model file to fine-tune (--init), or a saved run (--resume)."""
 
     cfg: JMVAEConfig
+    preprocess: Preprocess  # of the training images: the model's image size and framing
+    source: str  # what the weights come from, for messages
+    attr_names: list[str] | None = None  # those the weights were trained on; None: a fresh model takes the data's
     states: dict[str, dict] = field(default_factory=dict)  # module state_dicts by name
     optimizer_states: dict[str, dict] = field(default_factory=dict)
     step: int = 0
     epochs_done: int = 0
     train_seconds: float = 0.0
+    meta: dict | None = None  # the saved training state's metadata (on resume)
+
+    def for_data(self, attr_names: list[str]) -> "Start":
+        if self.attr_names is None:
+            return replace(self, cfg=replace(self.cfg, n_attrs=len(attr_names)), attr_names=attr_names)
+        if attr_names != self.attr_names:
+            raise JmvaeError(f"the data's attributes differ from those of {self.source}")
+        return self
 
 
-def starting_point(opts: TrainOptions, attr_names: list[str]) -> Start:
+def starting_point(opts: TrainOptions) -> Start:
     if opts.resume:
-        states, optimizer_states, meta = load_train_state(opts.out / STATE_FILE)
-        if ("discriminator" in states) != opts.gan:
-            was = "with" if not opts.gan else "without"
-            raise JmvaeError(f"--resume: {opts.out} was trained {was} --gan; resume it the same way")
-        if meta["attr_names"] != attr_names:
-            raise JmvaeError(f"--resume: the data's attributes differ from those the model in {opts.out} knows")
-        if "ema" in states and not opts.ema:
-            raise JmvaeError(f"--resume: {opts.out} was trained with --ema; resume it the same way")
-        cfg = JMVAEConfig.from_dict(meta["config"])
-        return Start(cfg, states, optimizer_states, meta["step"], meta["epochs_done"], meta.get("train_seconds", 0.0))
+        path = opts.out / STATE_FILE
+        states, optimizer_states, meta = load_train_state(path)
+        conflicts = resume_conflicts(opts, meta)
+        if conflicts:
+            changeable = ", ".join(flag(n) for n in options_that_may_change())
+            raise JmvaeError(
+                f"--resume: {'; '.join(conflicts)} would train another model than the one in {opts.out}; "
+                f"leave them out (only {changeable} may change on resume)"
+            )
+        bad = count_nonfinite(t for state in states.values() for t in state.values())
+        if bad:
+            raise JmvaeError(f"{path} holds {bad} non-finite weights (a diverged run): it cannot be resumed")
+        return Start(
+            JMVAEConfig.from_dict(meta["config"]),
+            preprocess_of(meta),
+            f"the run in {opts.out}",
+            meta["attr_names"],
+            states,
+            optimizer_states,
+            meta["step"],
+            meta["epochs_done"],
+            meta.get("train_seconds", 0.0),
+            meta,
+        )
     if opts.init:
         loaded = load_model(opts.init)
-        if loaded.attr_names != attr_names:
-            raise JmvaeError(f"--init: {opts.init} was trained on other attributes than this data's")
         # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
-        weights = {"alpha": opts.alpha, "cross_weight": opts.cross_weight}
-        cfg = JMVAEConfig.from_dict({**loaded.model.cfg.to_dict(), **weights})
-        return Start(cfg, states={"model": loaded.model.state_dict()})
-    cfg = JMVAEConfig(
-        model=opts.model,
-        n_attrs=len(attr_names),
-        latent_dim=opts.latent_dim,
-        objective=opts.objective,
-        alpha=opts.alpha,
-        cross_weight=opts.cross_weight,
-        **opts.arch,
-    )
-    return Start(cfg)
+        cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
+        return Start(
+            cfg,
+            preprocess_of(loaded.meta),
+            f"--init {opts.init}",
+            loaded.attr_names,
+            states={"model": loaded.model.state_dict()},
+        )
+    cfg = config_of(opts, n_attrs=JMVAEConfig.n_attrs)  # n_attrs: the data's, once it is read (Start.for_data)
+    return Start(cfg, Preprocess(size=cfg.image_size), "a new model")
 
 
 def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, prec: Precision, start: Start):
@@ -253,7 +413,7 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
     modules = {"model": model}
     optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
     if opts.gan:
-        modules["discriminator"] = Discriminator().to(device, memory_format=prec.memory_format)
+        modules["discriminator"] = Discriminator(image_size=cfg.image_size).to(device, memory_format=prec.memory_format)
         optimizers["disc_optimizer"] = torch.optim.Adam(
             modules["discriminator"].parameters(), lr=opts.gan_lr, betas=(0.5, 0.999)
         )
@@ -280,11 +440,18 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.copy_(p)
 
 
+# ----------------------------------------------------------------------------- signals
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """`kill`, `timeout` and cluster schedulers stop a job with SIGTERM: save and stop as for Ctrl-C, instead of
     losing the work since the last checkpoint."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+    if not _in_main_thread():
         yield
         return
 
@@ -298,11 +465,287 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while a checkpoint is written, then act on them (KeyboardInterrupt): cut short, the
+    save would be lost, and a second Ctrl-C is what people press while the save made on the first one runs."""
+    if not _in_main_thread():
+        yield
+        return
+    came = []
+    previous = {s: signal.signal(s, lambda signum, frame: came.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if came:
+        raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def describe(cfg: JMVAEConfig, opts: TrainOptions) -> str:
+    name = cfg.objective if cfg.model == "jmvae" else cfg.model
+    return name + ("-gan" if opts.gan else "")
+
+
+class Trainer:
+    """One run's modules, schedule and checkpoints: train_step, train_epoch, end_epoch (validation, metrics, grid)
+    and save_checkpoint, driven by run()."""
+
+    def __init__(
+        self, opts: TrainOptions, d: Dist, device: torch.device, prec: Precision, data: FaceData, start: Start
+    ):
+        self.opts, self.d, self.device, self.prec, self.data = opts, d, device, prec, data
+        self.cfg = start.cfg
+        self.modules, self.optimizers = build_modules(start.cfg, opts, device, prec, start)
+        self.model, self.ema = self.modules["model"], self.modules.get("ema")
+        self.disc = self.modules.get("discriminator")
+        self.final = self.ema if self.ema is not None else self.model  # what is validated, pictured and saved
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if d.world > 1 else self.model
+
+        self.train_idx, self.val_idx = data.indices("train"), data.indices("val")[: opts.val_images]
+        self.grid_idx = (self.val_idx if len(self.val_idx) >= GRID_FACES else self.train_idx)[:GRID_FACES]
+        self.steps_per_epoch = len(self.train_idx) // (d.world * opts.batch_size)
+        self.total_steps = self.steps_per_epoch * opts.epochs
+        self.kl_warmup_steps = max(1, int(opts.warmup_epochs * self.steps_per_epoch))
+        self.lr_warmup_steps = max(1, min(LR_WARMUP_STEPS, int(LR_WARMUP_SHARE * self.total_steps)))
+
+        self.step, self.epochs_done, self.epoch = start.step, start.epochs_done, start.epochs_done
+        self.on_disk = (start.epochs_done, start.step) if start.meta is not None else None  # (epochs, step) saved
+        self.seconds_before, self.t_start = start.train_seconds, time.monotonic()
+        self.last_save = self.t_start
+        self.meta = {
+            "attr_names": data.attr_names,
+            "preprocess": start.preprocess.to_dict(),
+            "train": opts.to_dict(),
+            "data": {
+                "train_images": len(self.train_idx),
+                "val_images": len(data.indices("val")),
+                "skipped": data.skipped,
+            },
+        }
+
+    # --- the clock and the schedule
+
+    def train_seconds(self) -> float:
+        return time.monotonic() - self.t_start + self.seconds_before
+
+    def out_of_time(self) -> bool:
+        return self.opts.time_limit is not None and self.train_seconds() > 60 * self.opts.time_limit
+
+    def progress(self) -> float:
+        """How far the run is, in [0, 1]: by steps, or under --time-limit by the clock if that is further."""
+        done = self.step / self.total_steps
+        if self.opts.time_limit is not None:
+            done = max(done, self.train_seconds() / (60 * self.opts.time_limit))
+        return done
+
+    # --- one step
+
+    def train_step(self, x: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """One update of the model (and with --gan one of the discriminator): its loss terms, or None when bf16
+        overflowed and the batch was skipped."""
+        for g in self.optimizers["optimizer"].param_groups:
+            g["lr"] = lr_at(self.step, self.progress(), self.opts.lr, self.lr_warmup_steps)
+        with self.prec.autocast():
+            terms = self.ddp(x, w, kl_weight_at(self.step, self.kl_warmup_steps))
+            loss = terms["loss"]
+            if self.disc is not None:
+                # Only the image decoder learns from the adversary: z from q(z|w), the route of attr2img and edit,
+                # detached from its encoder.
+                fake = self.model.decode_x(self.model.q_w(w).sample().detach())[0]  # (B, 3, S, S)
+                terms["gen"] = generator_loss(self.disc(fake))
+                loss = loss + self.opts.gan_weight * 3 * self.cfg.image_size**2 * terms["gen"]
+        if not torch.isfinite(loss):
+            if self.prec.dtype is not None and self.opts.precision == "auto" and self.d.world == 1:
+                # bf16's short mantissa can overflow where fp32 would not: keep going in fp32.
+                self.prec = Precision(self.device, None)
+                console.print(f"[yellow]non-finite loss in bf16 at step {self.step}: continuing in fp32")
+                return None
+            raise self.diverged(f"the loss became {float(loss.detach())}")
+        optimizer = self.optimizers["optimizer"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if self.ema is not None:
+            update_ema(self.ema, self.model, min(self.opts.ema, (1 + self.step) / (EMA_WARMUP + self.step)))
+        if self.disc is not None:
+            terms["disc"] = self.discriminator_step(x, fake.detach())
+        self.step += 1
+        return terms
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        with self.prec.autocast():
+            loss = discriminator_loss(self.disc(real), self.disc(fake))
+        self.optimizers["disc_optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["disc_optimizer"].step()
+        return loss
+
+    def train_epoch(self, epoch: int, bar: Progress, task) -> tuple[dict[str, float], int, float]:
+        """-> (summed loss terms, steps taken, seconds)."""
+        sums: dict[str, torch.Tensor] = {}
+        n_steps, t0 = 0, time.monotonic()
+        for idx in epoch_batches(self.train_idx, self.opts.batch_size, self.opts.seed, epoch, self.d):
+            x, w = batch_tensors(self.data, idx, self.device)
+            if self.opts.flip:
+                flip = torch.rand(len(x), device=self.device) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            terms = self.train_step(x, w)
+            if terms is None:
+                continue
+            n_steps += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            if self.step % PROGRESS_EVERY == 0 or n_steps == self.steps_per_epoch:
+                ips = n_steps * len(x) * self.d.world / (time.monotonic() - t0)
+                shown = " ".join(f"{k} {float(v) / n_steps:.4g}" for k, v in sums.items() if k in SHOWN)
+                bar.update(task, completed=self.step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
+            if self.out_of_time():
+                break
+        return {k: float(v) for k, v in sums.items()}, n_steps, time.monotonic() - t0
+
+    # --- the end of an epoch (rank 0)
+
+    def end_epoch(self, sums: dict[str, float], n_steps: int, seconds: float) -> dict:
+        """Validate, log a metrics line and draw the sample grid; validation that is not finite is divergence."""
+        val = None
+        if len(self.val_idx):
+            val = validate(self.final, self.data, self.val_idx, self.device, self.prec)
+            bad = [k for k, v in val.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                shown = next((k for k in ("bits_per_dim", "loss") if k in bad), bad[0])
+                raise self.diverged(f"validation gave {shown} {val[shown]}")
+        metrics = {
+            "epoch": self.epochs_done,
+            "step": self.step,
+            "lr": self.optimizers["optimizer"].param_groups[0]["lr"],
+            "precision": self.prec.name,
+            "images_per_s": n_steps * self.opts.batch_size * self.d.world / seconds,
+            "train": {k: v / max(n_steps, 1) for k, v in sums.items()},
+            "val": val,
+        }
+        out = self.opts.out
+        with self.writing(out / METRICS_FILE), open(out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        grid = sample_grid(self.final, self.data, self.grid_idx, self.device)
+        if grid is not None:
+            path = out / SAMPLES_DIR / f"epoch_{self.epochs_done:03d}.png"
+            with self.writing(path):
+                path.parent.mkdir(exist_ok=True)
+                write_image(from_uint8_array(grid), path)
+        return metrics
+
+    # --- checkpoints
+
+    def on_disk_text(self) -> str:
+        if self.on_disk is None:
+            return f"no checkpoint was saved in {self.opts.out} yet"
+        return f"the last checkpoint in {self.opts.out} is intact: epoch {self.on_disk[0]}, step {self.on_disk[1]}"
+
+    def diverged(self, what: str) -> TrainingError:
+        return TrainingError(
+            f"{what} at step {self.step} (epoch {self.epoch + 1}): training diverged and stopped, saving nothing; "
+            f"{self.on_disk_text()}. Try a lower --lr or --precision fp32"
+        )
+
+    @contextmanager
+    def writing(self, path: Path):
+        """A write into the run folder that fails (disk full, file-size limit, permissions) is one line that says
+        what is still on disk."""
+        try:
+            yield
+        except OSError as e:
+            raise TrainingError(f"could not write {path} ({e.strerror or e}); {self.on_disk_text()}") from None
+
+    def save_checkpoint(self, metrics: dict | None, force: bool = True) -> None:
+        """Write the training state, then the model exported from it; without `force` only if the last save is
+        checkpoint_every seconds old. Non-finite weights are divergence, never saved."""
+        if not self.d.main or self.on_disk == (self.epochs_done, self.step):
+            return
+        if not force and time.monotonic() - self.last_save < self.opts.checkpoint_every:
+            return
+        tensors = [t for m in self.modules.values() for t in m.state_dict().values()]
+        tensors += [
+            v for opt in self.optimizers.values() for s in opt.state.values() for v in s.values() if torch.is_tensor(v)
+        ]
+        bad = count_nonfinite(tensors)
+        if bad:
+            raise self.diverged(f"{bad} weights became non-finite")
+        meta = {
+            **self.meta,
+            "step": self.step,
+            "epochs_done": self.epochs_done,
+            "train_seconds": self.train_seconds(),
+            "metrics": metrics,
+        }
+        out = self.opts.out
+        with signals_held():
+            with self.writing(out / STATE_FILE):
+                save_train_state(out / STATE_FILE, self.modules, self.optimizers, meta)
+            self.on_disk = (self.epochs_done, self.step)
+            with self.writing(out / MODEL_FILE):
+                save_model(out / MODEL_FILE, self.final, meta)
+        self.last_save = time.monotonic()
+
+    # --- the loop
+
+    def run(self) -> dict:
+        """Train from where the run stands to opts.epochs (or the time limit); the last epoch's metrics."""
+        opts, main = self.opts, self.d.main
+        bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[terms]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not (main and opts.progress),
+        )
+        metrics: dict = {}
+        with bar:
+            task = bar.add_task("train", total=self.total_steps, completed=self.step, epoch="", terms="", speed="")
+            try:
+                for epoch in range(self.epochs_done, opts.epochs):
+                    self.epoch = epoch
+                    sums, n_steps, seconds = self.train_epoch(epoch, bar, task)
+                    self.epochs_done = epoch + 1
+                    out_of_time = self.out_of_time()
+                    if main:
+                        metrics = self.end_epoch(sums, n_steps, seconds)
+                        self.save_checkpoint(metrics, force=self.epochs_done == opts.epochs or out_of_time)
+                        val = metrics["val"] or {}
+                        shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
+                        bar.console.print(
+                            f"epoch {self.epochs_done}: "
+                            + (f"val {', '.join(shown)}" if metrics["val"] else "no validation images")
+                            + f", {metrics['images_per_s']:.0f} img/s"
+                        )
+                    if out_of_time:
+                        break
+            except KeyboardInterrupt:  # also SIGTERM; anywhere in the epoch, validation and saving included
+                try:
+                    self.save_checkpoint(metrics or None)
+                except KeyboardInterrupt:  # another signal during that save: it was finished first
+                    pass
+                raise Interrupted(f"interrupted: saved the model at step {self.step} in {opts.out}") from None
+        return metrics
+
+
+# ----------------------------------------------------------------------------- a run
+
+
 def train(opts: TrainOptions) -> dict:
     """Train (or resume) a model as `opts` says; returns the last epoch's metrics."""
+    opts.check()
     d = init_distributed(opts.device)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), claimed(opts.out) if d.main else nullcontext():
             return _train(opts, d)
     finally:
         if d.world > 1:
@@ -314,169 +757,43 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
     prec = Precision.choose(device, opts.precision)
-    _check_out_dir(opts)
-    if d.world > 1 and (opts.time_limit or opts.gan):
+    if d.world > 1 and (opts.time_limit is not None or opts.gan):
         raise JmvaeError("--time-limit and --gan work in single-process runs only (under torchrun, set --epochs)")
     if opts.gan and opts.model != "jmvae":
         raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
+    check_out_dir(opts)
+    start = starting_point(opts)
+    if d.main:
+        bring_in_step(opts.out, start)
+    if start.epochs_done >= opts.epochs:
+        raise JmvaeError(f"{opts.out} is already trained for {start.epochs_done} epochs: raise --epochs to train on")
     torch.manual_seed(opts.seed + d.rank)
 
-    pre = Preprocess()
-    load = dict(preprocess=pre, val_fraction=opts.val_fraction, cache_dir=opts.cache_dir, max_images=opts.max_images)
+    load = dict(
+        preprocess=start.preprocess,
+        val_fraction=opts.val_fraction,
+        cache_dir=opts.cache_dir,
+        max_images=opts.max_images,
+    )
     if d.main:  # rank 0 decodes and caches; the others wait, then read its cache
         data = load_data(opts.data, progress=opts.progress, **load)
     if d.world > 1:
         dist.barrier()
     if not d.main:
         data = load_data(opts.data, progress=False, **load)
-    train_idx, val_idx = data.indices("train"), data.indices("val")
-    if len(train_idx) < opts.batch_size * d.world:
-        raise JmvaeError(f"only {len(train_idx)} training images: fewer than one batch of {opts.batch_size}")
+    if len(data.indices("train")) < opts.batch_size * d.world:
+        raise JmvaeError(
+            f"only {len(data.indices('train'))} training images: fewer than one batch of {opts.batch_size}"
+        )
+    start = start.for_data(data.attr_names)
 
-    start = starting_point(opts, data.attr_names)
-    cfg, step, epochs_done, elapsed_before = start.cfg, start.step, start.epochs_done, start.train_seconds
-    if epochs_done >= opts.epochs:
-        raise JmvaeError(f"{opts.out} is already trained for {epochs_done} epochs: raise --epochs to train on")
-    modules, optimizers = build_modules(cfg, opts, device, prec, start)
-    model, ema = modules["model"], modules.get("ema")
-    final = ema if ema is not None else model  # what is validated, pictured and saved as the model
-    optimizer, disc = optimizers["optimizer"], modules.get("discriminator")
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if d.world > 1 else model
-    n_pixels = 3 * cfg.image_size**2
-
-    steps_per_epoch = len(train_idx) // (d.world * opts.batch_size)
-    total_steps = steps_per_epoch * opts.epochs
-    warmup_steps = max(1, int(opts.warmup_epochs * steps_per_epoch))
-    grid_idx = val_idx[:8] if len(val_idx) >= 8 else train_idx[:8]
-    meta = {
-        "attr_names": data.attr_names,
-        "preprocess": pre.to_dict(),
-        "train": opts.to_dict(),
-        "data": {"train_images": int(len(train_idx)), "val_images": int(len(val_idx)), "skipped": data.skipped},
-    }
+    trainer = Trainer(opts, d, device, prec, data, start)
     if d.main:
-        opts.out.mkdir(parents=True, exist_ok=True)
-        (opts.out / "samples").mkdir(exist_ok=True)
+        n_val = len(data.indices("val"))
         console.print(
-            f"[bold]jmvae train[/]: {len(train_idx)} training / {len(val_idx)} validation images, "
-            f"{len(data.attr_names)} attributes, {describe(cfg, opts)}, "
-            f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+            f"[bold]jmvae train[/]: {len(trainer.train_idx)} training / {n_val} validation images, "
+            f"{len(data.attr_names)} attributes, {start.cfg.image_size} px, {describe(start.cfg, opts)}, "
+            f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M parameters, "
             f"{device.type} {prec.name}" + (f", {d.world} processes" if d.world > 1 else "")
         )
-
-    last_save = time.monotonic()
-
-    def save(epochs_done: int, train_seconds: float, metrics: dict | None, force: bool = True) -> None:
-        nonlocal last_save
-        if not d.main or not (force or time.monotonic() - last_save >= opts.checkpoint_every):
-            return
-        last_save = time.monotonic()
-        m = {**meta, "step": step, "epochs_done": epochs_done, "train_seconds": train_seconds, "metrics": metrics}
-        save_train_state(opts.out / STATE_FILE, modules, optimizers, m)
-        save_model(opts.out / MODEL_FILE, final, m)
-
-    progress = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[terms]}"),
-        TextColumn("{task.fields[speed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not (d.main and opts.progress),
-    )
-    t_start = time.monotonic()
-    metrics: dict = {}
-    with progress:
-        task = progress.add_task("train", total=total_steps, completed=step, epoch="", terms="", speed="")
-        try:
-            for epoch in range(epochs_done, opts.epochs):
-                sums: dict[str, float] = {}
-                n_steps, t_epoch = 0, time.monotonic()
-                for idx in epoch_batches(train_idx, opts.batch_size, opts.seed, epoch, d):
-                    x, w = batch_tensors(data, idx, device)
-                    if opts.flip:
-                        flip = torch.rand(len(x), device=device) < 0.5
-                        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-                    elapsed = time.monotonic() - t_start + elapsed_before
-                    frac = step / total_steps
-                    if opts.time_limit:
-                        frac = max(frac, elapsed / (60 * opts.time_limit))
-                    for g in optimizer.param_groups:
-                        g["lr"] = lr_at(step, frac, opts.lr, warmup_steps=max(1, min(200, total_steps // 10)))
-                    beta = min(1.0, (step + 1) / warmup_steps)
-                    with prec.autocast():
-                        terms = ddp(x, w, beta)
-                        loss = terms["loss"]
-                        if disc is not None:
-                            # Only the image decoder learns from the adversary: z from q(z|w), the route of
-                            # attr2img and edit, detached from its encoder.
-                            fake = model.decode_x(model.q_w(w).sample().detach())[0]  # (B, 3, 64, 64)
-                            terms["gen"] = generator_loss(disc(fake))
-                            loss = loss + opts.gan_weight * n_pixels * terms["gen"]
-                    if not torch.isfinite(loss):
-                        if prec.dtype is not None and opts.precision == "auto" and d.world == 1:
-                            # bf16's short mantissa can overflow where fp32 would not: keep going in fp32.
-                            prec = Precision(device, None)
-                            if d.main:
-                                console.print(f"[yellow]non-finite loss in bf16 at step {step}: continuing in fp32")
-                            continue
-                        raise TrainingError(
-                            f"the loss became {float(loss.detach())} at step {step} (epoch {epoch + 1}); training stopped. "
-                            f"The last good checkpoint in {opts.out} is intact (epoch {epochs_done}); "
-                            f"try a lower --lr or --precision fp32"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if ema is not None:  # the usual warm-up: early on the average follows the model closely
-                        update_ema(ema, model, min(opts.ema, (1 + step) / (10 + step)))
-                    if disc is not None:
-                        with prec.autocast():
-                            terms["disc"] = discriminator_loss(disc(x), disc(fake.detach()))
-                        optimizers["disc_optimizer"].zero_grad(set_to_none=True)
-                        terms["disc"].backward()
-                        optimizers["disc_optimizer"].step()
-                    step += 1
-                    n_steps += 1
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach()
-                    if step % 10 == 0 or n_steps == steps_per_epoch:
-                        ips = n_steps * len(x) * d.world / (time.monotonic() - t_epoch)
-                        shown = " ".join(f"{k} {float(v) / n_steps:.4g}" for k, v in sums.items() if k in SHOWN)
-                        progress.update(task, completed=step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
-                    if opts.time_limit and elapsed > 60 * opts.time_limit:
-                        break
-
-                epoch_seconds = time.monotonic() - t_epoch
-                epochs_done = epoch + 1
-                train_seconds = time.monotonic() - t_start + elapsed_before
-                out_of_time = bool(opts.time_limit) and train_seconds > 60 * opts.time_limit
-                if d.main:
-                    val = validate(final, data, val_idx[: opts.val_images], device, prec)
-                    metrics = {
-                        "epoch": epochs_done,
-                        "step": step,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "precision": prec.name,
-                        "images_per_s": n_steps * opts.batch_size * d.world / epoch_seconds,
-                        "train": {k: float(v) / max(n_steps, 1) for k, v in sums.items()},
-                        "val": val,
-                    }
-                    with open(opts.out / METRICS_FILE, "a") as f:
-                        f.write(json.dumps(metrics) + "\n")
-                    grid = sample_grid(final, data, grid_idx, device)
-                    if grid is not None:
-                        write_image(from_uint8_array(grid), opts.out / "samples" / f"epoch_{epochs_done:03d}.png")
-                    save(epochs_done, train_seconds, metrics, force=epochs_done == opts.epochs or out_of_time)
-                    shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
-                    progress.console.print(
-                        f"epoch {epochs_done}: val {', '.join(shown)}, {metrics['images_per_s']:.0f} img/s"
-                    )
-                if out_of_time:
-                    break
-        except KeyboardInterrupt:  # also SIGTERM; anywhere in the epoch, validation and saving included
-            save(epochs_done, time.monotonic() - t_start + elapsed_before, metrics or None)
-            raise Interrupted(f"interrupted: saved the model at step {step} in {opts.out}") from None
-    return metrics
+    return trainer.run()

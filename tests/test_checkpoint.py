@@ -5,10 +5,14 @@ import torch
 from safetensors.torch import save_file
 
 from jmvae_cli.checkpoint import (
+    DEFAULT_WEIGHTS_NAME,
     WeightsError,
+    bundled_weights,
     default_weights,
     load_model,
     load_train_state,
+    read_meta,
+    rewrite_stale_sidecar,
     save_model,
     save_train_state,
 )
@@ -88,3 +92,36 @@ def test_default_weights_honours_env(monkeypatch, tmp_path):
     assert default_weights() == tmp_path / "w.safetensors"
     monkeypatch.delenv("JMVAE_WEIGHTS")
     assert default_weights().name == "default.safetensors"
+
+
+def test_metadata_that_is_not_json_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bad), metadata={"jmvae": "{not json"})
+    for read in (load_model, read_meta):
+        with pytest.raises(WeightsError, match="metadata is not JSON"):
+            read(bad)
+
+
+def test_non_finite_weights_are_never_loaded(tmp_path):
+    model = trained_tiny_model()
+    with torch.no_grad():
+        model.dec_w[-1].bias[:2] = torch.tensor([float("nan"), float("inf")])
+    path = tmp_path / "m.safetensors"
+    save_model(path, model, META)
+    with pytest.raises(WeightsError, match="2 non-finite weights"):
+        load_model(path)
+
+
+def test_read_meta_reads_the_header_and_stale_sidecars_are_rewritten(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(path, trained_tiny_model(), {**META, "step": 3})
+    assert read_meta(path)["step"] == 3 and read_meta(path)["kind"] == "model"
+    assert not rewrite_stale_sidecar(path)
+    path.with_suffix(".json").write_text('{"step": 2}')  # as a kill between the two writes leaves it
+    assert rewrite_stale_sidecar(path)
+    assert json.loads(path.with_suffix(".json").read_text()) == read_meta(path)
+
+
+def test_the_bundled_model_loads():
+    loaded = load_model(bundled_weights(DEFAULT_WEIGHTS_NAME))
+    assert loaded.model.cfg.image_size == 64 and len(loaded.attr_names) == 40
