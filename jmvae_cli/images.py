@@ -98,11 +98,11 @@ def check_output(dest: str | Path) -> str:
     """What can be known about writing an image to `dest` before making it: its format, from the extension (an
     ImageError for an unknown one, a missing folder, or a folder in the way)."""
     path = Path(dest)
+    if path.is_dir():
+        raise ImageError(f"{dest}: is a folder, not an image file")
     fmt = _format_for(path.suffix, str(dest))
     if not path.parent.is_dir():
         raise ImageError(f"{dest}: output folder {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise ImageError(f"{dest}: is a folder, not an image file")
     return fmt
 
 

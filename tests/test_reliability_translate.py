@@ -56,6 +56,7 @@ def test_output_naming_a_folder_is_one_line(weights_env, photo, tmp_path, comman
     folder = tmp_path / "taken.png"
     folder.mkdir()
     one_line_error(run(*WRITERS[command](photo), "-o", folder), str(folder), "is a folder")
+    one_line_error(run(*WRITERS[command](photo), "-o", tmp_path), str(tmp_path), "is a folder")  # no extension
     assert folder.is_dir() and not any(folder.iterdir())
 
 
