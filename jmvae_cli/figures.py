@@ -8,15 +8,16 @@
     edit   Figure 2: a face, then the paper's edit x' = x + x'_mean - x_mean for one attribute at a time, with
            the attributes inferred for the face printed beneath
 
-Faces come from translate.py's own functions (average_face, edit_face, the strength convention), so a figure
-shows exactly what attr2img and edit produce. Everything is drawn with Pillow: no plotting library needed.
+Faces come from the functions behind the commands (translate.average_face, editing.edit, attributes' coding and
+change specs), so a figure shows exactly what attr2img and edit produce. Everything is drawn with Pillow: no
+plotting library needed.
 """
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from jmvae_cli import attributes, translate
+from jmvae_cli import attributes, editing, translate
 from jmvae_cli.translate import Translator
 
 GAP = 2  # pixels between tiles
@@ -41,28 +42,21 @@ FACES_ZETA = 0.5  # eps variance of the random rows: below 1 keeps the faces nea
 # ----------------------------------------------------------------------------- attribute specs
 
 
-def parse_spec(spec: str, attr_names: list[str]) -> tuple[int, bool | None, str]:
-    """'Male' or '+Male' -> on, '-Male', 'not Male' or 'Not_Male' -> off, '~Male' -> flip the face's own value.
-    -> (index, True / False / None for flip, the attribute's name)."""
-    s = spec.strip()
-    value: bool | None = True
-    if s[:1] in ("+", "-", "~"):
-        value = {"+": True, "-": False, "~": None}[s[0]]
-        s = s[1:]
-    elif s.lower().replace("_", " ").startswith("not "):
-        value, s = False, s[4:]
-    i = attributes.attr_index(s, attr_names)
-    return i, value, attr_names[i]
-
-
 def defaults(specs: tuple[str, ...], attr_names: list[str]) -> list[str]:
     """The default specs whose attribute the model has: a model of other attributes still gets a figure."""
-    known = {n.lower() for n in attr_names}
-    return [s for s in specs if s.lstrip("+-~").lower() in known]
+    known = []
+    for spec in specs:
+        try:
+            attributes.parse_change(spec, attr_names, flip=True)
+        except attributes.AttributeNameError:
+            continue
+        known.append(spec)
+    return known
 
 
-def _label(name: str, on: bool) -> str:
-    return name.replace("_", " ") if on else f"Not {name.replace('_', ' ')}"
+def _label(change: attributes.Change, on: bool) -> str:
+    text = change.name.replace("_", " ") if on else f"Not {change.name.replace('_', ' ')}"
+    return text if change.strength is None else f"{text} ({change.strength:g})"
 
 
 # ----------------------------------------------------------------------------- layout
@@ -125,7 +119,7 @@ def tile_sheet(
     footer: str | None = None,
     corner: str | None = None,
 ) -> Image.Image:
-    """Faces (64, 64, 3) uint8 in rows x columns, upscaled to tile pixels, labelled above each column (and left
+    """Faces (S, S, 3) uint8 in rows x columns, upscaled to tile pixels, labelled above each column (and left
     of each row, with `corner` above the row labels); the footer's text runs under the whole sheet."""
     n_rows, n_cols = len(rows), len(rows[0])
     footer_lines = FOOTER_LINES if footer else 0
@@ -166,7 +160,7 @@ def faces_figure(
     samples: int = 4,
     zeta: float = FACES_ZETA,
     seed: int = 0,
-    strength: float = translate.DEFAULT_STRENGTH,
+    strength: float = attributes.DEFAULT_STRENGTH,
     tile: int = 64,
 ) -> Image.Image:
     """Base = the paper's random attribute vector (seeded); each further column sets one attribute on or off
@@ -174,18 +168,21 @@ def faces_figure(
     base = translate.base_attributes("random", len(tr.attr_names), seed)  # (A,)
     ws, labels = [base], ["Base"]
     for spec in columns or defaults(FACES_COLUMNS, tr.attr_names):
-        i, on, name = parse_spec(spec, tr.attr_names)
-        if on is None:
-            raise attributes.AttributeNameError(f"{spec!r}: flipping (~) needs a face; use {name} or -{name} here")
+        change = attributes.parse_change(spec, tr.attr_names)
         w = base.copy()
-        w[i] = 0.5 + strength / 2 if on else 0.5 - strength / 2
+        w[change.index] = change.value(strength)
         ws.append(w)
-        labels.append(_label(name, on))
+        labels.append(_label(change, change.on))
+
+    def row_labels(samples: int) -> list[str]:
+        return ["mean"] + [f"sample {r}" for r in range(1, samples + 1)]
+
+    # the widest row label is the last one's (sizing all of a huge --samples' labels would take long)
+    translate.check_samples(samples, lambda n: sheet_size(1 + n, len(ws), tile, row_labels(0) + [f"sample {n}"]))
     # the same seed for every column draws the same eps for each row: one person per row across the columns
-    faces = [translate.average_face(tr, w, samples, zeta, seed) for w in ws]  # each (1 + samples, 64, 64, 3)
+    faces = [translate.average_face(tr, w, samples, zeta, seed) for w in ws]  # each (1 + samples, S, S, 3)
     rows = [[f[r] for f in faces] for r in range(1 + samples)]
-    row_labels = ["mean"] + [f"sample {r}" for r in range(1, samples + 1)]
-    return tile_sheet(rows, labels, tile, row_labels, corner=f"zeta {zeta:g}" if samples else None)
+    return tile_sheet(rows, labels, tile, row_labels(samples), corner=f"zeta {zeta:g}" if samples else None)
 
 
 # ----------------------------------------------------------------------------- Figure 1(b): PCA
@@ -197,17 +194,21 @@ def pca_points(
     attrs: list[str] | None = None,
     n_bases: int = 200,
     seed: int = 0,
-    strength: float = translate.DEFAULT_STRENGTH,
+    strength: float = attributes.DEFAULT_STRENGTH,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Means of q(z|w) for n_bases random bases (the shown attributes off), each with one of `attrs` set on,
     projected on their two leading principal components. -> (points (K * n_bases, 2), attribute number of each point (K * n_bases,),
     share of the variance each component explains (2,), attribute names (K,))."""
-    idx = [attributes.attr_index(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
+    changes = [attributes.parse_change(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
+    for c in changes:
+        if not c.on:
+            raise attributes.AttributeSpecError(f"the PCA colours attributes set on: give {c.name}, not its opposite")
+    idx = [c.index for c in changes]
     bases = np.random.default_rng(seed).integers(0, 2, (n_bases, len(tr.attr_names))).astype(np.float32)  # (N, A)
     bases[:, idx] = 0  # each point then carries exactly one of the attributes shown, the one it is coloured by
     ws = np.repeat(bases[None], len(idx), 0)  # (K, N, A)
-    for k, i in enumerate(idx):
-        ws[k, :, i] = 0.5 + strength / 2
+    for k, c in enumerate(changes):
+        ws[k, :, c.index] = c.value(strength)
     w = torch.from_numpy(ws.reshape(-1, ws.shape[-1])).to(tr.device)  # (K * N, A)
     z = tr.model.q_w(w).mu.double().cpu()  # (K * N, Z)
     z = z - z.mean(0)
@@ -242,7 +243,10 @@ def scatter(
     pad = 12
     inner_w, inner_h = width - left - right - 2 * pad, height - top - bottom - 2 * pad
     xy = np.stack(
-        [left + pad + (points[:, 0] - lo[0]) / span[0] * inner_w, height - bottom - pad - (points[:, 1] - lo[1]) / span[1] * inner_h],
+        [
+            left + pad + (points[:, 0] - lo[0]) / span[0] * inner_w,
+            height - bottom - pad - (points[:, 1] - lo[1]) / span[1] * inner_h,
+        ],
         axis=1,
     )  # (N, 2) pixel positions, PC 2 pointing up
     r = 3
@@ -267,7 +271,7 @@ def pca_figure(
     attrs: list[str] | None = None,
     n_bases: int = 200,
     seed: int = 0,
-    strength: float = translate.DEFAULT_STRENGTH,
+    strength: float = attributes.DEFAULT_STRENGTH,
 ) -> Image.Image:
     points, labels, explained, names = pca_points(tr, attrs, n_bases, seed, strength)
     return scatter(points, labels, names, explained, seed=seed)
@@ -280,23 +284,27 @@ def edit_figure(
     tr: Translator,
     face_u8: np.ndarray,
     columns: list[str] | None = None,
-    strength: float = translate.DEFAULT_STRENGTH,
+    strength: float = attributes.DEFAULT_STRENGTH,
     tile: int = 64,
     top: int = 8,
+    method: str = editing.DEFAULT_METHOD,
 ) -> tuple[Image.Image, np.ndarray]:
-    """original | one edit per column, of a (64, 64, 3) uint8 face crop. A bare attribute name flips what was
+    """original | one edit per column, of a (S, S, 3) uint8 face crop. A bare attribute name flips what was
     inferred for the face (a smiling face gets "Not Smiling"), '+Name' / '-Name' set it on / off whatever it was.
     The `top` most probable attributes inferred for the face are printed under the faces.
     -> (the figure, p(w|z) at the mean of q(z|x) (A,))."""
-    probs = translate.edit_face(tr, face_u8, {}).probs.cpu().numpy()  # (A,) as every edit below infers them
+    x = editing.to_input([face_u8], tr.device)  # (1, 3, S, S)
+    probs, _ = editing.infer(tr.model, x)  # (1, A)
+    p = probs[0].cpu().numpy()  # (A,)
     tiles, labels = [np.asarray(face_u8, np.uint8)], ["Original"]
     for spec in columns or defaults(EDIT_COLUMNS, tr.attr_names):
-        i, on, name = parse_spec(spec if spec[:1] in ("+", "-", "~") else "~" + spec, tr.attr_names)
-        if on is None:
-            on = bool(probs[i] < 0.5)
-        r = translate.edit_face(tr, face_u8, {i: 0.5 + strength / 2 if on else 0.5 - strength / 2})
-        tiles.append(r.pixels("result"))
-        labels.append(_label(name, on))
-    ranked = [i for i in np.argsort(-probs, kind="stable") if probs[i] >= 0.5][:top]
-    footer = "inferred: " + (", ".join(f"{tr.attr_names[i].replace('_', ' ')} {probs[i]:.2f}" for i in ranked) or "none")
-    return tile_sheet([tiles], labels, tile, footer=footer), probs
+        change = attributes.parse_change(spec, tr.attr_names, flip=True, bare=None)
+        now = bool(attributes.present(p[change.index]))
+        # one edit per call, as `jmvae edit` makes it: a tile is exactly that command's --crop-only result (a batch
+        # of all the columns would differ from it in the last bits of a float, now and then in a pixel)
+        edit = editing.edit(tr.model, x, {change.index: change.value(strength, now)}, probs=probs, method=method)
+        tiles.append(edit.pixels("result")[0])
+        labels.append(_label(change, change.direction(now)))
+    ranked = [i for i in np.argsort(-p, kind="stable") if attributes.present(p[i])][:top]
+    footer = "inferred: " + (", ".join(f"{tr.attr_names[i].replace('_', ' ')} {p[i]:.2f}" for i in ranked) or "none")
+    return tile_sheet([tiles], labels, tile, footer=footer), p

@@ -86,12 +86,24 @@ def write_image(img: Image.Image, dest: str | Path | BinaryIO) -> None:
         return
 
     path = Path(dest)
+    fmt = check_output(dest)
+    try:
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            _save(img, f, fmt, str(dest))
+    except OSError as e:  # a read-only folder, a full disk, a name taken by a folder meanwhile
+        raise ImageError(f"{dest}: cannot write image ({e.strerror or e})") from None
+
+
+def check_output(dest: str | Path) -> str:
+    """What can be known about writing an image to `dest` before making it: its format, from the extension (an
+    ImageError for an unknown one, a missing folder, or a folder in the way)."""
+    path = Path(dest)
+    if path.is_dir():
+        raise ImageError(f"{dest}: is a folder, not an image file")
     fmt = _format_for(path.suffix, str(dest))
-    folder = path.parent
-    if not folder.is_dir():
-        raise ImageError(f"{dest}: output folder {str(folder)!r} does not exist")
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        _save(img, f, fmt, str(dest))
+    if not path.parent.is_dir():
+        raise ImageError(f"{dest}: output folder {str(path.parent)!r} does not exist")
+    return fmt
 
 
 def _format_for(suffix: str, name: str) -> str:
@@ -108,10 +120,6 @@ def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str) -> None:
         img.save(f, format=fmt, **options)
     except OSError as e:
         raise ImageError(f"{name}: cannot write image ({e})") from None
-
-
-def to_uint8_array(img: Image.Image) -> np.ndarray:
-    return np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3), a writable copy
 
 
 def from_uint8_array(a: np.ndarray) -> Image.Image:

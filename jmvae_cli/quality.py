@@ -8,7 +8,7 @@ JMVAE-GAN comparison uses.
                by the separately trained attribute classifier (baselines.AttributeClassifier); coherence is the
                agreement between requested and recognised attributes. The classifier's own scores on the real
                faces are the ceiling: coherence above them would mean nothing
-    edit       the paper's x' = x + x'_mean - x_mean on the 64x64 crops (translate.edit_face, batched), for faces
+    edit       the paper's x' = x + x'_mean - x_mean on the crops (editing.edit, as `jmvae edit` does it), for faces
                whose label is not yet the target; the classifier says whether the edit reached the target and
                whether the other attributes stayed as it saw them before
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jmvae_cli import attributes, translate
+from jmvae_cli import attributes, editing
 from jmvae_cli.checkpoint import bundled_weights, load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
@@ -126,12 +126,6 @@ def laplacian_energy(x: torch.Tensor) -> float:
     return float(F.conv2d(x, kernel, groups=c).pow(2).mean())  # (B, C, H-2, W-2) averaged
 
 
-def sharpness_ratio(generated: torch.Tensor, real: torch.Tensor) -> float:
-    """High-frequency energy of generated faces relative to real ones: 1 is as sharp as the photos, and a VAE's
-    blurry means sit well below it."""
-    return laplacian_energy(generated) / laplacian_energy(real)
-
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -150,7 +144,7 @@ class Classifier:
 
     @torch.inference_mode()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, 64, 64) in [-1, 1] -> (B, A) probabilities in the JMVAE's attribute order."""
+        """x (B, 3, S, S) in [-1, 1] -> (B, A) probabilities in the JMVAE's attribute order."""
         return self.model.attrs_from_images(x)[:, self.index]
 
     @torch.inference_mode()
@@ -184,18 +178,9 @@ def q_x_zero(model: JMVAE, x: torch.Tensor) -> Gaussian:
     return model._joint(model.image_features(x), w)
 
 
-def parse_edits(specs: Iterable[str], attr_names: list[str]) -> list[tuple[int, int]]:
-    """'+Smiling' or 'Smiling' -> (index, 1), '-Eyeglasses' -> (index, 0); names as attributes.attr_index reads them."""
-    edits = []
-    for spec in specs:
-        target = 0 if spec.startswith("-") else 1
-        edits.append((attributes.attr_index(spec.lstrip("+-"), attr_names), target))
-    return edits
-
-
-def default_edits(attr_names: list[str]) -> list[tuple[int, int]]:
+def default_edits(attr_names: list[str]) -> list[attributes.Change]:
     """DEFAULT_EDITS among the attributes the model has (a model of other attributes gets fewer, or none)."""
-    return [(attr_names.index(n), t) for n, t in DEFAULT_EDITS if n in attr_names]
+    return [attributes.Change(attr_names.index(n), n, bool(t)) for n, t in DEFAULT_EDITS if n in attr_names]
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -208,27 +193,7 @@ def _progress(enabled: bool) -> Progress:
 
 def _as_written(x: torch.Tensor) -> torch.Tensor:
     """Round model output to 8-bit pixels and back: the classifier judges the faces a user would get."""
-    return pixels_to_input(output_to_pixels(x))  # (B, 3, 64, 64)
-
-
-@torch.inference_mode()
-def edit_start(model: JMVAE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What every edit of a batch shares, as translate.edit_face computes it: p(w|z) (B, A) -> (w thresholded
-    (B, A), x_mean, the decoded mean of q(z|w) (B, 3, 64, 64))."""
-    w = attributes.binarize(probs)  # (B, A)
-    return w, model.images_from_z(model.q_w(w).mu)
-
-
-@torch.inference_mode()
-def edit_batch(
-    model: JMVAE, x: torch.Tensor, w: torch.Tensor, x_mean: torch.Tensor, index: int, value: float
-) -> torch.Tensor:
-    """translate.edit_face for a batch, with one attribute set to `value`: faces x (B, 3, 64, 64) in [-1, 1] and
-    their edit_start -> x + x'_mean - x_mean, clipped to [-1, 1] (B, 3, 64, 64)."""
-    w_new = w.clone()
-    w_new[:, index] = value
-    x_mean_new = model.images_from_z(model.q_w(w_new).mu)  # (B, 3, 64, 64)
-    return (x + x_mean_new - x_mean).clamp(-1, 1)
+    return pixels_to_input(output_to_pixels(x))  # (B, 3, S, S)
 
 
 @torch.inference_mode()
@@ -241,19 +206,22 @@ def evaluate_quality(
     *,
     classifier: Classifier | None = None,
     parts: Iterable[str] = ("img2attr", "attr2img", "edit"),
-    edits: list[tuple[int, int]] | None = None,
-    strength: float = translate.DEFAULT_STRENGTH,
+    edits: list[attributes.Change] | None = None,
+    strength: float = attributes.DEFAULT_STRENGTH,
+    method: str = editing.DEFAULT_METHOD,
     batch_size: int = BATCH_SIZE,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> dict:
-    """The img2attr, attr2img and edit reports of `jmvae evaluate` for faces (N, 64, 64, 3) uint8 with labels
+    """The img2attr, attr2img and edit reports of `jmvae evaluate` for faces (N, S, S, 3) uint8 with labels
     (N, A) {0, 1} in the model's attribute order; train_attrs (M, A) give the majority baseline. attr2img and
-    edit need the classifier. Everything runs in fp32, as attr2img and edit do."""
+    edit need the classifier. Edits (no flips: a label says which way) follow the rule `method` of editing.RULES.
+    Everything runs in fp32, as attr2img and edit do."""
     parts = set(parts)
     if parts & {"attr2img", "edit"} and classifier is None:
         raise ClassifierError("attr2img coherence and edits are judged by an attribute classifier: none was given")
     edits = default_edits(attr_names) if edits is None else edits
+    values = [c.value(strength) for c in edits]  # a flip has no face's value to go against: an error here
     device = torch.device(device)
     n, a = len(images), len(attr_names)
     pred_x = np.zeros((n, a), np.uint8)  # p(w|z) at the mean of q(z|x), thresholded
@@ -262,34 +230,32 @@ def evaluate_quality(
     cls_gen = np.zeros((n, a), np.uint8)  # the classifier on faces generated from the labels
     # per edit: faces edited, target seen before, target seen after, other attributes seen unchanged
     counts = np.zeros((len(edits), 4), np.int64)
-    on, off = 0.5 + strength / 2, 0.5 - strength / 2  # translate's strength convention
 
     with _progress(progress) as bar:
         task = bar.add_task("evaluating", total=n)
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            u8 = torch.from_numpy(np.ascontiguousarray(images[sl])).to(device)  # (b, 64, 64, 3)
-            x = pixels_to_input(u8)  # (b, 3, 64, 64)
+            u8 = torch.from_numpy(np.ascontiguousarray(images[sl])).to(device)  # (b, S, S, 3)
+            x = pixels_to_input(u8)  # (b, 3, S, S)
             w = torch.from_numpy(np.asarray(attrs[sl], np.float32)).to(device)  # (b, A)
             probs = model.attrs_from_images(x)  # (b, A)
             if "img2attr" in parts:
-                pred_x[sl] = (probs >= 0.5).cpu().numpy()
-                pred_zero[sl] = (torch.sigmoid(model.decode_w(q_x_zero(model, x).mu)) >= 0.5).cpu().numpy()
+                pred_x[sl] = attributes.present(probs).cpu().numpy()
+                pred_zero[sl] = attributes.present(torch.sigmoid(model.decode_w(q_x_zero(model, x).mu))).cpu().numpy()
             if classifier is not None and parts & {"attr2img", "edit"}:
-                seen = classifier.probs(x) >= 0.5  # (b, A)
+                seen = attributes.present(classifier.probs(x))  # (b, A)
                 cls_real[sl] = seen.cpu().numpy()
             if "attr2img" in parts:
-                gen = _as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, 64, 64)
-                cls_gen[sl] = (classifier.probs(gen) >= 0.5).cpu().numpy()
+                gen = _as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, S, S)
+                cls_gen[sl] = attributes.present(classifier.probs(gen)).cpu().numpy()
             if "edit" in parts:
-                w_hat, x_mean = edit_start(model, probs)  # computed once for all the edits
-                for e, (i, target) in enumerate(edits):
+                for e, (change, value) in enumerate(zip(edits, values)):
+                    i, target = change.index, int(change.direction())
                     todo = w[:, i] != target  # (b,) faces whose label is not yet the target
                     if not todo.any():
                         continue
-                    value = on if target else off
-                    edited = _as_written(edit_batch(model, x[todo], w_hat[todo], x_mean[todo], i, value))
-                    after = classifier.probs(edited) >= 0.5  # (t, A)
+                    edit = editing.edit(model, x[todo], {i: value}, method=method, probs=probs[todo])
+                    after = attributes.present(classifier.probs(_as_written(edit.result)))  # (t, A)
                     before = seen[todo]  # (t, A)
                     others = torch.ones(a, dtype=torch.bool, device=device)
                     others[i] = False
@@ -318,15 +284,18 @@ def evaluate_quality(
     return report
 
 
-def edit_report(counts: np.ndarray, edits: list[tuple[int, int]], attr_names: list[str], strength: float) -> dict:
-    """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged."""
+def edit_report(counts: np.ndarray, edits: list[attributes.Change], attr_names: list[str], strength: float) -> dict:
+    """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged. An edit
+    given its own strength (+Name=S) says so in its row."""
     rows = []
-    for (i, target), (faces, before, after, kept) in zip(edits, counts):
+    for change, (faces, before, after, kept) in zip(edits, counts):
         others = faces * (len(attr_names) - 1)
+        own = {"strength": change.strength} if change.strength is not None else {}
         rows.append(
             {
-                "attribute": attr_names[i],
-                "target": int(target),
+                "attribute": attr_names[change.index],
+                "target": int(change.direction()),
+                **own,
                 "faces": int(faces),
                 # the classifier already sees the target on some unedited faces (its errors, or label noise)
                 "target_before": float(before / faces) if faces else None,

@@ -1,4 +1,5 @@
-"""Tiny 64x64 models and test images for the translation tests (import the fixtures you need from here).
+"""Tiny models (64x64 unless asked for another size) and test images for the translation tests (import the
+fixtures you need from here).
 
 The model is narrow (a few thousand parameters) but has the real 64x64 geometry, so every command runs end to
 end in milliseconds. It is untrained: its outputs are arbitrary but deterministic, which is all that the
@@ -21,13 +22,13 @@ PREPROCESS = {"size": 64, "celeba_crop": 148 / 178}
 SAMPLE_FACES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celeba-hq-256-sample"
 
 
-def tiny_model(attr_names=ATTRS, seed: int = 0, objective: str = "jmvae-kl") -> JMVAE:
+def tiny_model(attr_names=ATTRS, seed: int = 0, objective: str = "jmvae-kl", image_size: int = 64) -> JMVAE:
     torch.manual_seed(seed)
     cfg = JMVAEConfig(
         n_attrs=len(attr_names),
         latent_dim=4,
-        image_size=64,
-        channels=(8, 8, 8, 8),
+        image_size=image_size,
+        channels=(8,) * ((image_size // 4).bit_length() - 1),  # one stride-2 layer per doubling from 4x4
         image_features=16,
         attr_hidden=16,
         joint_hidden=16,

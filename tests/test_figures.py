@@ -1,11 +1,11 @@
-"""The paper's figures: their layout, that their tiles are what translate.py makes, and `jmvae figure`."""
+"""The paper's figures: their layout, that their tiles are what attr2img and edit make, and `jmvae figure`."""
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from jmvae_cli import attributes, cli, figures, translate
+from jmvae_cli import attributes, cli, editing, figures, translate
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
 
 runner = CliRunner()
@@ -35,15 +35,10 @@ def test_sheet_size_makes_room_for_labels():
     assert figures.sheet_size(2, 3, 64, footer_lines=2)[1] > figures.sheet_size(2, 3, 64)[1]
 
 
-def test_parse_spec():
-    assert figures.parse_spec("Male", ATTRS) == (1, True, "Male")
-    assert figures.parse_spec("+male", ATTRS) == (1, True, "Male")
-    assert figures.parse_spec("-Smiling", ATTRS) == (0, False, "Smiling")
-    assert figures.parse_spec("not Young", ATTRS) == (4, False, "Young")
-    assert figures.parse_spec("Not_Blond_Hair", ATTRS) == (3, False, "Blond_Hair")
-    assert figures.parse_spec("~Eyeglasses", ATTRS) == (2, None, "Eyeglasses")
-    with pytest.raises(attributes.AttributeNameError, match="Bald"):
-        figures.parse_spec("Bald", ATTRS)
+def test_defaults_keep_the_specs_the_model_can_draw():
+    assert figures.defaults(("Male", "-Young", "~Smiling", "Bald", "not Eyeglasses"), ATTRS) == [
+        "Male", "-Young", "~Smiling", "not Eyeglasses"
+    ]  # fmt: skip
 
 
 def test_faces_figure_layout_and_tiles(tr):
@@ -61,8 +56,12 @@ def test_faces_figure_layout_and_tiles(tr):
     assert np.array_equal(tile_at(img, 1, 2, n_rows, n_cols, 64), translate.average_face(tr, w, 2, 0.5, 3)[1])
     big = figures.faces_figure(tr, columns, samples=1, tile=96)
     assert big.size == figures.sheet_size(2, 4, 96, ["mean", "sample 1"])
-    with pytest.raises(attributes.AttributeNameError):
+    with pytest.raises(attributes.AttributeSpecError, match="flipping"):
         figures.faces_figure(tr, ["~Male"])
+    own = figures.faces_figure(tr, ["Male=4"], samples=1, seed=3, tile=64)
+    w = base.copy()
+    w[1] = 0.5 + 2.0  # Male at its own strength 4
+    assert np.array_equal(tile_at(own, 0, 1, 2, 2, 64), translate.average_face(tr, w, 1, 0.5, 3)[0])
 
 
 def test_pca_points(tr):
@@ -89,10 +88,12 @@ def test_edit_figure(tr):
     assert probs.shape == (len(ATTRS),)
     assert np.array_equal(tile_at(img, 0, 0, 1, 4, 64, footer=True), face)
     smiling = bool(probs[0] >= 0.5)  # a bare name flips what was inferred
-    edit = translate.edit_face(tr, face, {0: -0.5 if smiling else 1.5})
-    assert np.array_equal(tile_at(img, 0, 1, 1, 4, 64, footer=True), edit.pixels("result"))
-    edit = translate.edit_face(tr, face, {1: 1.5})
-    assert np.array_equal(tile_at(img, 0, 2, 1, 4, 64, footer=True), edit.pixels("result"))
+    # each tile is exactly what `jmvae edit --crop-only` writes for that change
+    x = editing.to_input([face])
+    edit = editing.edit(tr.model, x, {0: -0.5 if smiling else 1.5})
+    assert np.array_equal(tile_at(img, 0, 1, 1, 4, 64, footer=True), edit.pixels("result")[0])
+    edit = editing.edit(tr.model, x, {1: 1.5})
+    assert np.array_equal(tile_at(img, 0, 2, 1, 4, 64, footer=True), edit.pixels("result")[0])
 
 
 # ----------------------------------------------------------------------------- jmvae figure

@@ -1,5 +1,5 @@
-"""Bidirectional quality: the scores on hand-made predictions with known answers, the batched edit against
-translate.edit_face, and `jmvae evaluate` end to end on a tiny model and a tiny data folder."""
+"""Bidirectional quality: the scores on hand-made predictions with known answers, the edits scored, and
+`jmvae evaluate` end to end on a tiny model and a tiny data folder."""
 
 import json
 
@@ -106,32 +106,6 @@ def test_frechet_distance_closed_forms():
     assert quality.frechet_distance(c * a, a) == pytest.approx(expected, rel=1e-6)
 
 
-def test_sharpness_ratio():
-    img = pixels_to_input(torch.from_numpy(photo_array(64, 64, seed=2)[None]))  # (1, 3, 64, 64)
-    img = img + 0.2 * torch.randn(img.shape, generator=torch.Generator().manual_seed(0))  # fine detail
-    assert quality.sharpness_ratio(img, img) == pytest.approx(1.0)
-    box = torch.full((3, 1, 3, 3), 1 / 9)
-    blurred = torch.nn.functional.conv2d(img, box, padding=1, groups=3)
-    assert quality.sharpness_ratio(blurred, img) < 0.5
-    flat = torch.zeros(1, 3, 16, 16)
-    assert quality.laplacian_energy(flat) == 0.0
-    ramp = torch.linspace(-1, 1, 16).expand(1, 3, 16, 16)  # a linear gradient has no second derivative
-    assert quality.laplacian_energy(ramp) == pytest.approx(0.0, abs=1e-10)
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def test_edit_batch_is_edit_face(tr):
-    faces = np.stack([photo_array(64, 64, seed=s) for s in range(3)])  # (3, 64, 64, 3)
-    x = pixels_to_input(torch.from_numpy(faces))
-    w, x_mean = quality.edit_start(tr.model, tr.model.attrs_from_images(x))
-    got = quality.edit_batch(tr.model, x, w, x_mean, 1, 1.5)
-    for k in range(3):
-        one = translate.edit_face(tr, faces[k], {1: 1.5}).result
-        assert torch.allclose(got[k], one, atol=1e-5)
-
-
 def test_q_x_zero_is_the_joint_encoder_with_blank_attributes(tr):
     x = pixels_to_input(torch.from_numpy(photo_array(64, 64, seed=1)[None]))
     with torch.no_grad():
@@ -152,12 +126,10 @@ def test_load_classifier_reorders_and_refuses(tmp_path, tr):
         quality.load_classifier(tr.weights, ATTRS, torch.device("cpu"))
 
 
-def test_parse_and_default_edits():
-    assert quality.parse_edits(["+Male", "-eyeglasses", "Smiling"], ATTRS) == [(1, 1), (2, 0), (0, 1)]
-    with pytest.raises(attributes.AttributeNameError):
-        quality.parse_edits(["+Bald"], ATTRS)
+def test_default_edits():
     # the default list, restricted to the attributes the model has, in the default order
-    assert quality.default_edits(ATTRS) == [(0, 1), (2, 1), (1, 1), (3, 1), (4, 1), (2, 0)]
+    got = [(c.index, c.on) for c in quality.default_edits(ATTRS)]
+    assert got == [(0, True), (2, True), (1, True), (3, True), (4, True), (2, False)]
 
 
 def test_align_attributes(tmp_path, make_generic):
@@ -174,7 +146,7 @@ def test_evaluate_quality_counts(tr, classifier_weights):
     faces = np.stack([photo_array(64, 64, seed=s) for s in range(7)])  # (7, 64, 64, 3)
     attrs = np.random.default_rng(0).integers(0, 2, (7, len(ATTRS))).astype(np.uint8)
     train = np.random.default_rng(1).integers(0, 2, (20, len(ATTRS))).astype(np.uint8)
-    edits = [(0, 1), (2, 0)]
+    edits = [attributes.parse_change(e, ATTRS) for e in ("+Smiling", "-Eyeglasses")]
     r = quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, classifier=clf, edits=edits, batch_size=3)
     # img2attr through q(z|x) is exactly img2attr's thresholded output against the labels
     pred = translate.infer_attributes(tr, faces) >= 0.5
@@ -185,7 +157,7 @@ def test_evaluate_quality_counts(tr, classifier_weights):
     assert r["attr2img"]["classifier_on_real"] == quality.summary(quality.binary_scores(seen, attrs), ATTRS)
     rows = r["edit"]["edits"]
     assert [(e["attribute"], e["target"]) for e in rows] == [("Smiling", 1), ("Eyeglasses", 0)]
-    for e, (i, target) in zip(rows, edits):
+    for e, (i, target) in zip(rows, [(0, 1), (2, 0)]):
         todo = attrs[:, i] != target  # only faces not yet at the target are edited
         assert e["faces"] == todo.sum()
         assert e["target_before"] == pytest.approx((seen[todo, i] == target).mean())
@@ -196,6 +168,13 @@ def test_evaluate_quality_counts(tr, classifier_weights):
     assert list(only) == ["img2attr"] and only["img2attr"] == r["img2attr"]
     with pytest.raises(quality.ClassifierError):
         quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, parts=["edit"])
+    # an edit with its own strength says so in its row
+    own = [attributes.parse_change("Smiling=3", ATTRS)]
+    r = quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, classifier=clf, parts=["edit"], edits=own)
+    assert r["edit"]["edits"][0]["strength"] == 3.0 and "strength" not in rows[0]
+    with pytest.raises(attributes.AttributeSpecError, match="flipping"):
+        flip = [attributes.Change(0, "Smiling", None)]
+        quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, classifier=clf, edits=flip)
 
 
 # ----------------------------------------------------------------------------- jmvae evaluate

@@ -1,13 +1,11 @@
-"""The translation library: attribute names and values, the paper's edit formula, pasting, batches."""
-
-import json
+"""The translation library: average faces and grids, pasting an edit back into the photo, batches of files."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from jmvae_cli import attributes, faces, translate
+from jmvae_cli import editing, faces, translate
 from jmvae_cli.runtime import bf16_supported
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, write_photo  # noqa: F401 (fixture)
 
@@ -17,26 +15,7 @@ def tr(tiny_weights):
     return translate.Translator.from_weights(tiny_weights, "cpu", "fp32")
 
 
-# ----------------------------------------------------------------------------- names and values
-
-
-def test_attr_index_is_case_insensitive_and_suggests():
-    assert attributes.attr_index("smiling", ATTRS) == 0
-    assert attributes.attr_index("blond-hair", ATTRS) == 3
-    assert attributes.attr_index("BLOND HAIR", ATTRS) == 3
-    with pytest.raises(attributes.AttributeNameError, match="did you mean Smiling"):
-        attributes.attr_index("Smilng", ATTRS)
-    with pytest.raises(attributes.AttributeNameError) as e:
-        attributes.attr_index("Wearing_Hat", ATTRS)
-    assert "did you mean" not in str(e.value)
-
-
-def test_attr_changes_strength_and_conflicts():
-    ch = translate.attr_changes(["Smiling"], ["male"], ATTRS, strength=2.0)
-    assert ch == {0: 1.5, 1: -0.5}  # the paper's +-2 in +-1 coding
-    assert translate.attr_changes(["Smiling"], [], ATTRS, strength=1.0) == {0: 1.0}
-    with pytest.raises(attributes.AttributeNameError, match="both --set and --unset"):
-        translate.attr_changes(["Smiling"], ["SMILING"], ATTRS)
+# ----------------------------------------------------------------------------- attributes -> faces
 
 
 def test_base_attributes():
@@ -44,74 +23,6 @@ def test_base_attributes():
     assert set(np.unique(r)) <= {0.0, 1.0} and 5 < r.sum() < 35
     assert np.array_equal(r, translate.base_attributes("random", 40, seed=3))
     assert not translate.base_attributes("zeros", 5, 0).any()
-
-
-RECORD = {"file": "a.jpg", "attributes": {"Smiling": 0.9, "Male": 0.2, "Eyeglasses": 0.0, "Blond_Hair": 0.7, "Young": 1}}
-
-
-@pytest.mark.parametrize("kind", ["json", "json-dict", "jsonl", "csv", "tsv"])
-def test_read_attrs_record_formats(kind):
-    header, row = ["file", *ATTRS], ["a.jpg", *map(str, RECORD["attributes"].values())]
-    text = {
-        "json": json.dumps([RECORD, {"file": "b.jpg", "attributes": {}}], indent=2),
-        "json-dict": json.dumps(RECORD),
-        "jsonl": json.dumps(RECORD) + "\n" + json.dumps(RECORD) + "\n",
-        "csv": ",".join(header) + "\n" + ",".join(row) + "\n",
-        "tsv": "\t".join(header) + "\n" + "\t".join(row) + "\n",
-    }[kind]
-    w, file = translate.read_attrs_record(text, ATTRS)
-    assert file == "a.jpg"
-    assert np.allclose(w, [0.9, 0.2, 0.0, 0.7, 1.0])
-
-
-def test_read_attrs_record_subset_and_errors():
-    w, _ = translate.read_attrs_record(json.dumps({"file": "a", "face": 1, "attributes": {"smiling": 0.8}}), ATTRS)
-    assert np.allclose(w, [0.8, 0, 0, 0, 0])  # --only-positive output: the rest are absent
-    for text, msg in [
-        ("", "empty"),
-        ("[]", "no records"),
-        ('{"attributes": {"Smilling": 1}}', "did you mean Smiling"),
-        ('{"attributes": {"Smiling": "yes"}}', "not a number"),
-        ("file,Smiling\n", "header and at least one row"),
-        ("{not json", "not valid JSON"),
-    ]:
-        with pytest.raises(translate.AttrsFileError, match=msg):
-            translate.read_attrs_record(text, ATTRS, "x.json")
-
-
-# ----------------------------------------------------------------------------- the model's translations
-
-
-def test_edit_face_is_the_papers_formula(tr):
-    face = photo_array(64, 64, seed=5)
-    changes = translate.attr_changes(["Smiling"], ["Young"], tr.attr_names, strength=2.0)
-    r = translate.edit_face(tr, face, changes)
-
-    # Recompute every step straight from the model's parts.
-    m = tr.model
-    with torch.no_grad():
-        x = torch.from_numpy(face).float().permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, 64, 64)
-        probs = torch.sigmoid(m.decode_w(m.q_x(x).mu))  # (1, A): p(w|z) at the mean of q(z|x)
-        w = (probs >= 0.5).float()
-        w_new = w.clone()
-        w_new[0, 0], w_new[0, 4] = 1.5, -0.5
-        x_mean = m.decode_x(m.q_w(w).mu)[0]  # (1, 3, 64, 64): the mean of p(x|z) at the mean of q(z|w)
-        x_mean_new = m.decode_x(m.q_w(w_new).mu)[0]
-        expected = (x + x_mean_new - x_mean).clamp(-1, 1)[0]
-    assert torch.allclose(r.probs, probs[0], atol=1e-6)
-    assert torch.equal(r.w, w[0]) and torch.equal(r.w_new, w_new[0])
-    assert torch.allclose(r.x_mean, x_mean[0], atol=1e-5)
-    assert torch.allclose(r.x_mean_new, x_mean_new[0], atol=1e-5)
-    assert torch.allclose(r.result, expected, atol=1e-5)
-    assert (r.x_mean_new - r.x_mean).abs().max() > 0.01  # the edit does something
-    assert r.strip().shape == (4, 64, 64, 3)
-    assert np.array_equal(r.pixels("x"), face)
-    assert np.allclose(r.delta_pixels, (x_mean_new - x_mean)[0].permute(1, 2, 0).numpy() * 127.5, atol=1e-3)
-
-
-def test_edit_face_soft_keeps_probabilities(tr):
-    r = translate.edit_face(tr, photo_array(64, 64, seed=5), {0: 1.0}, soft=True)
-    assert torch.allclose(r.w[1:], r.probs[1:]) and r.w_new[0] == 1.0
 
 
 def test_average_face_and_samples(tr):
@@ -126,6 +37,26 @@ def test_average_face_and_samples(tr):
     assert not np.array_equal(many[1], many[2])
     still = translate.average_face(tr, w, samples=2, zeta=0.0, seed=1)  # zeta 0: no noise
     assert np.array_equal(still[1], still[0])
+
+
+def test_average_face_decodes_in_batches(tr, monkeypatch):
+    w = np.array([1, 0, 0, 1, 1], np.float32)
+    whole = translate.average_face(tr, w, samples=6, seed=2)
+    monkeypatch.setattr(translate, "DECODE_BATCH", 3)  # 7 faces: batches of 3, 3 and 1
+    batched = translate.average_face(tr, w, samples=6, seed=2)
+    assert batched.shape == whole.shape
+    assert np.abs(batched.astype(int) - whole).max() <= 1  # the same faces, up to a batch size's float rounding
+    with pytest.raises(ValueError, match="zeta"):
+        translate.average_face(tr, w, samples=1, zeta=float("inf"))
+
+
+def test_check_samples_names_the_most_that_fit(monkeypatch):
+    monkeypatch.setattr(translate, "MAX_GRID_PIXELS", 100 * 100)
+    size = lambda n: translate.grid_size(1 + n, 10)  # noqa: E731
+    translate.check_samples(71, size)  # 72 tiles of 10 px: 9 x 8 with their gaps, 98 x 94 pixels
+    with pytest.raises(translate.GridTooLargeError, match="--samples 72 makes a 106x106 image.*at most 71 samples"):
+        translate.check_samples(72, size)
+    assert translate.GridTooLargeError.exit_code == 2  # a usage error
 
 
 def test_grid_layout():
@@ -185,9 +116,9 @@ def test_paste_edit_frame_reaching_past_the_photo():
 def test_paste_of_a_whole_64px_frame_is_the_crop_result(tr):
     """With the frame the whole 64x64 image and no feathering, the full-resolution path is the paper's x'."""
     face = photo_array(64, 64, seed=7)
-    r = translate.edit_face(tr, face, {0: 1.5})
-    out = faces.paste_edit(Image.fromarray(face), faces.Box(0, 0, 64, 64), r.delta_pixels, feather=0)
-    assert np.abs(np.asarray(out).astype(int) - r.pixels("result").astype(int)).max() <= 1
+    r = editing.edit(tr.model, editing.to_input([face]), {0: 1.5})
+    out = faces.paste_edit(Image.fromarray(face), faces.Box(0, 0, 64, 64), r.delta_pixels[0], feather=0)
+    assert np.abs(np.asarray(out).astype(int) - r.pixels("result")[0].astype(int)).max() <= 1
 
 
 # ----------------------------------------------------------------------------- many files

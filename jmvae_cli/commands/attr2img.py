@@ -26,7 +26,11 @@ def attr2img(
     soft: common.SoftOpt = False,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Random faces from q(z|w) after the average face.")] = 0,
     zeta: Annotated[
-        float, typer.Option("--zeta", min=0.0, help="Variance of the samples' noise: z = mean + sigma * N(0, zeta).")
+        float,
+        # the bound keeps out inf (NaN faces); the paper's figures use zeta <= 1
+        typer.Option(
+            "--zeta", min=0.0, max=100.0, help="Variance of the samples' noise: z = mean + sigma * N(0, zeta)."
+        ),
     ] = 1.0,
     seed: common.SeedOpt = 0,
     size: common.SizeOpt = None,
@@ -35,7 +39,9 @@ def attr2img(
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
 ):
-    """Draw the face of a set of attributes: the decoded mean of q(z|w), and --samples random ones, as a grid."""
+    """Draw the face of a set of attributes: the decoded mean of q(z|w), and --samples random ones, as a grid.
+
+    --set / --unset take Name or Name=STRENGTH (that attribute's own --strength)."""
     if output is None:
         raise typer.BadParameter("give the image to write, or - for stdout", param_hint="'-o'")
     common.check_image_output(output)
@@ -45,7 +51,8 @@ def attr2img(
     from jmvae_cli import attributes, translate
 
     tr = common.load_translator(weights, device, verbose)
-    changes = tr.changes(set_, unset, strength)
+    values = attributes.values(attributes.parse_set_unset(set_, unset, tr.attr_names), strength)
+    translate.check_samples(samples, lambda n: translate.grid_size(1 + n, size or tr.image_size))
     if attrs is not None:
         if attrs == "-":
             text, name = sys.stdin.read(), "<stdin>"
@@ -54,14 +61,14 @@ def attr2img(
                 text, name = Path(attrs).read_text(encoding="utf-8"), attrs
             except (OSError, UnicodeDecodeError) as e:
                 raise JmvaeError(f"{attrs}: cannot read attributes ({getattr(e, 'strerror', None) or e})") from None
-        probs, _ = translate.read_attrs_record(text, tr.attr_names, name)
+        probs, _ = attributes.read_record(text, tr.attr_names, name)
         w = attributes.binarize(probs, soft)
     else:
         w = translate.base_attributes((base or common.Base.random).value, len(tr.attr_names), seed)
-    for i, v in changes.items():
+    for i, v in values.items():
         w[i] = v
     if verbose:
-        on = [n for n, v in zip(tr.attr_names, w) if v >= 0.5]
+        on = [n for n, v in zip(tr.attr_names, w) if attributes.present(v)]
         console.print(f"attributes on: {', '.join(on) or 'none'}", highlight=False)
-    faces_u8 = translate.average_face(tr, w, samples, zeta, seed)  # (1 + samples, 64, 64, 3)
+    faces_u8 = translate.average_face(tr, w, samples, zeta, seed)  # (1 + samples, S, S, 3)
     common.write_output_image(translate.grid(faces_u8, size), output)

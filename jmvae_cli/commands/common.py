@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from jmvae_cli.attributes import MAX_STRENGTH
 from jmvae_cli.console import console
 
 class Device(str, Enum):
@@ -54,6 +55,7 @@ StrengthOpt = Annotated[
     typer.Option(
         "--strength",
         min=0.0,
+        max=MAX_STRENGTH,
         help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
     ),
 ]
@@ -103,6 +105,10 @@ def print_error(message: str) -> None:
 def check_image_output(output: Optional[str]) -> None:
     if output == "-" and stdout_is_tty():
         raise typer.BadParameter("refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'")
+    if output not in (None, "-"):  # a bad -o (no such folder, a folder, an unknown extension) before the work
+        from jmvae_cli import images
+
+        images.check_output(output)
 
 
 def write_output_image(img, output: str) -> None:

@@ -86,7 +86,7 @@ def evaluate(
 
     import numpy as np
 
-    from jmvae_cli import quality
+    from jmvae_cli import attributes, quality
     from jmvae_cli.data import load_data
 
     tr = common.load_translator(weights, device, verbose)
@@ -125,7 +125,7 @@ def evaluate(
                 faces.attrs[train_idx],
                 classifier=cls,
                 parts=parts,
-                edits=quality.parse_edits(edits, names) if edits else None,
+                edits=[attributes.parse_change(e, names) for e in edits] if edits else None,
                 strength=strength,
                 batch_size=batch_size,
                 device=tr.device,

@@ -29,12 +29,14 @@ def figure(
             "--attr",
             help="An attribute to show (repeatable; default: the paper's choice). faces: Name sets it on, -Name or "
             "'not Name' off; pca: the attributes set, one colour each; edit: Name flips the face's inferred value, "
-            "+Name / -Name set it on / off.",
+            "+Name / -Name set it on / off. Name=STRENGTH gives it its own --strength.",
             show_default=False,
         ),
     ] = [],
     samples: Annotated[int, typer.Option("--samples", min=0, help="faces: rows of random faces under the average.")] = 4,
-    zeta: Annotated[float, typer.Option("--zeta", min=0.0, help="faces: variance of the rows' noise eps ~ N(0, zeta).")] = 0.5,
+    zeta: Annotated[
+        float, typer.Option("--zeta", min=0.0, max=100.0, help="faces: variance of the rows' noise eps ~ N(0, zeta).")
+    ] = 0.5,
     bases: Annotated[int, typer.Option("--bases", min=2, help="pca: random base vectors per attribute.")] = 200,
     strength: common.StrengthOpt = 2.0,
     seed: common.SeedOpt = 0,
@@ -52,7 +54,7 @@ def figure(
         msg = "figure edit needs the photo to edit" if image is None else f"figure {kind.value} takes no image"
         raise typer.BadParameter(msg, param_hint="IMAGE")
 
-    from jmvae_cli import faces, figures
+    from jmvae_cli import attributes, faces, figures
 
     tr = common.load_translator(weights, device, verbose)
     if kind == FigureKind.faces:
@@ -61,8 +63,9 @@ def figure(
         img = figures.pca_figure(tr, attrs, bases, seed, strength)
     else:
         data = common.read_stdin_bytes() if image == "-" else image
-        _, crops = faces.load_faces(data, "<stdin>" if image == "-" else image, detect=not no_detect)
+        name = "<stdin>" if image == "-" else image
+        _, crops = faces.load_faces(data, name, detect=not no_detect, size=tr.image_size)
         img, probs = figures.edit_figure(tr, crops[0].crop, attrs, strength, size)
-        on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if p >= 0.5)[::-1]
+        on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if attributes.present(p))[::-1]
         console.print("inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True)
     common.write_output_image(img, output)

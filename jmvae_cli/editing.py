@@ -1,0 +1,135 @@
+"""Editing attributes of faces with a trained JMVAE: the one batched edit behind `jmvae edit`, `jmvae evaluate` and
+`jmvae figure edit`, and the rules it can follow.
+
+Every edit starts alike. w = p(w|z) at the mean of q(z|x), thresholded at attributes.THRESHOLD (or, soft, kept as
+probabilities), and w' = w with the requested changes. A rule then says how the faces change, as two images the
+model draws for each face, `before` (for w) and `after` (for w'): the edited face is x + after - before, clipped to
+the pixel range, and the photo at full resolution gets the same after - before (faces.paste_edit).
+
+    paper   Suzuki et al.'s: before = x_mean, the decoded mean of q(z|w); after = x'_mean, the same for w'
+
+A new rule is one function `rule(model, x, w, w_new) -> (before, after)`, every tensor batched, and its name in
+RULES; `jmvae edit --method` offers every name there. The strip of the paper's Figure 2 (`edit --show`) is
+face | before | after | result, whatever the rule.
+
+Thresholding. q(z|w) only ever saw binary vectors in training: an uncertain 0.5 is a point it has never been asked
+about, so its answer there is not "halfway between"; the binary w is also what the paper's p(w|z) would have to give
+for x_mean to be the face of a definite attribute set. `soft=True` keeps the probabilities instead.
+
+Edits run in fp32 with the model in eval mode: batch norm then uses its running statistics, so each face of a batch
+is edited as if alone (up to float rounding: how a matrix product sums may depend on the batch's size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jmvae_cli import attributes
+
+if TYPE_CHECKING:  # torch loads only where it is used: the CLI reads RULES' names for `--help`
+    import numpy as np
+    import torch
+
+    from jmvae_cli.model import JMVAE
+
+DEFAULT_METHOD = "paper"
+
+
+def paper(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_mean and x'_mean: the decoded means of q(z|w) and q(z|w'), (B, 3, H, W) each; x itself is not used."""
+    import torch
+
+    z = model.q_w(torch.cat([w, w_new])).mu  # (2B, Z): one pass for both
+    means = model.images_from_z(z)  # (2B, 3, H, W)
+    return means[: len(w)], means[len(w) :]
+
+
+Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
+RULES: dict[str, Rule] = {"paper": paper}
+
+
+@dataclass
+class Edit:
+    """An edit of a batch of faces; images in the model's [-1, 1] range, (B, 3, H, W)."""
+
+    probs: torch.Tensor  # (B, A) p(w|z) at the mean of q(z|x)
+    w: torch.Tensor  # (B, A) the faces' attributes as fed to the rule
+    w_new: torch.Tensor  # (B, A) with the requested changes
+    x: torch.Tensor  # the faces
+    before: torch.Tensor  # the rule's picture of the faces as they are (the paper's x_mean)
+    after: torch.Tensor  # and as changed (x'_mean)
+    result: torch.Tensor  # x + after - before, clipped to the pixel range
+
+    @property
+    def delta_pixels(self) -> np.ndarray:
+        """after - before in 8-bit pixel units: (B, H, W, 3) float32, in [-255, 255]."""
+        return ((self.after - self.before) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()
+
+    def pixels(self, which: str) -> np.ndarray:
+        """(B, H, W, 3) uint8 of 'x', 'before', 'after' or 'result'."""
+        from jmvae_cli.model import output_to_pixels
+
+        return output_to_pixels(getattr(self, which)).cpu().numpy()
+
+    def strip(self) -> np.ndarray:
+        """face | before | after | result for each face in turn, as the paper's Figure 2: (4B, H, W, 3) uint8."""
+        import numpy as np
+
+        return np.stack([self.pixels(k) for k in ("x", "before", "after", "result")], 1).reshape(
+            -1, *self.x.shape[2:], 3
+        )
+
+
+def to_input(faces_u8: np.ndarray | Sequence[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Face crops (B, H, W, 3) uint8 -> the model's input (B, 3, H, W) in [-1, 1] on `device`."""
+    import numpy as np
+    import torch
+
+    from jmvae_cli.model import pixels_to_input
+
+    return pixels_to_input(torch.from_numpy(np.stack(faces_u8).astype(np.uint8, copy=False)).to(device))
+
+
+def infer(model: JMVAE, x: torch.Tensor, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces x (B, 3, H, W) -> (p(w|z) at the mean of q(z|x) (B, A), w as the edit feeds it to its rule (B, A))."""
+    import torch
+
+    with torch.inference_mode():
+        probs = model.attrs_from_images(x.float())  # (B, A)
+    return probs, attributes.binarize(probs, soft)
+
+
+def edit(
+    model: JMVAE,
+    x: torch.Tensor,
+    changes: Mapping[int, float] | Sequence[Mapping[int, float]],
+    *,
+    soft: bool = False,
+    method: str = DEFAULT_METHOD,
+    probs: torch.Tensor | None = None,
+) -> Edit:
+    """Edit faces x (B, 3, H, W) in [-1, 1]: `changes` {attribute index: coded value} for every face, or one such
+    mapping per face; `probs` (B, A), when given, are p(w|z) already inferred for x (evaluate infers them once for
+    many edits). `method` names the rule in RULES."""
+    import torch
+
+    if method not in RULES:
+        raise ValueError(f"unknown edit method {method!r}: one of {', '.join(RULES)}")
+    x = x.float()
+    if probs is None:
+        probs, w = infer(model, x, soft)
+    else:
+        w = attributes.binarize(probs, soft)
+    per_face = [changes] * len(x) if isinstance(changes, Mapping) else list(changes)
+    if len(per_face) != len(x):
+        raise ValueError(f"{len(per_face)} sets of changes for {len(x)} faces")
+    with torch.inference_mode():
+        w_new = w.clone()  # (B, A)
+        for row, face_changes in enumerate(per_face):
+            for i, v in face_changes.items():
+                w_new[row, i] = v
+        before, after = RULES[method](model, x, w, w_new)  # (B, 3, H, W) each
+        result = (x + after - before).clamp(-1, 1)
+    return Edit(probs, w, w_new, x, before, after, result)

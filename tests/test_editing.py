@@ -1,0 +1,84 @@
+"""The one batched edit (editing.edit): the paper's formula, batches, per-face changes, and the rule registry."""
+
+import numpy as np
+import pytest
+import torch
+
+from jmvae_cli import attributes, editing, translate
+from tests.model_fixtures import photo_array, tiny_weights  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def tr(tiny_weights):
+    return translate.Translator.from_weights(tiny_weights, "cpu", "fp32")
+
+
+def faces(n: int) -> np.ndarray:
+    return np.stack([photo_array(64, 64, seed=s) for s in range(n)])  # (n, 64, 64, 3)
+
+
+def test_edit_is_the_papers_formula(tr):
+    face = photo_array(64, 64, seed=5)
+    values = attributes.values(attributes.parse_set_unset(["Smiling"], ["Young"], tr.attr_names), 2.0)
+    r = editing.edit(tr.model, editing.to_input([face]), values)
+
+    # Recompute every step straight from the model's parts.
+    m = tr.model
+    with torch.no_grad():
+        x = torch.from_numpy(face).float().permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, 64, 64)
+        probs = torch.sigmoid(m.decode_w(m.q_x(x).mu))  # (1, A): p(w|z) at the mean of q(z|x)
+        w = (probs >= 0.5).float()
+        w_new = w.clone()
+        w_new[0, 0], w_new[0, 4] = 1.5, -0.5
+        x_mean = m.decode_x(m.q_w(w).mu)[0]  # (1, 3, 64, 64): the mean of p(x|z) at the mean of q(z|w)
+        x_mean_new = m.decode_x(m.q_w(w_new).mu)[0]
+        expected = (x + x_mean_new - x_mean).clamp(-1, 1)
+    assert torch.allclose(r.probs, probs, atol=1e-6)
+    assert torch.equal(r.w, w) and torch.equal(r.w_new, w_new)
+    assert torch.allclose(r.before, x_mean, atol=1e-5)
+    assert torch.allclose(r.after, x_mean_new, atol=1e-5)
+    assert torch.allclose(r.result, expected, atol=1e-5)
+    assert (r.after - r.before).abs().max() > 0.01  # the edit does something
+    assert r.strip().shape == (4, 64, 64, 3)
+    assert np.array_equal(r.pixels("x")[0], face)
+    assert np.allclose(r.delta_pixels, (x_mean_new - x_mean).permute(0, 2, 3, 1).numpy() * 127.5, atol=1e-3)
+
+
+def test_soft_keeps_probabilities(tr):
+    r = editing.edit(tr.model, editing.to_input(faces(1)), {0: 1.0}, soft=True)
+    assert torch.allclose(r.w[0, 1:], r.probs[0, 1:]) and r.w_new[0, 0] == 1.0
+
+
+def test_a_batch_edits_each_face_as_if_alone(tr):
+    crops = faces(3)
+    batch = editing.edit(tr.model, editing.to_input(crops), {1: 1.5})
+    for k in range(3):
+        one = editing.edit(tr.model, editing.to_input(crops[k : k + 1]), {1: 1.5})
+        assert torch.allclose(batch.result[k], one.result[0], atol=1e-5)
+        assert torch.equal(batch.w[k], one.w[0])
+    strip = batch.strip()  # face | before | after | result, face by face
+    assert strip.shape == (12, 64, 64, 3)
+    assert np.array_equal(strip[4], crops[1]) and np.array_equal(strip[11], batch.pixels("result")[2])
+
+
+def test_changes_per_face_and_given_probabilities(tr):
+    x = editing.to_input(np.repeat(faces(1), 2, 0))
+    probs, _ = editing.infer(tr.model, x)
+    r = editing.edit(tr.model, x, [{0: 1.5}, {0: -0.5, 2: 1.5}], probs=probs)
+    assert r.w_new[0, 0] == 1.5 and r.w_new[1, 0] == -0.5 and r.w_new[1, 2] == 1.5
+    assert torch.equal(r.w_new[0, 1:], r.w[0, 1:])
+    with pytest.raises(ValueError, match="2 sets of changes for 1 faces"):
+        editing.edit(tr.model, x[:1], [{0: 1.5}, {0: 1.5}])
+    with pytest.raises(ValueError, match="unknown edit method 'nope'"):
+        editing.edit(tr.model, x, {0: 1.5}, method="nope")
+
+
+def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):
+    def nothing(model, x, w, w_new):  # draws the faces as they are: the edit changes nothing
+        return x, x
+
+    monkeypatch.setitem(editing.RULES, "nothing", nothing)
+    x = editing.to_input(faces(2))
+    r = editing.edit(tr.model, x, {0: 1.5}, method="nothing")
+    assert torch.equal(r.result, x) and not r.delta_pixels.any()
+    assert r.strip().shape == (8, 64, 64, 3)
