@@ -6,8 +6,8 @@ A folder's layout is detected by its files:
   generic    images + attributes.csv (header file,<attr>,...; values -1/1 or 0/1; paths relative to the folder)
 
 Decoding ~200k JPEGs every epoch would dominate CPU training, so load_data decodes each image once into a raw
-(N, size, size, 3) uint8 file under the cache folder, memory-maps it, and reuses it while the file list, the
-attribute files and the preprocessing stay the same.
+(N, size, size, 3) uint8 file under the cache folder, memory-maps it, and reuses it while the file list, every
+image's size and modification time, the attribute files and the preprocessing stay the same.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,8 +33,9 @@ from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
 from jmvae_cli.console import console
+from jmvae_cli.cpus import available_cpus
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.files import replacing
+from jmvae_cli.files import remove_stale_temporaries, replacing
 
 CACHE_VERSION = 1  # bump when decoding changes in a way the Preprocess settings do not capture
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -118,6 +120,7 @@ def read_source(root: str | Path, val_fraction: float = VAL_FRACTION) -> Source:
         split = _read_partition(partition, names)
     else:
         split = _hash_split(names, val_fraction)
+    _check_unique(attr_file, names)
     paths = [root / image_dir / name for name in names]
     return Source(root, layout, attr_file, paths, names, attrs, attr_names, split)
 
@@ -131,6 +134,16 @@ def detect_layout(root: Path) -> str:
         f"{root}: not a data folder; looked for img_align_celeba/ with list_attr_celeba.txt (CelebA), "
         "CelebA-HQ-img/ with CelebAMask-HQ-attribute-anno.txt (CelebAMask-HQ), or attributes.csv (generic)"
     )
+
+
+def _check_unique(attr_file: Path, names: list[str]) -> None:
+    # Refused rather than warned about: a file listed twice is trained on and scored twice, and when its rows
+    # disagree no guess of which one holds is safe; one line of the attribute file to fix is the cheaper outcome.
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if not repeated:
+        return
+    files = "file" if len(repeated) == 1 else "files"
+    raise DataError(f"{attr_file}: {len(repeated)} {files} listed on more than one row, e.g. {repeated[0]}")
 
 
 def _read_text(path: Path) -> str:
@@ -264,14 +277,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jmvae"
 
 
-def _cache_key(sources: list[Source], folders: list[int], names: list[str], preprocess: Preprocess) -> str:
-    """sha256 of everything the decoded images depend on; a file list alone would miss a re-downloaded folder."""
-    stats = [s.attr_file.stat() for s in sources]
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, None if there is none: what tells that an image was overwritten,
+    deleted or repaired without reading it (the quick check of make and rsync)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _cache_key(
+    sources: list[Source], folders: list[int], names: list[str], paths: list[Path], preprocess: Preprocess
+) -> str:
+    """sha256 of everything the decoded images depend on: the attribute files, and every image's size and
+    modification time, so that a changed, deleted or repaired image rebuilds the cache."""
     spec = {
         "version": CACHE_VERSION,
         "preprocess": preprocess.to_dict(),
-        "folders": [[str(s.root), s.layout, st.st_size, st.st_mtime_ns] for s, st in zip(sources, stats)],
-        "files": list(zip(folders, names)),  # (folder index, file name) per row
+        "folders": [[str(s.root), s.layout, _stamp(s.attr_file)] for s in sources],
+        "files": [(folder, name, _stamp(path)) for folder, name, path in zip(folders, names, paths)],  # per row
     }
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
@@ -317,7 +342,7 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
     t = time.perf_counter()
     yield from map(_decode_job, head)
     rest_seconds = (time.perf_counter() - t) / max(len(head), 1) * len(rest)
-    workers = os.cpu_count() or 1
+    workers = available_cpus()
     if rest_seconds < POOL_AFTER_SECONDS or workers == 1:
         yield from map(_decode_job, rest)
         return
@@ -365,6 +390,7 @@ def load_data(
     sources = [read_source(root, val_fraction) for root in roots]
     if not sources:
         raise DataError("no data folder given")
+    _check_distinct(sources)
     attr_names = _common_attr_names(sources)
     folders = [i for i, s in enumerate(sources) for _ in s.names]  # which folder each row comes from
     names = [name for s in sources for name in s.names]
@@ -383,23 +409,27 @@ def load_data(
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create cache folder {cache_dir} ({e.strerror}); set JMVAE_CACHE_DIR") from None
-    key = _cache_key(sources, folders, names, preprocess)
+    remove_stale_temporaries(cache_dir)  # image files of builds that were killed: as big as a whole cache
+    key = _cache_key(sources, folders, names, [job[0] for job in jobs], preprocess)
     images_file, meta_file = cache_dir / f"{key[:32]}.u8", cache_dir / f"{key[:32]}.json"
     image_bytes = preprocess.size * preprocess.size * 3
     meta = _read_meta(meta_file, images_file, key, image_bytes)
     if meta is None:
-        skipped = _build_images(jobs, images_file, progress)
-        # the rows, not just their count, so that reuse drops exactly the rows this build dropped
-        meta = {"key": key, "count": len(names) - len(skipped), "skipped": skipped}
-        with replacing(meta_file) as tmp:  # written last: its presence vouches for the image file
-            tmp.write_text(json.dumps(meta))
-        if skipped:
-            examples = ", ".join(str(jobs[i][0]) for i in skipped[:3])
-            console.print(
-                f"[yellow]warning:[/] skipped {len(skipped)} of {len(names)} images, missing or unreadable "
-                f"(e.g. {escape(examples)})",
-                soft_wrap=True,  # one line, however long the paths
-            )
+        try:
+            skipped = _build_images(jobs, images_file, progress)
+            # the rows, not just their count, so that reuse drops exactly the rows this build dropped
+            meta = {"key": key, "count": len(names) - len(skipped), "skipped": skipped}
+            with replacing(meta_file) as tmp:  # written last: its presence vouches for the image file
+                tmp.write_text(json.dumps(meta))
+        except OSError as e:  # a full disk, a file-size limit, a read-only folder
+            raise DataError(f"cannot write the image cache in {cache_dir} ({e.strerror})") from None
+    if meta["skipped"]:  # on every run, not just the one that built the cache: each trains without them
+        examples = ", ".join(str(jobs[i][0]) for i in meta["skipped"][:3])
+        console.print(
+            f"[yellow]warning:[/] skipped {len(meta['skipped'])} of {len(names)} images, missing or unreadable "
+            f"(e.g. {escape(examples)})",
+            soft_wrap=True,  # one line, however long the paths
+        )
 
     kept = np.ones(len(names), bool)  # (N,)
     kept[meta["skipped"]] = False
@@ -414,6 +444,15 @@ def load_data(
         attr_names=attr_names,
         skipped=len(meta["skipped"]),
     )
+
+
+def _check_distinct(sources: list[Source]) -> None:
+    # Refused for the reason duplicate rows are (see _check_unique): every image would count twice.
+    seen = set()
+    for s in sources:
+        if s.root in seen:
+            raise DataError(f"{s.root} is given twice")
+        seen.add(s.root)
 
 
 def _common_attr_names(sources: list[Source]) -> list[str]:
