@@ -97,6 +97,16 @@ class FaceData:
         """Row indices of "train", "val" or "test" (test is empty unless a partition file gave one)."""
         return np.flatnonzero(self.split == SPLITS[split])
 
+    def sample(self, split: str, max_images: int | None = None, seed: int = 0) -> np.ndarray:
+        """Row indices of a split, or a seeded random max_images of them in row order; a DataError if it is empty."""
+        idx = self.indices(split)
+        if len(idx) == 0:
+            hint = " (only official CelebA with list_eval_partition.txt has one)" if split == "test" else ""
+            raise DataError(f"the data has no {split} images{hint}")
+        if max_images is not None and max_images < len(idx):
+            idx = np.sort(np.random.default_rng(seed).choice(idx, max_images, replace=False))
+        return idx
+
 
 # -----------------------------------------------------------------------------
 # reading a folder

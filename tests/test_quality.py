@@ -6,20 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from jmvae_cli import attributes, cli, quality, translate
+from jmvae_cli import attributes, quality, translate
 from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import save_model
 from jmvae_cli.data import DataError, load_data
 from jmvae_cli.model import JMVAEConfig, pixels_to_input
+from tests.conftest import run
 from tests.model_fixtures import ATTRS, PREPROCESS, photo_array, tiny_weights  # noqa: F401 (fixture)
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 def save_classifier(path, attr_names=ATTRS, seed=1):
