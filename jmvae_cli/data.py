@@ -393,9 +393,10 @@ def load_data(
 ) -> FaceData:
     """Read one or more data folders (their attribute names must agree) and return their decoded faces.
 
-    Images are decoded once into cache_dir (default: default_cache_dir()) and reused by later calls with the
-    same files and preprocessing. max_images keeps a deterministic subset, chosen before decoding. Missing or
-    unreadable images are dropped and reported in one warning line on the console.
+    Images are decoded once into cache_dir (default: default_cache_dir()) and reused by later calls while the
+    files (names, sizes, modification times) and the preprocessing stay the same. max_images keeps a deterministic
+    subset, chosen before decoding. Missing or unreadable images are dropped and reported in one warning line on
+    the console, by every call. A folder given twice, or a file listed twice in its attribute file, is a DataError.
     """
     sources = [read_source(root, val_fraction) for root in roots]
     if not sources:
