@@ -1,6 +1,6 @@
 """Face datasets: read a data folder, split it, and decode its images once into a uint8 cache.
 
-A folder's layout is detected by its files:
+A folder's layout is detected by its files (a new layout is one entry in LAYOUTS):
   celeba     img_align_celeba/*.jpg + list_attr_celeba.txt (+ list_eval_partition.txt when present)
   celeba-hq  CelebA-HQ-img/*.jpg + CelebAMask-HQ-attribute-anno.txt
   generic    images + attributes.csv (header file,<attr>,...; values -1/1 or 0/1; paths relative to the folder)
@@ -39,11 +39,24 @@ from jmvae_cli.files import remove_stale_temporaries, replacing
 
 CACHE_VERSION = 1  # bump when decoding changes in a way the Preprocess settings do not capture
 SPLITS = {"train": 0, "val": 1, "test": 2}
-# layout -> (image folder, attribute file); generic images sit beside their attributes.csv
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kind of data folder: where its images and attributes are, and how its photos are framed."""
+
+    title: str  # for messages
+    image_dir: str  # relative to the folder; "." when the images sit beside the attribute file
+    attr_file: str
+    attr_format: str  # a key of _READERS: "txt" (CelebA's) or "csv" (header file,<attr>,...)
+    centre_crop: bool  # cut to the centre square Preprocess.celeba_crop of the width wide, else resized whole
+    partition: bool = False  # a list_eval_partition.txt beside the attribute file, when present, gives the split
+
+
 LAYOUTS = {
-    "celeba": ("img_align_celeba", "list_attr_celeba.txt"),
-    "celeba-hq": ("CelebA-HQ-img", "CelebAMask-HQ-attribute-anno.txt"),
-    "generic": (".", "attributes.csv"),
+    "celeba": Layout("CelebA", "img_align_celeba", "list_attr_celeba.txt", "txt", centre_crop=True, partition=True),
+    "celeba-hq": Layout("CelebAMask-HQ", "CelebA-HQ-img", "CelebAMask-HQ-attribute-anno.txt", "txt", centre_crop=False),
+    "generic": Layout("generic", ".", "attributes.csv", "csv", centre_crop=False),
 }
 PARTITION_FILE = "list_eval_partition.txt"
 VAL_FRACTION = 0.1  # share of a folder without a partition file that goes to validation, chosen by file name
@@ -121,29 +134,29 @@ def read_source(root: str | Path, val_fraction: float = VAL_FRACTION) -> Source:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     layout = detect_layout(root)
-    image_dir, attr_file = LAYOUTS[layout]
-    attr_file = root / attr_file
-    read = _read_attr_csv if layout == "generic" else _read_attr_txt
-    names, attr_names, attrs = read(attr_file)
+    spec = LAYOUTS[layout]
+    attr_file = root / spec.attr_file
+    names, attr_names, attrs = _READERS[spec.attr_format](attr_file)
     partition = root / PARTITION_FILE
-    if layout == "celeba" and partition.is_file():
+    if spec.partition and partition.is_file():
         split = _read_partition(partition, names)
     else:
         split = _hash_split(names, val_fraction)
     _check_unique(attr_file, names)
-    paths = [root / image_dir / name for name in names]
+    paths = [root / spec.image_dir / name for name in names]
     return Source(root, layout, attr_file, paths, names, attrs, attr_names, split)
 
 
 def detect_layout(root: Path) -> str:
     """Which of LAYOUTS the folder holds, by its files."""
-    for layout, (image_dir, attr_file) in LAYOUTS.items():
-        if (root / image_dir).is_dir() and (root / attr_file).is_file():
-            return layout
-    raise DataError(
-        f"{root}: not a data folder; looked for img_align_celeba/ with list_attr_celeba.txt (CelebA), "
-        "CelebA-HQ-img/ with CelebAMask-HQ-attribute-anno.txt (CelebAMask-HQ), or attributes.csv (generic)"
-    )
+    for name, layout in LAYOUTS.items():
+        if (root / layout.image_dir).is_dir() and (root / layout.attr_file).is_file():
+            return name
+    looked = [
+        f"{'' if layout.image_dir == '.' else layout.image_dir + '/ with '}{layout.attr_file} ({layout.title})"
+        for layout in LAYOUTS.values()
+    ]
+    raise DataError(f"{root}: not a data folder; looked for {', '.join(looked[:-1])}, or {looked[-1]}")
 
 
 def _check_unique(attr_file: Path, names: list[str]) -> None:
@@ -221,6 +234,9 @@ def _read_attr_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return [row[0].strip() for _, row in rows], header[1:], attrs
 
 
+_READERS = {"txt": _read_attr_txt, "csv": _read_attr_csv}  # Layout.attr_format -> (names, attr_names, attrs)
+
+
 def _read_partition(path: Path, names: list[str]) -> np.ndarray:
     """list_eval_partition.txt: `000001.jpg 0` lines, 0/1/2 = train/val/test."""
     part = {}
@@ -253,15 +269,16 @@ def _hash_split(names: list[str], val_fraction: float) -> np.ndarray:
 
 def decode_face(path: str | Path, layout: str, preprocess: Preprocess = Preprocess()) -> np.ndarray | None:
     """One image in the training framing: (size, size, 3) uint8, or None if it is missing or unreadable."""
+    crop = LAYOUTS[layout].centre_crop
     try:
         with Image.open(path) as im:
             # let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while the crop keeps at least `size` pixels:
             # full-size CelebA decodes several times faster, and DCT scaling is itself an area average
-            scale = preprocess.size / (preprocess.celeba_crop * im.width if layout == "celeba" else min(im.size))
+            scale = preprocess.size / (preprocess.celeba_crop * im.width if crop else min(im.size))
             im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
             im = ImageOps.exif_transpose(im).convert("RGB")
         w, h = im.size
-        side = preprocess.celeba_crop * w if layout == "celeba" else min(w, h)
+        side = preprocess.celeba_crop * w if crop else min(w, h)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)  # float box: exact relative crop
         # Pillow's bicubic widens its kernel when shrinking, so every source pixel is averaged in (no aliasing);
         # reducing_gap lets big inputs (1024 px HQ) be box-reduced first, cheaply and without visible loss
