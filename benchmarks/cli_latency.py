@@ -124,11 +124,11 @@ def main():
               f"[target >= 200/s: {'ok' if per_s >= 200 else 'MISSED'}]")
 
         # 3. bf16 against fp32 on the sample faces
-        from jmvae_cli import faces, translate
-        from jmvae_cli.runtime import Precision
-
         import numpy as np
         import torch
+
+        from jmvae_cli import faces, translate
+        from jmvae_cli.runtime import Precision
 
         bf16 = None
         if Precision.choose(torch.device("cpu")).name == "bf16":

@@ -25,7 +25,6 @@ numbers as JSON on stdout.
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._results import write_section  # noqa: E402
 from jmvae_cli import figures, images, quality  # noqa: E402
 from jmvae_cli.checkpoint import load_model  # noqa: E402
 from jmvae_cli.console import console  # noqa: E402
@@ -45,19 +45,6 @@ from jmvae_cli.runtime import Precision, pick_device  # noqa: E402
 
 SECTION = "## JMVAE-GAN against JMVAE"
 BATCH = 250
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace the section under `heading` (up to the next '## ' heading) in a markdown file, or append it.
-    The file is read right before it is written: other people edit its other sections."""
-    text = path.read_text() if path.exists() else "# Results\n"
-    block = f"{heading}\n\n{body.strip()}\n"
-    match = re.search(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
-    if match:
-        text = text[: match.start()] + block + ("\n" if match.end() < len(text) else "") + text[match.end() :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 def batches(n: int):

@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import write_section  # noqa: E402
 from jmvae_cli.checkpoint import load_model  # noqa: E402
 from jmvae_cli.data import load_data  # noqa: E402
 from jmvae_cli.likelihood import (  # noqa: E402
@@ -144,8 +145,6 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
               if args.time_limit else f"each model trained for {args.epochs} epochs")
     headings = " | ".join(h for h, _ in COLUMNS.values())
     lines = [
-        HEADING,
-        "",
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}).",
         "",
         f"- Data: {data_desc}. Evaluated on the first {n_eval} images of the {args.split} split: the same images "
@@ -206,19 +205,6 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of the results file (up to the next '## ' heading), keeping the others."""
-    text = path.read_text() if path.is_file() else "# Results\n"
-    start = text.find(HEADING + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + (text[nxt:] if nxt >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def reference_log_pw(model, data, idx: np.ndarray, args, device: torch.device) -> dict[str, np.ndarray]:
     """The three log p(w) estimates again with --reference-samples samples each: {key: (N,)}."""
     gen = torch.Generator(device).manual_seed(args.seed + 1)  # samples independent of the evaluation's
@@ -269,7 +255,7 @@ def main() -> None:
     data_desc = (f"{', '.join(str(Path(d).name) for d in args.data)}, --max-images {args.max_images}: "
                  f"{len(data.indices('train'))} training and {len(data.indices('val'))} validation images, "
                  f"{n_attrs} attributes, 64x64")
-    write_section(args.results, markdown(args, runs, len(idx), image_dims, n_attrs, device, data_desc))
+    write_section(args.results, HEADING, markdown(args, runs, len(idx), image_dims, n_attrs, device, data_desc))
     summary = {
         name: {**{k: v for k, v in run.items() if k not in ("values", "reference_pw")},
                "bounds": {k: summarize(v, n_attrs if k in ATTRIBUTE_KEYS else image_dims)

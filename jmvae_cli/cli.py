@@ -3,30 +3,49 @@
 Exit codes: 0 ok, 1 failure (one clear line, no traceback), 2 usage error, 130 interrupted.
 """
 
+import sys
 from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
 
 from jmvae_cli import __version__
-from jmvae_cli.commands import attr2img, attributes, edit, evaluate, figure, img2attr, train
+from jmvae_cli.commands import (
+    attr2img,
+    attributes,
+    common,
+    edit,
+    evaluate,
+    figure,
+    img2attr,
+    train,
+)
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
 
 
 class Group(TyperGroup):
-    """Turns the library's expected errors into one line on stderr and exit 1, for every command at once."""
+    """Turns the library's expected errors, and a stdout that cannot take the data, into one line on stderr and
+    exit 1, for every command at once; a closed pipe ends the command quietly."""
 
     def invoke(self, ctx):
+        stdout = sys.stdout
+        sys.stdout = common.GuardedStream(stdout, "stdout")
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # now, so that a full disk is an error line and not a traceback at exit
         except JmvaeError as e:
-            # soft_wrap: one line however narrow the terminal (or 80 columns when stderr is not one)
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            common.print_error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except common.OutputClosed:
+            raise typer.Exit(1) from None  # quietly, as Click, and Python's own advice, end on a closed pipe
         except KeyboardInterrupt:
             console.print("[yellow]interrupted")
             raise typer.Exit(130) from None
+        finally:
+            sys.stdout = stdout
 
 
 app = typer.Typer(
@@ -51,8 +70,6 @@ def _root(
     ] = False,
 ):
     pass
-
-
 
 
 # Heavy imports (torch, cv2, the model) happen inside the commands: `jmvae --help` and usage errors stay instant,

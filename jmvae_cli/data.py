@@ -1,13 +1,13 @@
 """Face datasets: read a data folder, split it, and decode its images once into a uint8 cache.
 
-A folder's layout is detected by its files:
+A folder's layout is detected by its files (a new layout is one entry in LAYOUTS):
   celeba     img_align_celeba/*.jpg + list_attr_celeba.txt (+ list_eval_partition.txt when present)
   celeba-hq  CelebA-HQ-img/*.jpg + CelebAMask-HQ-attribute-anno.txt
   generic    images + attributes.csv (header file,<attr>,...; values -1/1 or 0/1; paths relative to the folder)
 
 Decoding ~200k JPEGs every epoch would dominate CPU training, so load_data decodes each image once into a raw
-(N, size, size, 3) uint8 file under the cache folder, memory-maps it, and reuses it while the file list, the
-attribute files and the preprocessing stay the same.
+(N, size, size, 3) uint8 file under the cache folder, memory-maps it, and reuses it while the file list, every
+image's size and modification time, the attribute files and the preprocessing stay the same.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,16 +33,30 @@ from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
 from jmvae_cli.console import console
+from jmvae_cli.cpus import available_cpus
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.files import replacing
+from jmvae_cli.files import remove_stale_temporaries, replacing
 
 CACHE_VERSION = 1  # bump when decoding changes in a way the Preprocess settings do not capture
 SPLITS = {"train": 0, "val": 1, "test": 2}
-# layout -> (image folder, attribute file); generic images sit beside their attributes.csv
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kind of data folder: where its images and attributes are, and how its photos are framed."""
+
+    title: str  # for messages
+    image_dir: str  # relative to the folder; "." when the images sit beside the attribute file
+    attr_file: str
+    attr_format: str  # a key of _READERS: "txt" (CelebA's) or "csv" (header file,<attr>,...)
+    centre_crop: bool  # cut to the centre square Preprocess.celeba_crop of the width wide, else resized whole
+    partition: bool = False  # a list_eval_partition.txt beside the attribute file, when present, gives the split
+
+
 LAYOUTS = {
-    "celeba": ("img_align_celeba", "list_attr_celeba.txt"),
-    "celeba-hq": ("CelebA-HQ-img", "CelebAMask-HQ-attribute-anno.txt"),
-    "generic": (".", "attributes.csv"),
+    "celeba": Layout("CelebA", "img_align_celeba", "list_attr_celeba.txt", "txt", centre_crop=True, partition=True),
+    "celeba-hq": Layout("CelebAMask-HQ", "CelebA-HQ-img", "CelebAMask-HQ-attribute-anno.txt", "txt", centre_crop=False),
+    "generic": Layout("generic", ".", "attributes.csv", "csv", centre_crop=False),
 }
 PARTITION_FILE = "list_eval_partition.txt"
 VAL_FRACTION = 0.1  # share of a folder without a partition file that goes to validation, chosen by file name
@@ -95,6 +110,16 @@ class FaceData:
         """Row indices of "train", "val" or "test" (test is empty unless a partition file gave one)."""
         return np.flatnonzero(self.split == SPLITS[split])
 
+    def sample(self, split: str, max_images: int | None = None, seed: int = 0) -> np.ndarray:
+        """Row indices of a split, or a seeded random max_images of them in row order; a DataError if it is empty."""
+        idx = self.indices(split)
+        if len(idx) == 0:
+            hint = " (only official CelebA with list_eval_partition.txt has one)" if split == "test" else ""
+            raise DataError(f"the data has no {split} images{hint}")
+        if max_images is not None and max_images < len(idx):
+            idx = np.sort(np.random.default_rng(seed).choice(idx, max_images, replace=False))
+        return idx
+
 
 # -----------------------------------------------------------------------------
 # reading a folder
@@ -109,28 +134,39 @@ def read_source(root: str | Path, val_fraction: float = VAL_FRACTION) -> Source:
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     layout = detect_layout(root)
-    image_dir, attr_file = LAYOUTS[layout]
-    attr_file = root / attr_file
-    read = _read_attr_csv if layout == "generic" else _read_attr_txt
-    names, attr_names, attrs = read(attr_file)
+    spec = LAYOUTS[layout]
+    attr_file = root / spec.attr_file
+    names, attr_names, attrs = _READERS[spec.attr_format](attr_file)
     partition = root / PARTITION_FILE
-    if layout == "celeba" and partition.is_file():
+    if spec.partition and partition.is_file():
         split = _read_partition(partition, names)
     else:
         split = _hash_split(names, val_fraction)
-    paths = [root / image_dir / name for name in names]
+    _check_unique(attr_file, names)
+    paths = [root / spec.image_dir / name for name in names]
     return Source(root, layout, attr_file, paths, names, attrs, attr_names, split)
 
 
 def detect_layout(root: Path) -> str:
     """Which of LAYOUTS the folder holds, by its files."""
-    for layout, (image_dir, attr_file) in LAYOUTS.items():
-        if (root / image_dir).is_dir() and (root / attr_file).is_file():
-            return layout
-    raise DataError(
-        f"{root}: not a data folder; looked for img_align_celeba/ with list_attr_celeba.txt (CelebA), "
-        "CelebA-HQ-img/ with CelebAMask-HQ-attribute-anno.txt (CelebAMask-HQ), or attributes.csv (generic)"
-    )
+    for name, layout in LAYOUTS.items():
+        if (root / layout.image_dir).is_dir() and (root / layout.attr_file).is_file():
+            return name
+    looked = [
+        f"{'' if layout.image_dir == '.' else layout.image_dir + '/ with '}{layout.attr_file} ({layout.title})"
+        for layout in LAYOUTS.values()
+    ]
+    raise DataError(f"{root}: not a data folder; looked for {', '.join(looked[:-1])}, or {looked[-1]}")
+
+
+def _check_unique(attr_file: Path, names: list[str]) -> None:
+    # Refused rather than warned about: a file listed twice is trained on and scored twice, and when its rows
+    # disagree no guess of which one holds is safe; one line of the attribute file to fix is the cheaper outcome.
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if not repeated:
+        return
+    files = "file" if len(repeated) == 1 else "files"
+    raise DataError(f"{attr_file}: {len(repeated)} {files} listed on more than one row, e.g. {repeated[0]}")
 
 
 def _read_text(path: Path) -> str:
@@ -198,6 +234,9 @@ def _read_attr_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return [row[0].strip() for _, row in rows], header[1:], attrs
 
 
+_READERS = {"txt": _read_attr_txt, "csv": _read_attr_csv}  # Layout.attr_format -> (names, attr_names, attrs)
+
+
 def _read_partition(path: Path, names: list[str]) -> np.ndarray:
     """list_eval_partition.txt: `000001.jpg 0` lines, 0/1/2 = train/val/test."""
     part = {}
@@ -230,15 +269,16 @@ def _hash_split(names: list[str], val_fraction: float) -> np.ndarray:
 
 def decode_face(path: str | Path, layout: str, preprocess: Preprocess = Preprocess()) -> np.ndarray | None:
     """One image in the training framing: (size, size, 3) uint8, or None if it is missing or unreadable."""
+    crop = LAYOUTS[layout].centre_crop
     try:
         with Image.open(path) as im:
             # let the JPEG decoder scale down by 1/2, 1/4 or 1/8 while the crop keeps at least `size` pixels:
             # full-size CelebA decodes several times faster, and DCT scaling is itself an area average
-            scale = preprocess.size / (preprocess.celeba_crop * im.width if layout == "celeba" else min(im.size))
+            scale = preprocess.size / (preprocess.celeba_crop * im.width if crop else min(im.size))
             im.draft("RGB", (math.ceil(im.width * scale), math.ceil(im.height * scale)))
             im = ImageOps.exif_transpose(im).convert("RGB")
         w, h = im.size
-        side = preprocess.celeba_crop * w if layout == "celeba" else min(w, h)
+        side = preprocess.celeba_crop * w if crop else min(w, h)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)  # float box: exact relative crop
         # Pillow's bicubic widens its kernel when shrinking, so every source pixel is averaged in (no aliasing);
         # reducing_gap lets big inputs (1024 px HQ) be box-reduced first, cheaply and without visible loss
@@ -264,14 +304,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jmvae"
 
 
-def _cache_key(sources: list[Source], folders: list[int], names: list[str], preprocess: Preprocess) -> str:
-    """sha256 of everything the decoded images depend on; a file list alone would miss a re-downloaded folder."""
-    stats = [s.attr_file.stat() for s in sources]
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, None if there is none: what tells that an image was overwritten,
+    deleted or repaired without reading it (the quick check of make and rsync)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _cache_key(
+    sources: list[Source], folders: list[int], names: list[str], paths: list[Path], preprocess: Preprocess
+) -> str:
+    """sha256 of everything the decoded images depend on: the attribute files, and every image's size and
+    modification time, so that a changed, deleted or repaired image rebuilds the cache."""
     spec = {
         "version": CACHE_VERSION,
         "preprocess": preprocess.to_dict(),
-        "folders": [[str(s.root), s.layout, st.st_size, st.st_mtime_ns] for s, st in zip(sources, stats)],
-        "files": list(zip(folders, names)),  # (folder index, file name) per row
+        "folders": [[str(s.root), s.layout, _stamp(s.attr_file)] for s in sources],
+        "files": [(folder, name, _stamp(path)) for folder, name, path in zip(folders, names, paths)],  # per row
     }
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
@@ -317,7 +369,7 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
     t = time.perf_counter()
     yield from map(_decode_job, head)
     rest_seconds = (time.perf_counter() - t) / max(len(head), 1) * len(rest)
-    workers = os.cpu_count() or 1
+    workers = available_cpus()
     if rest_seconds < POOL_AFTER_SECONDS or workers == 1:
         yield from map(_decode_job, rest)
         return
@@ -358,13 +410,15 @@ def load_data(
 ) -> FaceData:
     """Read one or more data folders (their attribute names must agree) and return their decoded faces.
 
-    Images are decoded once into cache_dir (default: default_cache_dir()) and reused by later calls with the
-    same files and preprocessing. max_images keeps a deterministic subset, chosen before decoding. Missing or
-    unreadable images are dropped and reported in one warning line on the console.
+    Images are decoded once into cache_dir (default: default_cache_dir()) and reused by later calls while the
+    files (names, sizes, modification times) and the preprocessing stay the same. max_images keeps a deterministic
+    subset, chosen before decoding. Missing or unreadable images are dropped and reported in one warning line on
+    the console, by every call. A folder given twice, or a file listed twice in its attribute file, is a DataError.
     """
     sources = [read_source(root, val_fraction) for root in roots]
     if not sources:
         raise DataError("no data folder given")
+    _check_distinct(sources)
     attr_names = _common_attr_names(sources)
     folders = [i for i, s in enumerate(sources) for _ in s.names]  # which folder each row comes from
     names = [name for s in sources for name in s.names]
@@ -383,23 +437,27 @@ def load_data(
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create cache folder {cache_dir} ({e.strerror}); set JMVAE_CACHE_DIR") from None
-    key = _cache_key(sources, folders, names, preprocess)
+    remove_stale_temporaries(cache_dir)  # image files of builds that were killed: as big as a whole cache
+    key = _cache_key(sources, folders, names, [job[0] for job in jobs], preprocess)
     images_file, meta_file = cache_dir / f"{key[:32]}.u8", cache_dir / f"{key[:32]}.json"
     image_bytes = preprocess.size * preprocess.size * 3
     meta = _read_meta(meta_file, images_file, key, image_bytes)
     if meta is None:
-        skipped = _build_images(jobs, images_file, progress)
-        # the rows, not just their count, so that reuse drops exactly the rows this build dropped
-        meta = {"key": key, "count": len(names) - len(skipped), "skipped": skipped}
-        with replacing(meta_file) as tmp:  # written last: its presence vouches for the image file
-            tmp.write_text(json.dumps(meta))
-        if skipped:
-            examples = ", ".join(str(jobs[i][0]) for i in skipped[:3])
-            console.print(
-                f"[yellow]warning:[/] skipped {len(skipped)} of {len(names)} images, missing or unreadable "
-                f"(e.g. {escape(examples)})",
-                soft_wrap=True,  # one line, however long the paths
-            )
+        try:
+            skipped = _build_images(jobs, images_file, progress)
+            # the rows, not just their count, so that reuse drops exactly the rows this build dropped
+            meta = {"key": key, "count": len(names) - len(skipped), "skipped": skipped}
+            with replacing(meta_file) as tmp:  # written last: its presence vouches for the image file
+                tmp.write_text(json.dumps(meta))
+        except OSError as e:  # a full disk, a file-size limit, a read-only folder
+            raise DataError(f"cannot write the image cache in {cache_dir} ({e.strerror})") from None
+    if meta["skipped"]:  # on every run, not just the one that built the cache: each trains without them
+        examples = ", ".join(str(jobs[i][0]) for i in meta["skipped"][:3])
+        console.print(
+            f"[yellow]warning:[/] skipped {len(meta['skipped'])} of {len(names)} images, missing or unreadable "
+            f"(e.g. {escape(examples)})",
+            soft_wrap=True,  # one line, however long the paths
+        )
 
     kept = np.ones(len(names), bool)  # (N,)
     kept[meta["skipped"]] = False
@@ -414,6 +472,15 @@ def load_data(
         attr_names=attr_names,
         skipped=len(meta["skipped"]),
     )
+
+
+def _check_distinct(sources: list[Source]) -> None:
+    # Refused for the reason duplicate rows are (see _check_unique): every image would count twice.
+    seen = set()
+    for s in sources:
+        if s.root in seen:
+            raise DataError(f"{s.root} is given twice")
+        seen.add(s.root)
 
 
 def _common_attr_names(sources: list[Source]) -> list[str]:

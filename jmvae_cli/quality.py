@@ -24,14 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from jmvae_cli import attributes, editing
+from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import bundled_weights, load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.model import JMVAE, Gaussian, output_to_pixels, pixels_to_input
+from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision
 
 CLASSIFIER_WEIGHTS_NAME = "classifier.safetensors"
@@ -156,7 +163,7 @@ def load_classifier(path: str | Path | None, attr_names: list[str], device: torc
     """Load an attribute classifier that knows every attribute in `attr_names` (in any order)."""
     path = Path(path) if path is not None else default_classifier()
     loaded = load_model(path, device)
-    if loaded.model.cfg.model != "classifier":
+    if not isinstance(loaded.model, AttributeClassifier):
         raise ClassifierError(f"{path} holds a {loaded.model.cfg.model} model, not an attribute classifier")
     names = loaded.meta.get("attr_names") or []
     missing = [n for n in attr_names if n not in names]
@@ -169,13 +176,6 @@ def load_classifier(path: str | Path | None, attr_names: list[str], device: torc
     index = torch.tensor([names.index(n) for n in attr_names], device=device)
     model = loaded.model.to(memory_format=Precision(device, None).memory_format)  # the convolutions' fast layout
     return Classifier(model, index, path)
-
-
-def q_x_zero(model: JMVAE, x: torch.Tensor) -> Gaussian:
-    """q(z|x, w=0): the joint encoder with the attributes blanked, JMVAE-zero's way to encode an image alone.
-    For a jmvae-kl model it shows what JMVAE-kl's separate q(z|x) buys."""
-    w = torch.zeros(x.shape[0], model.cfg.n_attrs, device=x.device)  # (B, A)
-    return model._joint(model.image_features(x), w)
 
 
 def default_edits(attr_names: list[str]) -> list[attributes.Change]:
@@ -241,7 +241,7 @@ def evaluate_quality(
             probs = model.attrs_from_images(x)  # (b, A)
             if "img2attr" in parts:
                 pred_x[sl] = attributes.present(probs).cpu().numpy()
-                pred_zero[sl] = attributes.present(torch.sigmoid(model.decode_w(q_x_zero(model, x).mu))).cpu().numpy()
+                pred_zero[sl] = attributes.present(torch.sigmoid(model.decode_w(model.q_xw_blank(x).mu))).cpu().numpy()
             if classifier is not None and parts & {"attr2img", "edit"}:
                 seen = attributes.present(classifier.probs(x))  # (b, A)
                 cls_real[sl] = seen.cpu().numpy()

@@ -1,16 +1,25 @@
-"""Device and numeric precision, decided in one place for training and inference."""
+"""Device and numeric precision, decided in one place for training and inference.
+
+torch is imported by the functions that use it: the CLI reads DEVICES when it starts, and `jmvae --help` should
+not wait for torch."""
+
+from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from jmvae_cli.choices import DEVICES, PRECISIONS
 from jmvae_cli.errors import JmvaeError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' takes CUDA, then MPS, then the CPU. A device asked for by name must exist: no silent fallback."""
+    import torch
+
     if name not in DEVICES:
         raise JmvaeError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
     if name == "auto":
@@ -27,6 +36,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -44,7 +55,9 @@ class Precision:
     dtype: torch.dtype | None  # None: plain fp32
 
     @classmethod
-    def choose(cls, device: torch.device, name: str = "auto") -> "Precision":
+    def choose(cls, device: torch.device, name: str = "auto") -> Precision:
+        import torch
+
         if name not in PRECISIONS:
             raise JmvaeError(f"unknown precision {name!r}: choose one of {', '.join(PRECISIONS)}")
         if name == "bf16" and not bf16_supported(device):
@@ -57,11 +70,15 @@ class Precision:
         return "bf16" if self.dtype is not None else "fp32"
 
     def autocast(self):
+        import torch
+
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     @property
     def memory_format(self) -> torch.memory_format:
+        import torch
+
         # channels_last lets oneDNN pick its fast convolution kernels on the CPU; on CUDA it helps tensor cores.
         return torch.channels_last if self.device.type in ("cpu", "cuda") else torch.contiguous_format

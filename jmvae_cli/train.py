@@ -27,8 +27,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from filelock import FileLock, Timeout
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from jmvae_cli import registry
+from jmvae_cli.attributes import present
 from jmvae_cli.checkpoint import (
     count_nonfinite,
     load_model,
@@ -45,10 +54,16 @@ from jmvae_cli.errors import JmvaeError
 from jmvae_cli.files import atomic_write, remove_stale_temporaries
 from jmvae_cli.gan import Discriminator, discriminator_loss, generator_loss
 from jmvae_cli.images import from_uint8_array, write_image
-from jmvae_cli.model import JMVAEConfig, output_to_pixels, pixels_to_input
+from jmvae_cli.model import JMVAE, JMVAEConfig, output_to_pixels, pixels_to_input
 from jmvae_cli.registry import build
 from jmvae_cli.runtime import Precision, pick_device
-from jmvae_cli.train_options import TrainOptions, describe_value, flag, options_on_resume, options_that_may_change
+from jmvae_cli.train_options import (
+    TrainOptions,
+    describe_value,
+    flag,
+    options_on_resume,
+    options_that_may_change,
+)
 
 __all__ = ["Interrupted", "TrainOptions", "TrainingError", "options_for", "train"]
 
@@ -274,7 +289,7 @@ def validate(model, data: FaceData, idx: np.ndarray, device: torch.device, prec:
             with prec.autocast():
                 terms = model(x, w)
                 if model.infers_attributes:
-                    correct += ((model.attrs_from_images(x) > 0.5).float() == w).double().sum(0).cpu()  # (A,)
+                    correct += (present(model.attrs_from_images(x)).float() == w).double().sum(0).cpu()  # (A,)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(x)
     model.train()
@@ -487,7 +502,7 @@ def signals_held():
 
 
 def describe(cfg: JMVAEConfig, opts: TrainOptions) -> str:
-    name = cfg.objective if cfg.model == "jmvae" else cfg.model
+    name = cfg.objective if issubclass(registry.model_class(cfg.model), JMVAE) else cfg.model
     return name + ("-gan" if opts.gan else "")
 
 
@@ -759,7 +774,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     prec = Precision.choose(device, opts.precision)
     if d.world > 1 and (opts.time_limit is not None or opts.gan):
         raise JmvaeError("--time-limit and --gan work in single-process runs only (under torchrun, set --epochs)")
-    if opts.gan and opts.model != "jmvae":
+    if opts.gan and not issubclass(registry.model_class(opts.model), JMVAE):
         raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
     check_out_dir(opts)
     start = starting_point(opts)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from jmvae_cli import faces
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
+from jmvae_cli.cpus import available_cpus
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
@@ -64,7 +65,7 @@ class Translator:
         path = Path(path)
         loaded = load_model(path, dev)
         names, cfg = loaded.meta.get("attr_names"), loaded.model.cfg
-        if getattr(cfg, "model", "jmvae") != "jmvae":
+        if not isinstance(loaded.model, JMVAE):
             raise WeightsError(f"{path} holds a {cfg.model} baseline; translation needs a JMVAE model")
         if not isinstance(names, list) or len(names) != cfg.n_attrs or not all(isinstance(n, str) for n in names):
             raise WeightsError(f"{path}: its attribute names do not match its model ({cfg.n_attrs} attributes)")
@@ -154,13 +155,6 @@ def _ordered_map(fn: Callable, items: list, workers: int, window: int) -> Iterat
             yield item, fut.result()
 
 
-def cpu_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def img2attr(
     tr: Translator,
     sources: list[str],
@@ -172,7 +166,7 @@ def img2attr(
 ) -> Iterator[AttrResult]:
     """Attribute probabilities for every face of every source, in order; a failed file gives an AttrResult with
     its error and the rest go on. Decoding and detection run in a thread pool while the model takes batches."""
-    workers = cpu_workers() if len(sources) > 1 else 1
+    workers = available_cpus() if len(sources) > 1 else 1
     if workers > 1:
         import cv2
 

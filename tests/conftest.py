@@ -1,4 +1,4 @@
-"""Shared test helpers: tiny data folders in each layout, written into a tmp dir.
+"""Shared test helpers: `run` for the CLI, and tiny data folders in each layout, written into a tmp dir.
 
 Every image is one solid colour given by the number in its file name (face_colour), and its attributes are a
 fixed function of that number too (face_attrs), so a test can check that rows, images and attributes still line
@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
+from jmvae_cli import cli
 
 CELEBA_ATTRS = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
@@ -18,6 +21,11 @@ CELEBA_ATTRS = (
     "Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick "
     "Wearing_Necklace Wearing_Necktie Young"
 ).split()
+
+
+def run(*args, input=None):
+    """`jmvae ARGS...` through Typer's CliRunner; arguments may be paths or numbers."""
+    return CliRunner().invoke(cli.app, [str(a) for a in args], input=input)
 
 
 def face_numbers(n: int, start: int = 1) -> list[int]:

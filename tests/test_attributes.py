@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from jmvae_cli import attributes
-from jmvae_cli.attributes import AttributeNameError, AttributeSpecError, AttrsFileError, Change
+from jmvae_cli.attributes import (
+    AttributeNameError,
+    AttributeSpecError,
+    AttrsFileError,
+    Change,
+)
 from tests.model_fixtures import ATTRS
 
 # ATTRS = Smiling, Male, Eyeglasses, Blond_Hair, Young

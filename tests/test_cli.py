@@ -5,18 +5,22 @@ error exit 2, and never a traceback."""
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from jmvae_cli import attributes, cli, editing, faces, images, translate
+from jmvae_cli import attributes, editing, faces, formats, images, runtime, translate
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
+from tests.conftest import run
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
     ATTRS,
     photo_array,
@@ -27,12 +31,6 @@ from tests.model_fixtures import (  # noqa: F401 (fixtures)
     weights_env,
     write_photo,
 )
-
-runner = CliRunner()
-
-
-def run(*args, input=None):
-    return runner.invoke(cli.app, [str(a) for a in args], input=input)
 
 
 def ok(result):
@@ -73,6 +71,50 @@ def test_verbose_names_weights_and_device(tiny_weights, monkeypatch):
     r = ok(run("attributes", "--weights", tiny_weights, "-v"))
     assert str(tiny_weights) in r.stderr and "device cpu" in r.stderr
     assert r.stdout.split() == ATTRS
+
+
+def test_attributes_in_every_format(weights_env):
+    lines = ok(run("attributes", "-f", "jsonl")).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == ATTRS
+    for fmt in ("table", "csv", "tsv"):
+        assert ok(run("attributes", "-f", fmt)).stdout.split() == ATTRS
+
+
+def test_choices_are_the_librarys():
+    assert [d.value for d in common.Device] == list(runtime.DEVICES)
+    assert [f.value for f in common.Format] == list(formats.FORMATS)
+
+
+# ----------------------------------------------------------------------------- stdout
+
+
+def jmvae(*args, stdout) -> subprocess.CompletedProcess:
+    """`jmvae ARGS...` in a process of its own: how a command ends on a bad stdout shows only up to the interpreter's
+    exit, where Python flushes what is left."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "jmvae_cli", *map(str, args)]
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_on_stdout_is_one_line(weights_env, tmp_path):
+    a = write_photo(tmp_path / "a.png", 64, 64, seed=1)
+    for args in (["attributes"], ["img2attr", a, "--no-detect"]):
+        with open("/dev/full", "w") as full:
+            r = jmvae(*args, stdout=full)
+        assert (r.returncode, r.stderr) == (1, "error: cannot write to stdout (No space left on device)\n")
+
+
+def test_closed_pipe_ends_quietly(weights_env):
+    # `jmvae ... | head -1`: the reader is gone before the data comes
+    for args in (["attributes"], ["attr2img", "--set", "Smiling", "-o", "-"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            r = jmvae(*args, stdout=write)
+        finally:
+            os.close(write)
+        assert (r.returncode, r.stderr) == (1, "")
 
 
 # ----------------------------------------------------------------------------- img2attr
@@ -399,3 +441,11 @@ def test_all_faces_in_one_photo(weights_env, tmp_path):
     assert np.array_equal(after[outside], before[outside])
     ok(run("edit", src, "--all-faces", "--set", "Smiling", "--show", "-o", tmp_path / "strip.png"))
     assert Image.open(tmp_path / "strip.png").size == (4 * 64 + 6, 2 * 64 + 2)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_refuses_the_same_folder_twice(weights_env, tmp_path, make_celeba):
+    d = make_celeba(tmp_path, 4, size=(89, 109))
+    fails(run("evaluate", "--data", d, "--data", d, "-f", "json"), f"{d.resolve()} is given twice")

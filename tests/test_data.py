@@ -6,12 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import CELEBA_ATTRS, expected_attrs, face_colour, face_number, face_numbers
 from PIL import Image
 
 from jmvae_cli import data
 from jmvae_cli.data import DataError, Preprocess, decode_face, load_data, read_source
 from jmvae_cli.errors import JmvaeError
+from tests.conftest import (
+    CELEBA_ATTRS,
+    expected_attrs,
+    face_colour,
+    face_number,
+    face_numbers,
+)
 
 SHARED = Path(__file__).parents[2] / "shared" / "datasets"
 
@@ -197,10 +203,11 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_reported(tmp_path, m
     assert_rows_line_up(d)
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "skipped 3 of 10 images" in err and "000002.jpg" in err
-    # a reused cache drops the same rows, without warning again
+    # a reused cache drops the same rows, and says so again: every run trains without them
     again = load_data([root], progress=False)
     assert again.names == d.names and again.skipped == 3
-    assert "warning" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "skipped 3 of 10 images" in err and "000002.jpg" in err
 
 
 def test_big_folders_decode_in_spawned_workers_in_order(tmp_path, make_celeba, monkeypatch):
@@ -217,7 +224,7 @@ def test_big_folders_decode_in_spawned_workers_in_order(tmp_path, make_celeba, m
 
     monkeypatch.setattr(data, "get_context", recording)
     monkeypatch.setattr(data, "POOL_AFTER_SECONDS", 0.0)
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(data, "available_cpus", lambda: 2)
     pooled = load_data([root], cache_dir=tmp_path / "pooled", progress=False)
     assert contexts == ["spawn"]  # forked workers inherit locks held by other threads, and can deadlock
     assert pooled.names == serial.names and pooled.skipped == serial.skipped == 2
@@ -307,6 +314,31 @@ def test_adding_an_image_rebuilds_the_cache(tmp_path, make_celeba):
     assert_rows_line_up(d)
 
 
+@pytest.mark.parametrize("change", ["overwrite", "delete", "repair"])
+def test_changed_images_rebuild_the_cache(tmp_path, make_celeba, change):
+    root, cache = make_celeba(tmp_path, 6, size=(89, 109)), tmp_path / "cache"
+    image = root / "img_align_celeba" / "000004.jpg"
+    if change == "repair":
+        good = image.read_bytes()
+        image.write_bytes(b"not a jpeg")
+    first = load_data([root], cache_dir=cache, progress=False)
+    if change == "overwrite":  # the same size of file, other pixels: only the modification time tells
+        Image.new("RGB", (89, 109), face_colour(1)).save(image, quality=95)
+    elif change == "delete":
+        image.unlink()
+    else:
+        image.write_bytes(good)
+    d = load_data([root], cache_dir=cache, progress=False)
+    if change == "overwrite":
+        assert d.names == first.names
+        row = d.names.index("000004.jpg")
+        np.testing.assert_allclose(d.images[row].mean(axis=(0, 1)), face_colour(1), atol=4)
+        np.testing.assert_array_equal(np.delete(d.images, row, 0), np.delete(first.images, row, 0))
+    else:
+        assert ("000004.jpg" in d.names) == (change == "repair") and d.skipped == (change == "delete")
+        assert_rows_line_up(d)
+
+
 def test_incomplete_cache_is_not_trusted(tmp_path, make_celeba):
     root, cache = make_celeba(tmp_path, 6, size=(89, 109)), tmp_path / "cache"
     first = np.array(load_data([root], cache_dir=cache, progress=False).images)
@@ -331,6 +363,76 @@ def test_failed_build_leaves_no_files(tmp_path, make_celeba, monkeypatch):
     monkeypatch.undo()
     load_data([root], cache_dir=cache, progress=False)
     assert not [name for name in cache_files(cache) if name.startswith(".") or "tmp" in name]
+
+
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_temporaries_of_dead_builds_are_removed(tmp_path, make_celeba):
+    # a build killed with -9 leaves its temporary image file (88 MB for CelebA) under a name no later key takes
+    root, cache = make_celeba(tmp_path, 3, size=(89, 109)), tmp_path / "cache"
+    cache.mkdir()
+    dead = cache / f".{'0' * 32}.u8.{dead_pid()}.0123abcd.tmp"
+    live = cache / f".{'1' * 32}.u8.{os.getppid()}.0123abcd.tmp"  # a build under way in another process
+    dead.write_bytes(b"\0" * 1000)
+    live.write_bytes(b"\0" * 1000)
+    load_data([root], cache_dir=cache, progress=False)
+    assert not dead.exists() and live.exists()
+
+
+FILE_SIZE_LIMIT = """
+import resource, sys
+from jmvae_cli import data
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    data.load_data([sys.argv[1]], cache_dir=sys.argv[2], progress=False)
+except data.DataError as e:
+    print(e)
+"""
+
+
+def test_cache_write_beyond_the_file_size_limit_is_a_data_error(tmp_path, make_celeba):
+    root, cache = make_celeba(tmp_path, 3, size=(89, 109)), tmp_path / "cache"  # 3 x 12,288 bytes of images
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    args = [sys.executable, "-c", FILE_SIZE_LIMIT, str(root), str(cache)]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"cannot write the image cache in {cache} (File too large)"
+    assert cache_files(cache) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_cache_folder_is_a_data_error(tmp_path, make_celeba):
+    root, cache = make_celeba(tmp_path, 3, size=(89, 109)), tmp_path / "cache"
+    cache.mkdir(mode=0o555)
+    with pytest.raises(DataError, match=rf"^cannot write the image cache in {cache} \(Permission denied\)$"):
+        load_data([root], cache_dir=cache, progress=False)
+
+
+# -----------------------------------------------------------------------------
+# the same images twice
+
+
+def test_the_same_folder_twice_is_refused(tmp_path, make_celeba):
+    root = make_celeba(tmp_path, 3, size=(89, 109))
+    (tmp_path / "link").symlink_to(root)
+    for twice in ([root, root], [root, tmp_path / "link"]):
+        with pytest.raises(DataError, match=rf"^{root.resolve()} is given twice$"):
+            load_data(twice, progress=False)
+
+
+def test_duplicate_rows_are_refused(tmp_path, make_celeba, make_generic):
+    root = make_celeba(tmp_path, 5, size=(89, 109))
+    edit_line(root / "list_attr_celeba.txt", 6, lambda s: "000001.jpg" + s[len("000001.jpg") :])
+    with pytest.raises(DataError, match=r"list_attr_celeba.txt: 1 file listed on more than one row, e.g. 000001.jpg"):
+        read_source(root)
+    generic = make_generic(tmp_path, 4, ["A"])
+    csv = generic / "attributes.csv"
+    csv.write_text(csv.read_text() + "img/001.jpg,1\nimg/002.jpg,-1\n")
+    with pytest.raises(DataError, match=r"attributes.csv: 2 files listed on more than one row, e.g. img/001.jpg"):
+        read_source(generic)
 
 
 def test_max_images_is_a_deterministic_subset_from_both_splits(tmp_path, make_celeba):

@@ -5,7 +5,16 @@ import pytest
 from PIL import Image
 
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.faces import FRAME_DX, FRAME_DY, FRAME_SCALE, Box, NoFaceError, crop_face, find_faces, frame_box
+from jmvae_cli.faces import (
+    FRAME_DX,
+    FRAME_DY,
+    FRAME_SCALE,
+    Box,
+    NoFaceError,
+    crop_face,
+    find_faces,
+    frame_box,
+)
 
 HQ = Path(__file__).parents[2] / "shared" / "datasets" / "celeba-hq-256-sample"
 

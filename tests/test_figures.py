@@ -3,12 +3,16 @@
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from jmvae_cli import attributes, cli, editing, figures, translate
-from tests.model_fixtures import ATTRS, photo_array, tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
-
-runner = CliRunner()
+from jmvae_cli import attributes, editing, figures, translate
+from tests.conftest import run
+from tests.model_fixtures import (  # noqa: F401 (fixtures)
+    ATTRS,
+    photo_array,
+    tiny_weights,
+    weights_env,
+    write_photo,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +101,6 @@ def test_edit_figure(tr):
 
 
 # ----------------------------------------------------------------------------- jmvae figure
-
-
-def run(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 def test_figure_commands(weights_env, tmp_path):

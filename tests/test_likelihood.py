@@ -17,7 +17,12 @@ from jmvae_cli.likelihood import (
     importance_weighted,
     standard_normal,
 )
-from jmvae_cli.model import Gaussian, JMVAEConfig, kl_gaussians, standard_normal_log_prob
+from jmvae_cli.model import (
+    Gaussian,
+    JMVAEConfig,
+    kl_gaussians,
+    standard_normal_log_prob,
+)
 from jmvae_cli.registry import build
 
 # ----------------------------------------------------------------------------- linear-Gaussian: p(x) in closed form

@@ -6,20 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from jmvae_cli import attributes, cli, quality, translate
+from jmvae_cli import attributes, quality, translate
 from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import save_model
 from jmvae_cli.data import DataError, load_data
 from jmvae_cli.model import JMVAEConfig, pixels_to_input
+from tests.conftest import run
 from tests.model_fixtures import ATTRS, PREPROCESS, photo_array, tiny_weights  # noqa: F401 (fixture)
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
 
 
 def save_classifier(path, attr_names=ATTRS, seed=1):
@@ -104,14 +98,6 @@ def test_frechet_distance_closed_forms():
     expected = (1 - c) ** 2 * ((mu**2).sum() + np.trace(cov))
     assert quality.frechet_distance(a, c * a) == pytest.approx(expected, rel=1e-6)
     assert quality.frechet_distance(c * a, a) == pytest.approx(expected, rel=1e-6)
-
-
-def test_q_x_zero_is_the_joint_encoder_with_blank_attributes(tr):
-    x = pixels_to_input(torch.from_numpy(photo_array(64, 64, seed=1)[None]))
-    with torch.no_grad():
-        q = quality.q_x_zero(tr.model, x)
-        ref = tr.model.q_xw(x, torch.zeros(1, len(ATTRS)))
-    assert torch.allclose(q.mu, ref.mu) and torch.allclose(q.logvar, ref.logvar)
 
 
 def test_load_classifier_reorders_and_refuses(tmp_path, tr):

@@ -1,5 +1,7 @@
-"""What the commands share: the options defined once (Annotated), loading the model, and writing images."""
+"""What the commands share: the options defined once (Annotated), loading the model, writing images, and stdout
+errors as one line."""
 
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -7,22 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from jmvae_cli import formats, runtime
 from jmvae_cli.attributes import MAX_STRENGTH
 from jmvae_cli.console import console
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
+from jmvae_cli.errors import JmvaeError
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    jsonl = "jsonl"
-    csv = "csv"
-    tsv = "tsv"
+def choices(name: str, values) -> type[Enum]:
+    """An option's choices as the Enum Typer wants, made from the library's own list so that it is never repeated."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Device = choices("Device", runtime.DEVICES)
+Format = choices("Format", formats.FORMATS)
 
 
 DeviceOpt = Annotated[
@@ -30,9 +29,7 @@ DeviceOpt = Annotated[
 ]
 WeightsOpt = Annotated[
     Optional[Path],
-    typer.Option(
-        "--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model (default: the bundled model)."
-    ),
+    typer.Option("--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model (default: the bundled model)."),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which device and weights are used.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
@@ -64,7 +61,8 @@ SoftOpt = Annotated[
     typer.Option("--soft", help="Feed inferred attribute probabilities to q(z|w) as they are, not thresholded at 0.5."),
 ]
 OutputOpt = Annotated[
-    Optional[str], typer.Option("--output", "-o", help="Image file to write (.png, .jpg, .webp); - writes PNG to stdout.")
+    Optional[str],
+    typer.Option("--output", "-o", help="Image file to write (.png, .jpg, .webp); - writes PNG to stdout."),
 ]
 SizeOpt = Annotated[
     Optional[int], typer.Option("--size", min=8, max=2048, help="Upscale each 64x64 face to this many pixels.")
@@ -75,11 +73,9 @@ NoDetectOpt = Annotated[
 ]
 
 
-
 class Base(str, Enum):
     random = "random"
     zeros = "zeros"
-
 
 
 def load_translator(weights: Optional[Path], device: Device, verbose: bool, batch: bool = False):
@@ -99,12 +95,65 @@ def stdout_is_tty() -> bool:
 
 
 def print_error(message: str) -> None:
+    # soft_wrap: one line however narrow the terminal (or 80 columns when stderr is not one)
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class OutputError(JmvaeError):
+    """A stream that cannot take the data: a full disk, a file-size limit."""
+
+
+class OutputClosed(Exception):
+    """The reader went away (`| head`): not an error to report, the command just stops."""
+
+
+class GuardedStream:
+    """A stream whose write errors become an OutputError naming it, one line instead of a traceback, and a closed
+    pipe OutputClosed, which no library code mistakes for a failed write of its own."""
+
+    def __init__(self, stream, name: str):
+        self._stream, self._name = stream, name
+
+    def __getattr__(self, attr):
+        return getattr(self._stream, attr)
+
+    @property
+    def buffer(self) -> "GuardedStream":
+        return GuardedStream(self._stream.buffer, self._name)
+
+    def write(self, data):
+        return self._guarded(self._stream.write, data)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._discard()
+            raise OutputClosed from None
+        except OSError as e:
+            self._discard()
+            raise OutputError(f"cannot write to {self._name} ({e.strerror or e})") from None
+
+    def _discard(self) -> None:
+        # What is still buffered for the stream cannot be written either: point its descriptor at /dev/null, or
+        # the interpreter's last flush would print a traceback of its own.
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):  # not a real file (a test's stream)
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def check_image_output(output: Optional[str]) -> None:
     if output == "-" and stdout_is_tty():
-        raise typer.BadParameter("refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'")
+        raise typer.BadParameter(
+            "refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'"
+        )
     if output not in (None, "-"):  # a bad -o (no such folder, a folder, an unknown extension) before the work
         from jmvae_cli import images
 

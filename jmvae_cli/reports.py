@@ -1,0 +1,83 @@
+"""Evaluation reports as tables for people (what `jmvae evaluate` prints on a terminal), and ready for JSON."""
+
+import math
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def finite(obj):
+    """NaN and infinities (a standard error of one image) as null: JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def print_evaluation(report: dict, out: Console) -> None:
+    """The report of jmvae_cli.quality and jmvae_cli.likelihood as tables: the parts it holds, one table each."""
+    out.print(f"{report['weights']}: {report['images']} {report['split']} images", soft_wrap=True)
+    names = report["attributes"]
+
+    def scores_table(title: str, groups: list[tuple[str, dict, tuple[str, ...]]], caption: str) -> None:
+        """One row per attribute, columns grouped as (group heading, summary, scores), the mean row last."""
+        heads = {"accuracy": "acc", "balanced_accuracy": "bal", "f1": "F1"}
+        table = Table("\nattribute", box=box.SIMPLE_HEAD, title=title, caption=caption, title_justify="left",
+                      caption_justify="left")  # fmt: skip
+        cells = []
+        for heading, summ, keys in groups:
+            for j, key in enumerate(keys):
+                table.add_column(f"{heading if j == 0 else ''}\n{heads[key]}", justify="right")
+                cells.append((summ, key))
+        for n in names:
+            table.add_row(n, *[f"{s['per_attribute'][n][k]:.3f}" for s, k in cells])
+        table.add_section()
+        table.add_row("[bold]mean", *[f"[bold]{s['mean'][k]:.3f}" for s, k in cells])
+        out.print(table)
+
+    every = ("accuracy", "balanced_accuracy", "f1")
+    if "img2attr" in report:
+        r = report["img2attr"]
+        groups = [("q(z|x)", r["q_x"], every), ("q(z|x,0)", r["q_xw_zero"], every[:2]),
+                  ("majority", r["majority"], every[:2])]  # fmt: skip
+        scores_table(
+            "img->attr",
+            groups,
+            "q(z|x,0): the joint encoder with w = 0; majority: each attribute's commoner value in training",
+        )
+    if "attr2img" in report:
+        r = report["attr2img"]
+        groups = [("coherence", r["coherence"], every), ("classifier", r["classifier_on_real"], every)]
+        scores_table("attr->img", groups, "classifier: its own scores on the real faces, the ceiling of coherence")
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    if "edit" in report:
+        e = report["edit"]
+        table = Table("edit", "faces", "target before", "flipped", "others unchanged", box=box.SIMPLE_HEAD,
+                      title=f"single-attribute edits (strength {e['strength']:g})", title_justify="left",
+                      caption="as the classifier sees the faces; only faces not labelled with the target are edited",
+                      caption_justify="left")  # fmt: skip
+        for col in table.columns[1:]:
+            col.justify = "right"
+        for r in e["edits"]:
+            table.add_row(f"{'+' if r['target'] else '-'}{r['attribute']}", str(r["faces"]), pct(r["target_before"]),
+                          pct(r["flipped"]), pct(r["others_unchanged"]))  # fmt: skip
+        m = e["mean"]
+        table.add_section()
+        table.add_row("[bold]mean", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["others_unchanged"]))
+        out.print(table)
+    if "likelihood" in report:
+        table = Table("likelihood", "nats", "± se", "bits/dim", box=box.SIMPLE_HEAD, title="log-likelihoods",
+                      title_justify="left")  # fmt: skip
+        for col in table.columns[1:]:
+            col.justify = "right"
+        for key, v in report["likelihood"].items():
+            se = "-" if v["nats_se"] is None else f"{v['nats_se']:.1f}"
+            table.add_row(key, f"{v['nats']:.1f}", se, f"{v['bits_per_dim']:.4f}")
+        out.print(table)
