@@ -281,20 +281,7 @@ def per_image_log_likelihoods(
     return {key: np.concatenate(chunks) for key, chunks in per_batch.items()}
 
 
-def evaluate_likelihoods(
-    model,
-    data: FaceData,
-    idx: np.ndarray,
-    *,
-    k: int = 100,
-    nw: int = 10,
-    kw: int = 1000,
-    batch_size: int = 50,
-    decode_batch: int = 1000,
-    device: torch.device | str | None = None,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, dict]:
+def evaluate_likelihoods(model, data: FaceData, idx: np.ndarray, **options) -> dict[str, dict]:
     """Every likelihood that applies to `model` (see the module docstring), over the images data[idx].
 
     Returns {key: {"nats", "nats_se", "bits_per_dim", "bits_per_dim_se", "dims"}}: nats per example (mean and
@@ -304,9 +291,9 @@ def evaluate_likelihoods(
     is; channels_last on CPU and CUDA, which doubles the CPU's convolution speed) and evaluated in fp32 and eval
     mode, batch_size images at a time, each image-decoder pass decoding at most about decode_batch images.
     `progress`, if given, is called with the number of images in each finished batch. The same seed gives the same
-    samples.
+    samples. `options` are per_image_log_likelihoods' keywords (k, nw, kw, batch_size, decode_batch, device, seed,
+    progress).
     """
-    values = per_image_log_likelihoods(model, data, idx, k=k, nw=nw, kw=kw, batch_size=batch_size,
-                                       decode_batch=decode_batch, device=device, seed=seed, progress=progress)
+    values = per_image_log_likelihoods(model, data, idx, **options)
     image_dims = 3 * model.cfg.image_size**2
     return {key: summarize(v, model.cfg.n_attrs if key in ATTRIBUTE_KEYS else image_dims) for key, v in values.items()}
