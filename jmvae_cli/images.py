@@ -114,8 +114,10 @@ def _format_for(suffix: str, name: str) -> str:
 
 
 def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str) -> None:
-    # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny. PNG at compression level 1:
+    # Pillow's default 6 spends several times as long for files a few percent smaller, and writing the PNG was
+    # most of the time of `jmvae edit` over many photos (docs/results.md, batch edits)
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1} if fmt == "PNG" else {}
     try:
         img.save(f, format=fmt, **options)
     except OSError as e:
