@@ -472,7 +472,7 @@ def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all
         img = render_edit(photo, crops, e, view)
         if out is None:
             return EditResult(src, image=img, crops=crops, edit=e)
-        images.write_image(img, out)
+        images.write_image(img, out, fast=True)  # writing PNGs at the default level was most of a batch's time
         return EditResult(src, out, crops=crops, edit=e)
 
     for item, r in _ordered_map(finish, edited(), workers, window):
