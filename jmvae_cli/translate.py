@@ -1,23 +1,26 @@
-"""Translating between faces and attributes with a trained JMVAE: the library behind img2attr and attr2img, and the
-loaded model the edit works with (editing.py). How attributes are coded and read back: attributes.py.
+"""Translating between faces and attributes with a trained JMVAE: the library behind img2attr, attr2img and edit
+(the edit itself is editing.py; here, editing many photos at once). How attributes are coded and read back:
+attributes.py.
 
 Faces are the model's size (its config's image_size), framed as its training faces were (faces.load_faces).
 """
 
 import concurrent.futures
+import dataclasses
 import glob
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from jmvae_cli import faces
+from jmvae_cli import editing, faces, images
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
 from jmvae_cli.cpus import available_cpus
 from jmvae_cli.errors import JmvaeError
@@ -126,7 +129,7 @@ def expand_inputs(args: Iterable[str]) -> list[str]:
     return out
 
 
-def _ordered_map(fn: Callable, items: list, workers: int, window: int) -> Iterator[tuple[object, object]]:
+def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator[tuple[object, object]]:
     """(item, fn(item) or the JmvaeError it raised), in input order, with at most `window` items in flight.
     Threads suffice: JPEG decoding, resizing and the cascade all release the GIL."""
 
@@ -155,6 +158,27 @@ def _ordered_map(fn: Callable, items: list, workers: int, window: int) -> Iterat
             yield item, fut.result()
 
 
+@contextmanager
+def _one_thread_each(tr: Translator, parallel: bool) -> Iterator[None]:
+    """With `parallel`, OpenCV and torch (on the CPU) run single-threaded until the block ends."""
+    if not parallel:
+        yield
+        return
+    import cv2
+
+    # Parallel over images already: the cascade's own threads, and torch's (whose OpenMP threads spin while
+    # they wait), would only take cores from the decoding and detection that dominate (1 thread: +10%/s).
+    threads = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(1)
+    if tr.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads[0])
+        torch.set_num_threads(threads[1])
+
+
 def img2attr(
     tr: Translator,
     sources: list[str],
@@ -167,21 +191,8 @@ def img2attr(
     """Attribute probabilities for every face of every source, in order; a failed file gives an AttrResult with
     its error and the rest go on. Decoding and detection run in a thread pool while the model takes batches."""
     workers = available_cpus() if len(sources) > 1 else 1
-    if workers > 1:
-        import cv2
-
-        # Parallel over images already: the cascade's own threads, and torch's (whose OpenMP threads spin while
-        # they wait), would only take cores from the decoding and detection that dominate (1 thread: +10%/s).
-        threads = cv2.getNumThreads(), torch.get_num_threads()
-        cv2.setNumThreads(1)
-        if tr.device.type == "cpu":
-            torch.set_num_threads(1)
-    try:
+    with _one_thread_each(tr, workers > 1):
         yield from _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file)
-    finally:
-        if workers > 1:
-            cv2.setNumThreads(threads[0])
-            torch.set_num_threads(threads[1])
 
 
 def _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file) -> Iterator[AttrResult]:
@@ -289,7 +300,180 @@ def upscale(img: Image.Image, size: int | None) -> Image.Image:
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def default_edit_output(image: str) -> Path:
-    """photo.jpg -> photo-edited.png beside it: PNG, since re-encoding a JPEG would change every pixel."""
+# ----------------------------------------------------------------------------- edits of photos
+
+# Faces go through the model in blocks of exactly this many, the last one padded: the kernels that compute a batch,
+# and so how their sums round, depend on its size (a batch of one differs from all others), but within blocks of
+# one size a face's edit does not depend on the faces beside it. A photo then gets the same bytes whether it is
+# edited alone or among a thousand (tests/test_batch_edit.py checks it).
+EDIT_BLOCK = 8
+
+
+def default_edit_output(image: str, out_dir: Path | None = None) -> Path:
+    """Where the edit of `image` goes: photo.jpg -> photo-edited.png beside it, or OUT_DIR/photo.png (the name kept).
+    PNG, since re-encoding a JPEG would change every pixel."""
     p = Path(image)
-    return p.with_name(f"{p.stem}-edited.png")
+    return out_dir / f"{p.stem}.png" if out_dir is not None else p.with_name(f"{p.stem}-edited.png")
+
+
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """The file's identity: the same for every spelling of its name and for its hard and symbolic links."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_edit_outputs(sources: list[str], outputs: list[Path], force: bool = False) -> list[Path | JmvaeError]:
+    """Each source's output as given, or the error that stops that photo: the output is one of the inputs (never
+    overwritten, even with force), is an earlier photo's output too, or exists already (without force)."""
+    inputs = {_file_id(s): s for s in sources if s != "-"}
+    inputs.pop(None, None)
+    taken: dict[Path, str] = {}
+    checked: list[Path | JmvaeError] = []
+    for src, out in zip(sources, outputs, strict=True):
+        same_as = inputs.get(_file_id(out))
+        key = out.resolve()
+        if same_as is not None:
+            which = "the input image" if same_as == src else f"the input image {same_as}"
+            checked.append(JmvaeError(f"{out} is {which}: an input is never overwritten, even with --force"))
+        elif key in taken:
+            checked.append(JmvaeError(f"{src}: its output {out} is the output of {taken[key]} too: rename one"))
+        elif out.exists() and not force:
+            checked.append(JmvaeError(f"{out} exists: --force overwrites it"))
+        else:
+            checked.append(out)
+        taken.setdefault(key, src)
+    return checked
+
+
+@dataclass(frozen=True)
+class EditView:
+    """What the edit of a photo is written as: 'photo' (the photo with its faces changed, at its own resolution),
+    'crops' (the edited faces at the model's size, side by side) or 'strip' (face | before | after | result for
+    each face, the paper's Figure 2). Crops and strips are upscaled to `size`; `feather` is paste_edit's."""
+
+    kind: str = "photo"
+    size: int | None = None
+    feather: float = faces.DEFAULT_FEATHER
+
+
+@dataclass
+class EditResult:
+    """One photo's edit: written to `output`, or kept as `image` where it had none; or the error that stopped it."""
+
+    file: str
+    output: Path | None = None
+    image: Image.Image | None = None
+    crops: list[faces.FaceCrop] = field(default_factory=list)
+    edit: editing.Edit | None = None  # this photo's faces, in the order of crops
+    error: str | None = None
+
+
+def render_edit(photo: Image.Image, crops: list[faces.FaceCrop], edited: editing.Edit, view: EditView) -> Image.Image:
+    """The image `view` asks for, from a photo, its faces and their edit."""
+    if view.kind == "strip":
+        return grid(edited.strip(), view.size, cols=4)
+    if view.kind == "crops":
+        return grid(edited.pixels("result"), view.size, cols=len(crops))
+    for c, delta in zip(crops, edited.delta_pixels):
+        photo = faces.paste_edit(photo, c.box, delta, view.feather)
+    return photo
+
+
+def _edit_rows(edited: editing.Edit, rows: slice) -> editing.Edit:
+    return editing.Edit(*(getattr(edited, f.name)[rows] for f in dataclasses.fields(editing.Edit)))
+
+
+def edit_faces(
+    tr: Translator,
+    crops: list[np.ndarray],
+    changes: Mapping[int, float],
+    *,
+    soft: bool = False,
+    method: str = editing.DEFAULT_METHOD,
+) -> editing.Edit:
+    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK."""
+    x = editing.to_input(crops, tr.device)  # (N, 3, S, S)
+    x = torch.cat([x, x.new_zeros(-len(crops) % EDIT_BLOCK, *x.shape[1:])])  # (N + pad, 3, S, S)
+    blocks = [
+        editing.edit(tr.model, x[i : i + EDIT_BLOCK], changes, soft=soft, method=method)
+        for i in range(0, len(x), EDIT_BLOCK)
+    ]
+    whole = editing.Edit(*(torch.cat([getattr(b, f.name) for b in blocks]) for f in dataclasses.fields(editing.Edit)))
+    return _edit_rows(whole, slice(len(crops)))
+
+
+def edit_photos(
+    tr: Translator,
+    sources: list[str],
+    outputs: list[Path | JmvaeError | None],
+    changes: Mapping[int, float],
+    *,
+    view: EditView = EditView(),
+    soft: bool = False,
+    method: str = editing.DEFAULT_METHOD,
+    all_faces: bool = False,
+    detect: bool = True,
+    stdin: bytes | None = None,
+) -> Iterator[EditResult]:
+    """Edit the face(s) of every source and write each result to its output (see check_edit_outputs); an output
+    of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
+    its error and the rest go on. Photos are read, detected, pasted and written in a thread pool while the model
+    edits the faces found so far."""
+    workers = available_cpus() if len(sources) > 1 else 1
+    with _one_thread_each(tr, workers > 1):
+        yield from _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, stdin)
+
+
+def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, stdin):
+    # The model's blocks are small, so that it edits often and the pools' short windows (a few full-resolution
+    # photos each, whatever their size) keep the other cores busy meanwhile.
+    window = 4 * workers
+
+    def prepare(job):
+        src, out = job
+        if isinstance(out, JmvaeError):
+            raise out
+        data = stdin if src == "-" else src
+        name = "<stdin>" if src == "-" else src
+        return faces.load_faces(data, name, all_faces=all_faces, detect=detect, size=tr.image_size)
+
+    def edited() -> Iterator[tuple]:
+        """(source, output, (photo, crops) or JmvaeError, that photo's Edit or None), in input order."""
+        waiting: list = []
+        n_crops = 0
+        for (src, out), r in _ordered_map(prepare, list(zip(sources, outputs)), workers, window):
+            waiting.append((src, out, r))
+            n_crops += len(r[1]) if isinstance(r, tuple) else 0
+            if n_crops >= EDIT_BLOCK:
+                yield from flush(waiting)
+                n_crops = 0
+        yield from flush(waiting)
+
+    def flush(waiting: list) -> Iterator[tuple]:
+        crops = [c.crop for _, _, r in waiting if isinstance(r, tuple) for c in r[1]]
+        whole = edit_faces(tr, crops, changes, soft=soft, method=method) if crops else None
+        start = 0
+        for src, out, r in waiting:
+            if isinstance(r, JmvaeError):
+                yield src, out, r, None
+                continue
+            yield src, out, r, _edit_rows(whole, slice(start, start + len(r[1])))
+            start += len(r[1])
+        waiting.clear()
+
+    def finish(item) -> EditResult:
+        src, out, r, e = item
+        if isinstance(r, JmvaeError):
+            raise r
+        photo, crops = r
+        img = render_edit(photo, crops, e, view)
+        if out is None:
+            return EditResult(src, image=img, crops=crops, edit=e)
+        images.write_image(img, out, fast=True)  # writing PNGs at the default level was most of a batch's time
+        return EditResult(src, out, crops=crops, edit=e)
+
+    for item, r in _ordered_map(finish, edited(), workers, window):
+        yield r if isinstance(r, EditResult) else EditResult(item[0], error=str(r))

@@ -255,7 +255,8 @@ def test_bad_image_files(weights_env, tmp_path, monkeypatch):
             p.mkdir()
         else:
             p.write_bytes(data)
-        fails(run("img2attr", p, "--no-detect"), str(p), "no image files found" if data is None else words)
+        words = "no image files found" if data is None else words  # a folder is an input: its images
+        fails(run("img2attr", p, "--no-detect"), str(p), words)
         fails(run("edit", p, "--no-detect", "--set", "Smiling", "-o", tmp_path / "o.png"), str(p), words)
     fails(run("img2attr", tmp_path / "nope.jpg"), "no such file")
 

@@ -3,6 +3,8 @@ errors as one line."""
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -174,3 +176,23 @@ def write_output_image(img, output: str) -> None:
 
 def read_stdin_bytes() -> bytes:
     return sys.stdin.buffer.read()
+
+
+PROGRESS_FROM = 20  # files from which a command over many shows a progress bar
+
+
+@contextmanager
+def progress(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr for `total` files, shown while the block runs where stderr is a terminal and there
+    are at least PROGRESS_FROM files; yields advance(), which counts one more file done (without a bar, nothing)."""
+    if total < PROGRESS_FROM or not console.is_terminal:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    )
+    task = bar.add_task(label, total=total)
+    with bar:
+        yield lambda: bar.advance(task)

@@ -1,8 +1,8 @@
-"""`jmvae edit`: change attributes of the face in a photo."""
+"""`jmvae edit`: change attributes of the face in a photo, or in many."""
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,7 +15,13 @@ Method = Enum("Method", {name: name for name in editing.RULES}, type=str)  # the
 
 
 def edit(
-    image: Annotated[str, typer.Argument(metavar="IMAGE", help="The photo to edit; - reads it from stdin.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE...",
+            help="Photos: files, folders (searched recursively) or globs; - reads one photo from stdin.",
+        ),
+    ],
     set_: common.SetOpt = [],
     unset: common.UnsetOpt = [],
     strength: common.StrengthOpt = 2.0,
@@ -23,17 +29,33 @@ def edit(
     method: Annotated[
         Method, typer.Option("--method", help="How the change is made: paper is x + x'_mean - x_mean (Suzuki et al.).")
     ] = Method(editing.DEFAULT_METHOD),
-    output: common.OutputOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    output: Annotated[
+        Optional[str],
+        typer.Option(
+            "--output", "-o", help="Image file to write (.png, .jpg, .webp) for one photo; - writes PNG to stdout."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out-dir",
+            file_okay=False,
+            help="Folder for the edits (made if missing): DIR/NAME.png for each photo NAME.jpg, its name kept.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
     crop_only: Annotated[
         bool, typer.Option("--crop-only", help="Write the paper's result at the model's size (64x64), not the photo.")
     ] = False,
     show: Annotated[
         bool, typer.Option("--show", help="Write a strip: face | x_mean | x'_mean | result (the paper's Figure 2).")
     ] = False,
-    print_attrs: Annotated[bool, typer.Option("--print-attrs", help="Print the inferred attributes on stderr.")] = False,
+    print_attrs: Annotated[
+        bool, typer.Option("--print-attrs", help="Print the inferred attributes on stderr.")
+    ] = False,
     feather: Annotated[
-        float, typer.Option("--feather", min=0.0, max=0.5, help="Share of the face frame over which the edit fades out.")
+        float,
+        typer.Option("--feather", min=0.0, max=0.5, help="Share of the face frame over which the edit fades out."),
     ] = 0.15,
     size: common.SizeOpt = None,
     all_faces: common.AllFacesOpt = False,
@@ -42,61 +64,88 @@ def edit(
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
 ):
-    """Change attributes of the face in a photo: x' = x + x'_mean - x_mean (Suzuki et al. 2016).
+    """Change attributes of the face in each photo: x' = x + x'_mean - x_mean (Suzuki et al. 2016).
 
     The change is made at the photo's own resolution and the rest of the photo is left untouched. Writes
-    IMAGE-edited.png beside IMAGE unless -o says otherwise; never overwrites a file without --force, nor the
-    input image even with it. --set / --unset take Name or Name=STRENGTH (that attribute's own --strength).
+    NAME-edited.png beside each photo NAME.jpg, or DIR/NAME.png with --out-dir, or the file -o names (one photo
+    only). Never overwrites a file without --force, nor an input photo even with it; two photos whose edits would
+    get the same name fail, the later one. A photo that fails is reported and the others are still edited.
+    --set / --unset take Name or Name=STRENGTH (that attribute's own --strength).
     """
     if not set_ and not unset:
         raise typer.BadParameter("nothing to change: give --set and/or --unset", param_hint="'--set'")
     if crop_only and show:
-        raise typer.BadParameter("--crop-only and --show each choose what is written: choose one", param_hint="'--show'")
+        raise typer.BadParameter(
+            "--crop-only and --show each choose what is written: choose one", param_hint="'--show'"
+        )
+    if "-" in inputs and len(inputs) > 1:
+        raise typer.BadParameter("stdin (-) is read only as the one input", param_hint="IMAGE")
+    if output is not None and out_dir is not None:
+        raise typer.BadParameter("-o names one file, --out-dir a folder: choose one", param_hint="'-o'")
+    if inputs == ["-"] and output is None:
+        raise typer.BadParameter("an image from stdin needs -o", param_hint="'-o'")
     common.check_image_output(output)
 
-    from jmvae_cli import attributes, faces, images, translate
+    from jmvae_cli import attributes, translate
 
-    if output is None:
-        if image == "-":
-            raise typer.BadParameter("an image from stdin needs -o", param_hint="'-o'")
-        output = str(translate.default_edit_output(image))
-    if output != "-":
-        out_path = Path(output)
-        # --force or not: the README promises the input is never overwritten (samefile: links and other spellings)
-        if image != "-" and out_path.exists() and Path(image).exists() and out_path.samefile(image):
-            raise JmvaeError(f"{output} is the input image: choose another -o (the input is never overwritten)")
-        images.check_output(output)
-        if out_path.exists() and not force:
-            raise JmvaeError(f"{output} exists: choose another -o, or --force to overwrite it")
+    sources = translate.expand_inputs(inputs)
+    if not sources:
+        raise JmvaeError(f"no image files found in {', '.join(inputs)}")
+    if output is not None and len(sources) > 1:
+        raise typer.BadParameter(f"-o names one file, for {len(sources)} photos use --out-dir", param_hint="'-o'")
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JmvaeError(f"{out_dir}: cannot make the output folder ({e.strerror or e})") from None
+    if output == "-":
+        targets = [None]
+    else:
+        paths = [Path(output)] if output else [translate.default_edit_output(s, out_dir) for s in sources]
+        targets = translate.check_edit_outputs(sources, paths, force)
 
     tr = common.load_translator(weights, device, verbose)
     values = attributes.values(attributes.parse_set_unset(set_, unset, tr.attr_names), strength)
-    data = common.read_stdin_bytes() if image == "-" else image
-    name = "<stdin>" if image == "-" else image
-    photo, crops = faces.load_faces(data, name, all_faces=all_faces, detect=not no_detect, size=tr.image_size)
-    x = editing.to_input([c.crop for c in crops], tr.device)  # (B, 3, S, S)
-    edited = editing.edit(tr.model, x, values, soft=soft, method=method.value)
+    view = translate.EditView("strip" if show else "crops" if crop_only else "photo", size, feather)
+    stdin = common.read_stdin_bytes() if sources == ["-"] else None
+    failed = 0
+    with common.progress("edit", len(sources)) as advance:
+        results = translate.edit_photos(
+            tr, sources, targets, values, view=view, soft=soft, method=method.value,
+            all_faces=all_faces, detect=not no_detect, stdin=stdin,
+        )  # fmt: skip
+        for r in results:
+            advance()
+            if r.error is not None:
+                failed += 1
+                common.print_error(r.error)
+                continue
+            if print_attrs:
+                _print_attrs(r, tr.attr_names, values)
+            if r.image is not None:
+                common.write_output_image(r.image, "-")
+            elif len(sources) == 1:
+                console.print(f"wrote {r.output}", highlight=False)
+    if len(sources) > 1:
+        where = f" to {out_dir}" if out_dir is not None else ""
+        console.print(f"wrote {len(sources) - failed} edited photos{where}", highlight=False)
+        if failed:
+            console.print(f"{failed} of {len(sources)} photos failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
-    if print_attrs:
-        from rich.table import Table
 
-        for k, c in enumerate(crops):
-            title = name if len(crops) == 1 else f"{name} (face {c.face})"
-            table = Table("attribute", "probability", "w", "w'", title=title, title_justify="left")
-            for i, n in enumerate(tr.attr_names):
-                w_new = float(edited.w_new[k, i])
-                table.add_row(
-                    n, f"{float(edited.probs[k, i]):.3f}", f"{float(edited.w[k, i]):g}",
-                    f"[bold]{w_new:g}[/]" if i in values else f"{w_new:g}",
-                )  # fmt: skip
-            console.print(table)
+def _print_attrs(r, attr_names: list[str], values: dict[int, float]) -> None:
+    from rich.table import Table
 
-    if show:
-        img = translate.grid(edited.strip(), size, cols=4)
-    elif crop_only:
-        img = translate.grid(edited.pixels("result"), size, cols=len(crops))
-    else:
-        img = photo
-        for c, delta in zip(crops, edited.delta_pixels):
-            img = faces.paste_edit(img, c.box, delta, feather)
-    common.write_output_image(img, output)
+    name = "<stdin>" if r.file == "-" else r.file
+    for k, c in enumerate(r.crops):
+        title = name if len(r.crops) == 1 else f"{name} (face {c.face})"
+        table = Table("attribute", "probability", "w", "w'", title=title, title_justify="left")
+        for i, n in enumerate(attr_names):
+            w_new = float(r.edit.w_new[k, i])
+            table.add_row(
+                n, f"{float(r.edit.probs[k, i]):.3f}", f"{float(r.edit.w[k, i]):g}",
+                f"[bold]{w_new:g}[/]" if i in values else f"{w_new:g}",
+            )  # fmt: skip
+        console.print(table)

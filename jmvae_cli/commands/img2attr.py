@@ -59,34 +59,9 @@ def img2attr(
     writer = writer_class(sys.stdout, tr.attr_names, threshold=threshold, only_positive=only_positive, faces=all_faces)
     failed = 0
 
-    progress = None
-    if len(sources) >= 20 and console.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        progress = Progress(
-            TextColumn("img2attr"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        task = progress.add_task("img2attr", total=len(sources))
-        progress.start()
-    try:
+    with common.progress("img2attr", len(sources)) as advance:
         results = translate.img2attr(
-            tr,
-            sources,
-            all_faces=all_faces,
-            detect=not no_detect,
-            stdin=stdin,
-            on_file=(lambda: progress.advance(task)) if progress else None,
+            tr, sources, all_faces=all_faces, detect=not no_detect, stdin=stdin, on_file=advance
         )
         for r in results:
             if r.error is not None:
@@ -94,9 +69,6 @@ def img2attr(
                 common.print_error(r.error)
                 continue
             writer.write(r.file, r.face, r.probs)
-    finally:
-        if progress:
-            progress.stop()
     writer.finish()
     sys.stdout.flush()  # the data before the summary on stderr
     if failed:
