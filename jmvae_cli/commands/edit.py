@@ -84,5 +84,5 @@ def edit(
     else:
         img = photo
         for c, r in zip(crops, results):
-            img = faces.paste_edit(img, c.box, r.delta_pixels, feather)
+            img = faces.paste_edit(img, c, r.delta_pixels, feather)
     common.write_output_image(img, output)
