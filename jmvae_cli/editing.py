@@ -7,6 +7,9 @@ model draws for each face, `before` (for w) and `after` (for w'): the edited fac
 the pixel range, and the photo at full resolution gets the same after - before (faces.paste_edit).
 
     paper   Suzuki et al.'s: before = x_mean, the decoded mean of q(z|w); after = x'_mean, the same for w'
+    latent  the face's own latent moved by what the change moves q(z|w)'s mean: before = D(mu_x), the decoded mean
+            of q(z|x); after = D(mu_x + mu_w(w') - mu_w(w)). The step is the paper's; it starts from this face
+            rather than from the average face of its attributes, so what the decoder adds is drawn on this person
 
 A new rule is one function `rule(model, x, w, w_new) -> (before, after)`, every tensor batched, and its name in
 RULES; `jmvae edit --method` offers every name there. The strip of the paper's Figure 2 (`edit --show`) is
@@ -46,8 +49,19 @@ def paper(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -
     return means[: len(w)], means[len(w) :]
 
 
+def latent(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(mu_x) and D(mu_x + mu_w(w') - mu_w(w)), (B, 3, H, W) each."""
+    import torch
+
+    mu_x = model.q_x(x).mu  # (B, Z)
+    mu_w = model.q_w(torch.cat([w, w_new])).mu  # (2B, Z)
+    z = torch.cat([mu_x, mu_x + mu_w[len(w) :] - mu_w[: len(w)]])  # (2B, Z)
+    means = model.images_from_z(z)  # (2B, 3, H, W)
+    return means[: len(x)], means[len(x) :]
+
+
 Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
-RULES: dict[str, Rule] = {"paper": paper}
+RULES: dict[str, Rule] = {"paper": paper, "latent": latent}
 
 
 @dataclass

@@ -1,11 +1,22 @@
-"""Finding the face in a photo and cutting the square around it that the training images would have shown.
+"""Finding the faces in a photo, framing each as the training images framed theirs, and pasting edits back.
 
-The model was trained on aligned CelebA cut to its centre 148x148 square (and on CelebA-HQ, framed alike), so
-a face must fill the 64x64 input the way it filled those crops. A Haar cascade finds the face; frame_box maps
-its box to the training frame with constants measured on the training images themselves
-(benchmarks/calibrate_faces.py).
+The model was trained on faces framed exactly alike (CelebA-HQ resized whole, aligned CelebA cut to its centre
+148x148 square), and it reads a face framed otherwise badly: a shift of a few pixels of its 64 already costs
+img->attr accuracy (docs/results.md). So finding a face takes three steps:
+
+1. OpenCV's frontal Haar cascade proposes boxes. It finds only nearly upright faces, so when the upright scan
+   leaves doubt, turned copies of the photo are scanned too (ROTATIONS).
+2. Each box gives a rough frame (FRAME_SCALE / FRAME_DX / FRAME_DY, measured by benchmarks/calibrate_faces.py),
+   which the aligner (face_aligner.py) moves, scales and turns onto the training framing in a few steps. The
+   aligner also says whether the frame holds a face at all: boxes on wallpaper, leaves or hair are dropped.
+3. Of the faces left, the largest of those in focus is "the" face: a big blurred face in the background (a poster,
+   a screen) is not picked over the sharp face in front of it.
+
+A Frame is a square in the photo, turned by the face's roll; FaceCrop carries it, so that edit pastes its change
+back through the inverse of the same transform (paste_edit), through a soft face-shaped mask.
 """
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -18,32 +29,48 @@ from PIL import Image
 from jmvae_cli import images
 from jmvae_cli.errors import JmvaeError
 
-# Training crop side / detector box width, and the crop centre's offset from the box centre in box widths
-# (+x right, +y down: the cascade's box sits low on the face, over the mouth rather than the forehead).
-# Measured by benchmarks/calibrate_faces.py on all 9,000 aligned CelebA images in shared/datasets/celeba
-# (89x109, which detect_faces upscales to 209x256): a face in 8,532 (94.8%); the largest box against the
-# known training crop (centre square of side 148/178 of the width) gives
-#   scale median 1.4130 (IQR 1.3369..1.4983; the spread is mostly the cascade's 10% size steps),
-#   dx median 0.0041 (IQR -0.0046..0.0130), dy median -0.1449 (IQR -0.1577..-0.1321),
-# and frame_box then overlaps the true crop with median IoU 0.889 (IQR 0.818..0.938).
-# Sanity check, same script: on the 100 CelebA-HQ 256x256 samples (trained on resized whole) a face is found in
-# all, and the frame covers the whole image with median IoU 0.821 (IQR 0.780..0.865): a square 91% of the
-# image side, centred 4% above its centre, so HQ is framed a little looser than the aligned CelebA crop.
-FRAME_SCALE = 1.4130
-FRAME_DX = 0.0041
-FRAME_DY = -0.1449
+# The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
+# centre in box widths (+x right, +y down: the box sits low on the face), medians over 1,500 CelebA-HQ training
+# faces (`python -m benchmarks.calibrate_faces constants`, which gives their spread). Only the aligner's start.
+FRAME_SCALE = 1.5329
+FRAME_DX = -0.0033
+FRAME_DY = -0.0843
 
-# Detection runs on a grey copy whose longer side is brought into this range: big photos shrink for speed
-# (a face worth editing is still far above the cascade's 24 px window at 640), and small ones grow, since on
-# CelebA at 89x109 the cascade both misses more faces (93.0% vs 95.6% at 2x, first 500 images) and
-# draws its boxes 7% wider.
+# Detection runs on a grey copy whose longer side is brought into this range: big photos shrink for speed, and
+# small ones grow, since on 89x109 CelebA images the cascade misses more faces and draws its boxes wider.
 DETECT_MIN_SIDE = 256
 DETECT_MAX_SIDE = 640
+# When only the best face is wanted, a first scan looks for faces at least this share of the photo's shorter side
+# (a portrait or a face crop) at a fifth of the cost of the full scan, which runs only if that one settles nothing.
+LARGEST_FIRST_SHARE = 0.45
+# Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
+# brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
+ROTATIONS = (15, -15, 30, -30)
+MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
+FACE_MIN = 0.5  # the aligner's face probability below which a box is not a face
+SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
+# Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
+# ranked before the faces out of focus, and, found upright, settling the search (no turned copies are scanned).
+IN_FOCUS = 0.03
+MIN_FACE_SIDE = 32  # frame side in photo pixels below which a face is too small to read (the model reads 64)
 DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
+
+# The paste mask: an ellipse in the frame's normalised coordinates (-1..1 over the frame, y down) around the face
+# and hair of the training framing, leaving the corners and the shoulders' background alone.
+MASK_CENTRE_Y = -0.05
+MASK_AXES = (0.82, 0.95)
 
 
 class NoFaceError(JmvaeError):
     pass
+
+
+class FaceTooSmallError(NoFaceError):
+    """Faces were found, but too small for the model to read; `side` is the largest one's frame side in pixels."""
+
+    def __init__(self, message: str, side: float):
+        super().__init__(message)
+        self.side = side
 
 
 @dataclass(frozen=True)
@@ -54,6 +81,57 @@ class Box:
     y: float
     w: float
     h: float
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A square in a photo's pixels, turned by `angle` degrees (clockwise on screen: the head's roll), where a
+    face's training frame lies; the crop shows it upright. May reach outside the photo."""
+
+    cx: float
+    cy: float
+    side: float
+    angle: float = 0.0
+
+    @classmethod
+    def from_box(cls, b: Box) -> "Frame":
+        return cls(b.x + b.w / 2, b.y + b.h / 2, b.w)
+
+    @property
+    def box(self) -> Box:
+        """The axis-aligned box around the frame."""
+        a = math.radians(self.angle)
+        half = self.side / 2 * (abs(math.cos(a)) + abs(math.sin(a)))
+        return Box(self.cx - half, self.cy - half, 2 * half, 2 * half)
+
+    def to_photo(self, size: int) -> np.ndarray:
+        """(2, 3) affine map from a size x size crop's pixel coordinates to the photo's (cv2's convention:
+        pixel centres at integers)."""
+        a = math.radians(self.angle)
+        r = self.side / size * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        # crop pixel u has normalised coordinate (2u + 1) / size - 1, which lies at centre + side/2 R n (+ 0.5 shift
+        # between the continuous and the pixel-centre conventions on both sides)
+        t = np.array([self.cx - 0.5, self.cy - 0.5]) + r @ np.full(2, (1 - size) / 2)
+        return np.hstack([r, t[:, None]])
+
+    def from_photo(self, size: int) -> np.ndarray:
+        """(2, 3) affine map from the photo's pixel coordinates to a size x size crop's."""
+        return cv2.invertAffineTransform(self.to_photo(size))
+
+    def moved(self, pose: np.ndarray) -> "Frame":
+        """The frame that an aligner's answer (tx, ty, log s, a) for a view cut at this frame points to."""
+        s, a = math.exp(pose[2]), math.radians(self.angle) - pose[3]
+        side = self.side / s
+        r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        cx, cy = np.array([self.cx, self.cy]) - side / 2 * r @ pose[:2]
+        return Frame(float(cx), float(cy), side, math.degrees(a))
+
+
+@dataclass(frozen=True)
+class Face:
+    frame: Frame
+    score: float  # the aligner's probability that the frame holds a face
+    sharpness: float  # see _sharpness
 
 
 _per_thread = threading.local()
@@ -74,48 +152,213 @@ def _cascade() -> "cv2.CascadeClassifier":
     return cascade
 
 
-# The cascade's cost is almost all in its smallest windows. When only the largest face is wanted, a first scan
-# for faces at least this share of the photo's shorter side finds it (in a portrait or a face crop, nearly
-# always) at a fifth of the cost: 4.5 ms instead of 23 ms per 256 px CelebA-HQ photo on one core. Only if it
-# finds nothing does the full scan run. On the 100 CelebA-HQ samples, whose true frame is the whole image, the
-# framed boxes come out no worse than the full scan's: IoU with the truth median 0.829 vs 0.821, 10th
-# percentile 0.740 vs 0.695 (0.375: 6 ms, 0.821 / 0.721).
-LARGEST_FIRST_SHARE = 0.45
+class _Photo:
+    """A photo as the search needs it: a grey detection copy and an RGB pyramid for the aligner's views."""
+
+    def __init__(self, img: Image.Image):
+        self.rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # (H, W, 3) uint8
+        h, w = self.rgb.shape[:2]
+        self.scale = min(max(1.0, DETECT_MIN_SIDE / max(w, h)), DETECT_MAX_SIDE / max(w, h))
+        size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+        # not histogram-equalised: the cascade scales each window to unit contrast itself, and equalising a photo
+        # mostly of one colour (a wall, the sky) squeezes the face into a few grey levels
+        self.grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+        self.levels = [self.rgb]
+
+    def level(self, k: int) -> np.ndarray:
+        while len(self.levels) <= k:
+            self.levels.append(cv2.pyrDown(self.levels[-1]))
+        return self.levels[k]
+
+    def view(self, frame: Frame, size: int) -> np.ndarray:
+        """The frame as a size x size RGB crop, quickly: from the pyramid level where it is 2..4x that size, warped
+        to twice the size and halved by area averaging; edges repeat beyond the photo."""
+        k = max(0, math.floor(math.log2(max(frame.side / (2 * size), 1.0))))
+        f = 2.0**-k
+        level = Frame(frame.cx * f, frame.cy * f, frame.side * f, frame.angle)
+        big = cv2.warpAffine(self.level(k), level.from_photo(2 * size), (2 * size, 2 * size),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (2 size, 2 size, 3)
+        return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
+
+    def scan(self, angle: float, min_share: float = 0.0) -> list[Frame]:
+        """The cascade's boxes for a copy turned by -angle degrees (faces turned by +angle come out upright), as
+        frames turned by +angle in the photo's pixels, largest first."""
+        grey, back = self.grey, None
+        if angle:
+            h, w = grey.shape
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)  # (2, 3); cv2: + is counter-clockwise
+            c, s = abs(m[0, 0]), abs(m[0, 1])
+            bw, bh = int(w * c + h * s), int(w * s + h * c)  # the whole turned photo fits
+            m[:, 2] += (bw - w) / 2, (bh - h) / 2
+            grey = cv2.warpAffine(grey, m, (bw, bh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            back = cv2.invertAffineTransform(m)
+        smallest = max(24, round(min_share * min(grey.shape)))
+        # scaleFactor 1.1 (1.15 for the quick scan of big faces, where it is as good and faster): a box off by at
+        # most 10% in size, which the aligner corrects; minNeighbors 5: 3 lets through textures in busy scenes
+        found = _cascade().detectMultiScale(
+            grey, scaleFactor=1.15 if min_share else 1.1, minNeighbors=5, minSize=(smallest, smallest)
+        )
+        frames = []
+        for x, y, bw, _ in sorted(found, key=lambda b: -b[2])[:MAX_CANDIDATES]:
+            centre = np.array([x + bw / 2, y + bw / 2])  # in the scanned copy
+            if back is not None:  # cv2's matrices map pixel centres, which lie half a pixel off the corners
+                centre = back[:, :2] @ (centre - 0.5) + back[:, 2] + 0.5
+            cx, cy = centre / self.scale
+            frames.append(Frame(float(cx), float(cy), bw / self.scale, float(angle)))
+        return frames
+
+    def align(self, frames: list[Frame]) -> list[Face]:
+        """Each of the cascade's boxes moved onto the training framing, with the aligner's face probability."""
+        from jmvae_cli.face_aligner import VIEW, Aligner, features
+
+        if not frames:
+            return []
+        aligner = Aligner.bundled()
+        frames = [rough_frame(f) for f in frames]
+        for step in range(len(aligner.steps)):
+            feats = features(np.stack([self.view(f, VIEW) for f in frames]))  # (K, F)
+            frames = [f.moved(p) for f, p in zip(frames, aligner.pose(step, feats))]
+        scores = aligner.face_probability(features(np.stack([self.view(f, VIEW) for f in frames])))
+        on_grey = [Frame(f.cx * self.scale, f.cy * self.scale, f.side * self.scale, f.angle) for f in frames]
+        return [Face(f, float(s), _sharpness(self.grey, g)) for f, s, g in zip(frames, scores, on_grey)]
 
 
-def detect_faces(img: Image.Image, largest_only: bool = False) -> list[Box]:
-    """Frontal faces in `img`, largest first, as the cascade's (square) boxes; with largest_only, at least the
-    largest face (possibly only it), found faster."""
-    w, h = img.size
-    s = min(max(1.0, DETECT_MIN_SIDE / max(w, h)), DETECT_MAX_SIDE / max(w, h))
-    grey = img.convert("L").resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
-    grey = cv2.equalizeHist(np.asarray(grey))  # (h*s, w*s) uint8; evens out dim or washed-out photos
-    # scaleFactor 1.1: the usual step, a box size off by at most 10%; minNeighbors 5: 3 (the default) lets
-    # through textures in busy backgrounds; minSize 32: the smallest scales are where false faces come from
-    found = ()
-    if largest_only:
-        big = max(32, round(LARGEST_FIRST_SHARE * min(grey.shape)))
-        # A coarser scale step here: the cascade's cost is mostly per scale, and on the CelebA-HQ samples 1.15
-        # takes 3.4 ms instead of 4.9 with the framed boxes as good (IoU median 0.835 vs 0.829, p10 0.732 vs 0.740)
-        found = _cascade().detectMultiScale(grey, scaleFactor=1.15, minNeighbors=5, minSize=(big, big))
-    if len(found) == 0:
-        found = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(32, 32))
-    boxes = [Box(x / s, y / s, bw / s, bh / s) for x, y, bw, bh in found]
-    return sorted(boxes, key=lambda b: b.w * b.h, reverse=True)
+def rough_frame(box: Frame) -> Frame:
+    """The training frame as the cascade's box (a Frame, turned with the scanned copy) suggests it."""
+    a = math.radians(box.angle)
+    dx, dy = FRAME_DX * box.side, FRAME_DY * box.side  # in the box's own axes
+    return Frame(box.cx + dx * math.cos(a) - dy * math.sin(a), box.cy + dx * math.sin(a) + dy * math.cos(a),
+                 FRAME_SCALE * box.side, box.angle)
 
 
-def frame_box(face: Box) -> Box:
-    """The square that frames a detected face as the training crops framed theirs."""
-    side = FRAME_SCALE * face.w
-    cx = face.x + face.w / 2 + FRAME_DX * face.w
-    cy = face.y + face.h / 2 + FRAME_DY * face.w
-    # not shifted or shrunk to fit inside the photo: that would move or enlarge the face within the frame,
-    # and the model only knows faces at the trained place and size; crop_face pads instead
-    return Box(cx - side / 2, cy - side / 2, side, side)
+def _sharpness(grey: np.ndarray, frame: Frame) -> float:
+    """How sharp the middle of the face is at the photo's own scale (`grey`: the photo in grey at detection size,
+    `frame` in its pixels), about 1 for a sharp face and towards 0 the more it is blurred.
+
+    In each of a 4x4 grid of blocks: the fine detail (Laplacian energy, less what 8-bit rounding alone gives) over
+    the detail one octave coarser. Natural images hold about as much of one as of the other whatever they show,
+    while a blur takes the fine first; so this says how blurred a face is rather than how much texture it has.
+    Then the lower quartile over the blocks: something sharp in front of part of a blurred face (another face, a
+    pasted photo) does not make the whole face look sharp. At the photo's scale, not the crop's: a lens blurs a
+    face out of focus by as many pixels whatever its size, so a big face in the background shows it as plainly
+    as a small one."""
+    h, w = grey.shape
+    r = frame.side / 4  # the middle half of the frame: eyes, nose and mouth
+    x0, x1 = max(0, round(frame.cx - r)), min(w, round(frame.cx + r))
+    y0, y1 = max(0, round(frame.cy - r)), min(h, round(frame.cy + r))
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return 0.0
+    mid = grey[y0:y1, x0:x1].astype(np.float32)
+    fine, coarse = _block_detail(mid), _block_detail(cv2.pyrDown(mid))  # (16,) each
+    # rounding to 8 bits puts about 20/12 grey levels squared into the Laplacian of even a flat patch; the
+    # variance term keeps a patch with hardly any detail at either scale from passing for sharp
+    per_block = np.maximum(fine - 2.0, 0.0) / (coarse + 0.01 * float(mid.var()) + 1.0)
+    return float(np.percentile(per_block, 25))
 
 
-def crop_face(img: Image.Image, box: Box, size: int = 64) -> Image.Image:
-    """Cut `box` out of `img` as a size x size RGB image; outside the photo, its edge pixels are repeated."""
+def _block_detail(a: np.ndarray) -> np.ndarray:
+    """(16,) mean squared Laplacian in each block of a 4x4 grid."""
+    lap = cv2.Laplacian(a, cv2.CV_32F)[1:-1, 1:-1] ** 2
+    return np.array([b.mean() for rows in np.array_split(lap, 4, 0) for b in np.array_split(rows, 4, 1)])
+
+
+def _merge(faces: list[Face]) -> list[Face]:
+    """One Face per face: frames aligned onto each other (found in several scans) keep the likelier."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        if not any(_same(f.frame, k.frame) for k in kept):
+            kept.append(f)
+    return kept
+
+
+def _same(a: Frame, b: Frame) -> bool:
+    near = math.hypot(a.cx - b.cx, a.cy - b.cy) < SAME_FACE * max(a.side, b.side)
+    return near and abs(math.log(a.side / b.side)) < math.log(1.5)  # a small face on a big one is another face
+
+
+def _behind(face: Face, faces: list[Face]) -> bool:
+    """Whether a smaller face lies over the middle of this one: then this one is behind it (a poster, a screen),
+    since nothing sits on a face in front."""
+    f = face.frame
+    return any(
+        max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4 and g.frame.side * 1.5 < f.side
+        for g in faces
+    )
+
+
+def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
+    """The faces in a photo, best first: those in focus (IN_FOCUS) and not behind another, largest first, then the
+    others largest first.
+    Frames are aligned; boxes that are not faces are dropped; faces too small to read are kept (the caller
+    decides). Without all_faces the search stops as soon as an upright face in focus is found, so faces
+    elsewhere may be missing from the list."""
+    photo = _Photo(img)
+    faces: list[Face] = []
+
+    def settled() -> bool:
+        return not all_faces and any(f.score >= FACE_MIN and f.sharpness >= IN_FOCUS for f in faces)
+
+    if not all_faces:
+        faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE))
+    if not settled():
+        faces = _merge(faces + photo.align(photo.scan(0)))
+    for angle in ROTATIONS:
+        if settled():
+            break
+        faces = _merge(faces + photo.align(photo.scan(angle)))
+    faces = [f for f in faces if f.score >= FACE_MIN]
+    return sorted(faces, key=lambda f: (f.sharpness < IN_FOCUS or _behind(f, faces), -f.frame.side))
+
+
+def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True) -> list[Frame]:
+    """Frames ready for crop_face: the best face's, or every face's with all_faces (best first).
+
+    detect=False is for inputs that already are face crops: their centre square is taken as the frame.
+    Raises NoFaceError, or its subclass FaceTooSmallError when every face found is smaller than MIN_FACE_SIDE."""
+    if not detect:
+        w, h = img.size
+        return [Frame(w / 2, h / 2, min(w, h))]
+    return _usable(search_faces(img, all_faces=all_faces), all_faces)
+
+
+def _usable(found: list[Face], all_faces: bool) -> list[Frame]:
+    if not found:
+        raise NoFaceError("no face found")
+    usable = [f.frame for f in found if f.frame.side >= MIN_FACE_SIDE]
+    if not usable:
+        side = max(f.frame.side for f in found)
+        raise FaceTooSmallError(
+            f"the face is only {side:.0f} px across, too small to read (at least {MIN_FACE_SIDE} px); "
+            "use a larger photo, or one taken closer",
+            side,
+        )
+    return usable if all_faces else usable[:1]
+
+
+def crop_face(img: Image.Image, frame: Frame, size: int = 64) -> Image.Image:
+    """Cut `frame` out of `img` as a size x size RGB image, upright; outside the photo, its edge pixels repeat.
+
+    An upright frame is cut and resized as the training images were (bicubic, antialiased); a turned one is
+    first shrunk to twice the size by area averaging, then turned (bicubic) and halved the same way."""
+    if frame.angle == 0:
+        return _cut(img, frame.box).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    box = frame.box
+    q = min(1.0, 2 * size / frame.side)  # shrink (never grow) to twice the crop's size before turning
+    x0, y0 = math.floor(box.x) - 2, math.floor(box.y) - 2
+    region = _cut(img, Box(x0, y0, math.ceil(box.x + box.w) + 2 - x0, math.ceil(box.y + box.h) + 2 - y0))
+    a = np.asarray(region)  # (h, w, 3)
+    if q < 1:
+        a = cv2.resize(a, (max(1, round(a.shape[1] * q)), max(1, round(a.shape[0] * q))), interpolation=cv2.INTER_AREA)
+    qx, qy = a.shape[1] / region.width, a.shape[0] / region.height  # the rounded scale
+    f = Frame((frame.cx - x0) * qx, (frame.cy - y0) * qy, frame.side * qx, frame.angle)
+    big = cv2.warpAffine(a, f.from_photo(2 * size), (2 * size, 2 * size),
+                         flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)  # (2 size, 2 size, 3)
+    return Image.fromarray(cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA), "RGB")
+
+
+def _cut(img: Image.Image, box: Box) -> Image.Image:
+    """The pixels of `box` (rounded) as RGB; outside the photo, its edge pixels are repeated."""
     W, H = img.size
     x0, y0 = round(box.x), round(box.y)
     x1, y1 = max(x0 + 1, round(box.x + box.w)), max(y0 + 1, round(box.y + box.h))
@@ -127,82 +370,92 @@ def crop_face(img: Image.Image, box: Box, size: int = 64) -> Image.Image:
     inside = img.crop((ix0, iy0, ix1, iy1))
     inside = inside if inside.mode == "RGB" else inside.convert("RGB")  # (iy1-iy0, ix1-ix0, 3)
     pad = (iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1)  # top, bottom, left, right
-    if any(pad):
-        a = np.asarray(inside)
-        if min(pad) >= 0:  # the usual case, and the same pixels as below at a fraction of the cost (img2attr)
-            a = cv2.copyMakeBorder(a, *pad, cv2.BORDER_REPLICATE)  # (y1-y0, x1-x0, 3)
-        else:  # the frame lies wholly outside the photo
-            rows = np.clip(np.arange(y0, y1), iy0, iy1 - 1) - iy0  # (y1-y0,)
-            cols = np.clip(np.arange(x0, x1), ix0, ix1 - 1) - ix0  # (x1-x0,)
-            a = a[np.ix_(rows, cols)]  # (y1-y0, x1-x0, 3)
-        inside = Image.fromarray(np.ascontiguousarray(a), "RGB")
-    return inside.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True) -> list[Box]:
-    """Frame boxes ready for crop_face: the largest face's, or every face's with all_faces.
-
-    detect=False is for inputs that already are face crops: their centre square is taken as the frame."""
-    if not detect:
-        w, h = img.size
-        side = min(w, h)
-        return [Box((w - side) / 2, (h - side) / 2, side, side)]
-    faces = detect_faces(img, largest_only=not all_faces)
-    if not faces:
-        raise NoFaceError("no face found")
-    return [frame_box(f) for f in (faces if all_faces else faces[:1])]
+    if not any(pad):
+        return inside
+    a = np.asarray(inside)
+    if min(pad) >= 0:  # the usual case, and the same pixels as below at a fraction of the cost (img2attr)
+        a = cv2.copyMakeBorder(a, *pad, cv2.BORDER_REPLICATE)  # (y1-y0, x1-x0, 3)
+    else:  # the frame lies wholly outside the photo
+        rows = np.clip(np.arange(y0, y1), iy0, iy1 - 1) - iy0  # (y1-y0,)
+        cols = np.clip(np.arange(x0, x1), ix0, ix1 - 1) - ix0  # (x1-x0,)
+        a = a[np.ix_(rows, cols)]  # (y1-y0, x1-x0, 3)
+    return Image.fromarray(np.ascontiguousarray(a), "RGB")
 
 
 @dataclass
 class FaceCrop:
-    face: int  # index among the faces found, largest first
-    box: Box  # the frame in the photo's pixels
-    crop: np.ndarray  # (64, 64, 3) uint8
+    face: int  # index among the faces used, best first
+    frame: Frame  # where the crop lies in the photo
+    crop: np.ndarray  # (size, size, 3) uint8, the model's input
+    found: int = 1  # how many faces the search saw in the photo (see search_faces: without all_faces, a lower bound)
+
+    @property
+    def box(self) -> Box:
+        """The axis-aligned box around the frame, in the photo's pixels (for messages)."""
+        return self.frame.box
 
 
 def load_faces(
     source: str | Path | bytes, name: str, *, all_faces: bool = False, detect: bool = True, size: int = 64
 ) -> tuple[Image.Image, list[FaceCrop]]:
-    """Read a photo and cut out its face(s) as the model's input. Raises JmvaeError naming the file."""
+    """Read a photo and cut out its face(s) as the model's input, size x size. Raises JmvaeError naming the file:
+    NoFaceError, or its subclass FaceTooSmallError."""
     img = images.read_image(source, name)
-    try:
-        boxes = find_faces(img, all_faces=all_faces, detect=detect)
-    except NoFaceError:
-        raise NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
-    return img, [FaceCrop(i, b, np.array(crop_face(img, b, size))) for i, b in enumerate(boxes)]
+    if not detect:
+        frames, found = find_faces(img, detect=False), 1
+    else:
+        faces = search_faces(img, all_faces=all_faces)
+        try:
+            frames = _usable(faces, all_faces)
+        except FaceTooSmallError as e:
+            raise FaceTooSmallError(f"{name}: {e}", e.side) from None
+        except NoFaceError:
+            raise NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
+        found = len(faces)
+    return img, [FaceCrop(i, f, np.asarray(crop_face(img, f, size)), found) for i, f in enumerate(frames)]
 
 
-def feather_mask(h: int, w: int, feather: float) -> np.ndarray:
-    """(h, w) float32: 1 inside, falling smoothly to 0 at the edges over `feather` of the shorter side
-    (feather 0: no fade, the whole frame takes the change)."""
+# ----------------------------------------------------------------------------- pasting an edit back
+
+
+def _mask(n: np.ndarray, feather: float) -> np.ndarray:
+    """(..., 2) points in a frame's normalised coordinates -> (...) float32 paste weights: 1 inside the face
+    ellipse (MASK_*), falling smoothly to 0 at its edge over `feather` of the frame's side (0: a hard edge)."""
+    ax, ay = MASK_AXES
+    r = np.hypot(n[..., 0] / ax, (n[..., 1] - MASK_CENTRE_Y) / ay)  # 1 on the ellipse
     if feather <= 0:
-        return np.ones((h, w), np.float32)
-    r = max(1.0, feather * min(h, w))
-
-    def ramp(n: int) -> np.ndarray:
-        d = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / r  # distance to the nearer edge, in ramps
-        t = np.clip(d, 0, 1)
-        return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible seam where the ramp starts
-
-    return ramp(h)[:, None] * ramp(w)[None, :]
+        return (r < 1).astype(np.float32)
+    t = np.clip((1 - r) * min(ax, ay) / (2 * feather), 0, 1)  # the frame's side is 2 normalised units
+    return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no visible seam where the ramp starts
 
 
-def paste_edit(photo: Image.Image, box: Box, delta: np.ndarray, feather: float = DEFAULT_FEATHER) -> Image.Image:
-    """Add a face crop's (64, 64, 3) change in pixel units to the photo at full resolution.
+def face_mask(size: int, feather: float = DEFAULT_FEATHER) -> np.ndarray:
+    """(size, size) float32: how much of an edit a crop's pixel takes when pasted (1 on the face, 0 outside)."""
+    n = (2 * np.arange(size) + 1) / size - 1  # (size,) pixel centres, normalised
+    return _mask(np.stack(np.meshgrid(n, n), -1), feather)
 
-    The change is smoothly (bicubically) upscaled to the frame's size in the photo and faded out towards the
-    frame's edges; every pixel outside the frame is left exactly as it was."""
-    import cv2
 
+def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: float = DEFAULT_FEATHER) -> Image.Image:
+    """Add a face crop's (n, n, 3) change in pixel units to the photo at full resolution.
+
+    The change goes back through the inverse of the crop's transform (smoothly, bicubically upscaled, and turned
+    back with the face) and through a soft face-shaped mask (face_mask); every pixel outside that mask is left
+    exactly as it was."""
+    frame, n = face.frame, len(delta)
     W, H = photo.size
-    # the frame's pixels exactly as faces.crop_face rounds them, so the change lands where the crop came from
-    x0, y0 = round(box.x), round(box.y)
-    x1, y1 = max(x0 + 1, round(box.x + box.w)), max(y0 + 1, round(box.y + box.h))
-    d = cv2.resize(np.ascontiguousarray(delta, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-    d = d.reshape(y1 - y0, x1 - x0, 3) * feather_mask(y1 - y0, x1 - x0, feather)[..., None]  # (bh, bw, 3)
+    b = frame.box
+    x0, y0 = max(math.floor(b.x), 0), max(math.floor(b.y), 0)
+    x1, y1 = min(math.ceil(b.x + b.w), W), min(math.ceil(b.y + b.h), H)
     out = np.array(photo.convert("RGB"))  # (H, W, 3) uint8, a copy
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)  # the frame may reach past the photo
-    if ix0 < ix1 and iy0 < iy1:
-        region = out[iy0:iy1, ix0:ix1].astype(np.float32) + d[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-        out[iy0:iy1, ix0:ix1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+    if x0 >= x1 or y0 >= y1:  # the frame lies wholly outside the photo
+        return Image.fromarray(out, "RGB")
+    m = frame.from_photo(n)  # photo pixel -> crop pixel
+    m[:, 2] += m[:, :2] @ (x0, y0)  # from the region's pixels instead
+    d = cv2.warpAffine(np.ascontiguousarray(delta, np.float32), m, (x1 - x0, y1 - y0),
+                       flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    ys, xs = np.mgrid[0 : y1 - y0, 0 : x1 - x0]  # (h, w) each
+    u = np.stack([xs, ys], -1) @ m[:, :2].T + m[:, 2]  # (h, w, 2) crop pixel coordinates
+    w = _mask((2 * u + 1) / n - 1, feather)  # (h, w)
+    region = out[y0:y1, x0:x1].astype(np.float32) + d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
+    out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")

@@ -280,11 +280,13 @@ def evaluate_quality(
             "classifier_on_real": summary(binary_scores(cls_real, attrs), attr_names),
         }
     if "edit" in parts:
-        report["edit"] = edit_report(counts, edits, attr_names, strength)
+        report["edit"] = edit_report(counts, edits, attr_names, strength, method)
     return report
 
 
-def edit_report(counts: np.ndarray, edits: list[attributes.Change], attr_names: list[str], strength: float) -> dict:
+def edit_report(
+    counts: np.ndarray, edits: list[attributes.Change], attr_names: list[str], strength: float, method: str
+) -> dict:
     """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged. An edit
     given its own strength (+Name=S) says so in its row."""
     rows = []
@@ -307,7 +309,7 @@ def edit_report(counts: np.ndarray, edits: list[attributes.Change], attr_names: 
     mean = {k: float(np.mean([r[k] for r in done])) if done else None for k in ("target_before", "flipped")}
     kept = [r["others_unchanged"] for r in done if r["others_unchanged"] is not None]
     mean["others_unchanged"] = float(np.mean(kept)) if kept else None
-    return {"strength": strength, "edits": rows, "mean": mean}
+    return {"method": method, "strength": strength, "edits": rows, "mean": mean}
 
 
 def align_attributes(data: FaceData, attr_names: list[str]) -> FaceData:

@@ -60,7 +60,7 @@ def print_evaluation(report: dict, out: Console) -> None:
     if "edit" in report:
         e = report["edit"]
         table = Table("edit", "faces", "target before", "flipped", "others unchanged", box=box.SIMPLE_HEAD,
-                      title=f"single-attribute edits (strength {e['strength']:g})", title_justify="left",
+                      title=f"single-attribute edits ({e['method']} rule, strength {e['strength']:g})", title_justify="left",
                       caption="as the classifier sees the faces; only faces not labelled with the target are edited",
                       caption_justify="left")  # fmt: skip
         for col in table.columns[1:]:

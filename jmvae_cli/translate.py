@@ -378,7 +378,7 @@ def render_edit(photo: Image.Image, crops: list[faces.FaceCrop], edited: editing
     if view.kind == "crops":
         return grid(edited.pixels("result"), view.size, cols=len(crops))
     for c, delta in zip(crops, edited.delta_pixels):
-        photo = faces.paste_edit(photo, c.box, delta, view.feather)
+        photo = faces.paste_edit(photo, c, delta, view.feather)
     return photo
 
 

@@ -168,3 +168,13 @@ def test_edit_photos_keeps_the_images_it_is_not_told_to_write(tiny_weights, tmp_
     assert results[0].image.size == (50, 40) and results[0].output is None and len(results[0].crops) == 1
     assert results[1].output == outputs[1] and Image.open(outputs[1]).size == (51, 40)
     assert results[2].error == "stopped"
+
+
+def test_edit_and_evaluate_offer_every_rule(weights_env, tmp_path):
+    photo = write_photo(tmp_path / "p.png", 96, 96, seed=3)
+    out = tmp_path / "latent.png"
+    assert run("edit", photo, "--no-detect", "--set", "Smiling", "--method", "latent", "-o", out).exit_code == 0
+    paper = tmp_path / "paper.png"
+    assert run("edit", photo, "--no-detect", "--set", "Smiling", "-o", paper).exit_code == 0
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(paper)))
+    assert run("edit", photo, "--no-detect", "--set", "Smiling", "--method", "nope", "-o", tmp_path / "x.png").exit_code == 2

@@ -365,7 +365,7 @@ def test_edit_real_photo_leaves_pixels_outside_the_face_alone(weights_env, tmp_p
     src = tmp_path / "group.png"
     photo.save(src)
     ok(run("edit", src, "--set", "Eyeglasses", "-o", tmp_path / "out.png"))
-    box = faces.find_faces(images.read_image(src))[0]
+    box = faces.find_faces(images.read_image(src))[0].box
     x0, y0, x1, y1 = round(box.x), round(box.y), round(box.x + box.w), round(box.y + box.h)
     before, after = np.asarray(photo).astype(int), np.asarray(Image.open(tmp_path / "out.png")).astype(int)
     outside = np.ones(before.shape[:2], bool)
@@ -432,7 +432,7 @@ def test_all_faces_in_one_photo(weights_env, tmp_path):
     assert len(json.loads(ok(run("img2attr", src, "-f", "json")).stdout)) == 1  # the largest only
 
     ok(run("edit", src, "--all-faces", "--set", "Smiling", "-o", tmp_path / "out.png"))
-    boxes = faces.find_faces(images.read_image(src), all_faces=True)
+    boxes = [f.box for f in faces.find_faces(images.read_image(src), all_faces=True)]
     before, after = np.asarray(photo).astype(int), np.asarray(Image.open(tmp_path / "out.png")).astype(int)
     outside = np.ones(before.shape[:2], bool)
     for b in boxes:

@@ -82,3 +82,21 @@ def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):
     r = editing.edit(tr.model, x, {0: 1.5}, method="nothing")
     assert torch.equal(r.result, x) and not r.delta_pixels.any()
     assert r.strip().shape == (8, 64, 64, 3)
+
+
+def test_latent_rule_moves_the_faces_own_latent(tr):
+    face = photo_array(64, 64, seed=6)
+    values = attributes.values(attributes.parse_set_unset(["Smiling"], [], tr.attr_names), 2.0)
+    r = editing.edit(tr.model, editing.to_input([face]), values, method="latent")
+    m = tr.model
+    with torch.no_grad():
+        x = editing.to_input([face])
+        mu_x = m.q_x(x).mu  # (1, Z)
+        step = m.q_w(r.w_new).mu - m.q_w(r.w).mu  # (1, Z): what the change moves q(z|w)'s mean by
+        before = m.decode_x(mu_x)[0]  # (1, 3, 64, 64): the face's own reconstruction, not x_mean
+        after = m.decode_x(mu_x + step)[0]
+    assert torch.allclose(r.before, before, atol=1e-5) and torch.allclose(r.after, after, atol=1e-5)
+    assert torch.allclose(r.result, (x + after - before).clamp(-1, 1), atol=1e-5)
+    # asking for what the face already has moves nothing
+    same = editing.edit(tr.model, x, {i: float(v) for i, v in enumerate(r.w[0])}, method="latent")
+    assert torch.equal(same.before, same.after) and torch.allclose(same.result, x, atol=1e-6)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jmvae_cli import editing, faces, translate
+from jmvae_cli import translate
 from jmvae_cli.runtime import bf16_supported
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, write_photo  # noqa: F401 (fixture)
 
@@ -76,49 +76,6 @@ def test_bf16_batches_match_fp32(tiny_weights):
     crops = np.stack([photo_array(64, 64, seed=s) for s in range(16)])
     a, b = translate.infer_attributes(fp32, crops), translate.infer_attributes(bf16, crops)
     assert np.abs(a - b).max() < 0.03
-
-
-# ----------------------------------------------------------------------------- pasting back into the photo
-
-
-def test_feather_mask():
-    m = faces.feather_mask(100, 80, 0.15)
-    assert m.shape == (100, 80) and m.max() == 1 and m[50, 40] == 1
-    assert m[0, 40] < 0.05 and m[50, 0] < 0.05 and m.min() >= 0
-    assert np.array_equal(faces.feather_mask(10, 10, 0), np.ones((10, 10), np.float32))
-
-
-def test_paste_edit_leaves_the_rest_untouched():
-    photo = Image.fromarray(photo_array(300, 200, seed=2), "RGB")
-    box = faces.Box(40.3, 30.6, 120.2, 120.2)
-    delta = np.full((64, 64, 3), 40.0, np.float32)
-    out = np.asarray(faces.paste_edit(photo, box, delta, 0.15)).astype(int)
-    src = np.asarray(photo).astype(int)
-    x0, y0, x1, y1 = 40, 31, 161, 151  # the frame rounded as crop_face rounds it
-    outside = np.ones(src.shape[:2], bool)
-    outside[y0:y1, x0:x1] = False
-    assert np.array_equal(out[outside], src[outside])
-    centre = (slice(y0 + 30, y1 - 30), slice(x0 + 30, x1 - 30))
-    expected = np.clip(src[centre] + 40, 0, 255)
-    assert np.abs(out[centre] - expected).max() <= 1
-    assert (np.abs(out - src)[y0:y1, x0:x1] <= 41).all()
-
-
-def test_paste_edit_frame_reaching_past_the_photo():
-    photo = Image.fromarray(photo_array(100, 100, seed=2), "RGB")
-    out = faces.paste_edit(photo, faces.Box(-30, 50, 90, 90), np.full((64, 64, 3), -20, np.float32))
-    a, b = np.asarray(out).astype(int), np.asarray(photo).astype(int)
-    assert out.size == photo.size
-    assert np.array_equal(a[:50], b[:50]) and np.array_equal(a[:, 60:], b[:, 60:])
-    assert (a[70:90, 10:30] < b[70:90, 10:30]).all()
-
-
-def test_paste_of_a_whole_64px_frame_is_the_crop_result(tr):
-    """With the frame the whole 64x64 image and no feathering, the full-resolution path is the paper's x'."""
-    face = photo_array(64, 64, seed=7)
-    r = editing.edit(tr.model, editing.to_input([face]), {0: 1.5})
-    out = faces.paste_edit(Image.fromarray(face), faces.Box(0, 0, 64, 64), r.delta_pixels[0], feather=0)
-    assert np.abs(np.asarray(out).astype(int) - r.pixels("result")[0].astype(int)).max() <= 1
 
 
 # ----------------------------------------------------------------------------- many files

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from jmvae_cli import formats, runtime
+from jmvae_cli import editing, formats, runtime
 from jmvae_cli.attributes import MAX_STRENGTH
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
@@ -24,6 +24,7 @@ def choices(name: str, values) -> type[Enum]:
 
 Device = choices("Device", runtime.DEVICES)
 Format = choices("Format", formats.FORMATS)
+Method = choices("Method", editing.RULES)
 
 
 DeviceOpt = Annotated[
@@ -56,6 +57,14 @@ StrengthOpt = Annotated[
         min=0.0,
         max=MAX_STRENGTH,
         help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
+    ),
+]
+MethodOpt = Annotated[
+    Method,
+    typer.Option(
+        "--method",
+        help="How the change is made (editing.py): paper is x + x'_mean - x_mean (Suzuki et al.); latent moves the "
+        "face's own latent mean of q(z|x) by mu_w(w') - mu_w(w).",
     ),
 ]
 SoftOpt = Annotated[

@@ -11,9 +11,6 @@ from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
 
-Method = Enum("Method", {name: name for name in editing.RULES}, type=str)  # the rules editing.py has
-
-
 def edit(
     inputs: Annotated[
         list[str],
@@ -26,9 +23,7 @@ def edit(
     unset: common.UnsetOpt = [],
     strength: common.StrengthOpt = 2.0,
     soft: common.SoftOpt = False,
-    method: Annotated[
-        Method, typer.Option("--method", help="How the change is made: paper is x + x'_mean - x_mean (Suzuki et al.).")
-    ] = Method(editing.DEFAULT_METHOD),
+    method: common.MethodOpt = common.Method(editing.DEFAULT_METHOD),
     output: Annotated[
         Optional[str],
         typer.Option(

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from jmvae_cli import editing
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.data import VAL_FRACTION
@@ -55,6 +56,7 @@ def evaluate(
         ),
     ] = [],
     strength: common.StrengthOpt = 2.0,
+    method: common.MethodOpt = common.Method(editing.DEFAULT_METHOD),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     val_fraction: Annotated[
         float,
@@ -111,6 +113,7 @@ def evaluate(
                 parts=parts,
                 edits=[attributes.parse_change(e, names) for e in edits] if edits else None,
                 strength=strength,
+                method=method.value,
                 batch_size=batch_size,
                 device=tr.device,
                 progress=console.is_terminal,
