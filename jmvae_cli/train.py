@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -351,12 +351,6 @@ def config_of(opts: TrainOptions, n_attrs: int) -> JMVAEConfig:
         raise JmvaeError(f"cannot build the model: {e}") from None
 
 
-def preprocess_of(meta: dict) -> Preprocess:
-    """How the images of a saved model were prepared: its training data is prepared the same way."""
-    known = {f.name for f in fields(Preprocess)}
-    return Preprocess(**{k: v for k, v in meta["preprocess"].items() if k in known})
-
-
 @dataclass
 class Start:
     """Where a run begins: a fresh model, a model file to fine-tune (--init), or a saved run (--resume)."""
@@ -396,7 +390,7 @@ def starting_point(opts: TrainOptions) -> Start:
             raise JmvaeError(f"{path} holds {bad} non-finite weights (a diverged run): it cannot be resumed")
         return Start(
             JMVAEConfig.from_dict(meta["config"]),
-            preprocess_of(meta),
+            Preprocess.from_dict(meta["preprocess"]),
             f"the run in {opts.out}",
             meta["attr_names"],
             states,
@@ -412,7 +406,7 @@ def starting_point(opts: TrainOptions) -> Start:
         cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
         return Start(
             cfg,
-            preprocess_of(loaded.meta),
+            Preprocess.from_dict(loaded.meta["preprocess"]),
             f"--init {opts.init}",
             loaded.attr_names,
             states={"model": loaded.model.state_dict()},

@@ -23,6 +23,7 @@ from PIL import Image
 from jmvae_cli import editing, faces, images
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
 from jmvae_cli.cpus import available_cpus
+from jmvae_cli.data import Preprocess
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
@@ -55,6 +56,7 @@ class Translator:
     device: torch.device
     precision: Precision  # for batches in img2attr; single-image generation and edits always run in fp32
     weights: Path
+    preprocess: Preprocess  # how its training images were prepared: evaluation data is prepared the same way
 
     @classmethod
     def from_weights(cls, path: str | Path | None = None, device: str = "auto", precision: str = "auto"):
@@ -72,12 +74,14 @@ class Translator:
             raise WeightsError(f"{path} holds a {cfg.model} baseline; translation needs a JMVAE model")
         if not isinstance(names, list) or len(names) != cfg.n_attrs or not all(isinstance(n, str) for n in names):
             raise WeightsError(f"{path}: its attribute names do not match its model ({cfg.n_attrs} attributes)")
-        size = (loaded.meta.get("preprocess") or {}).get("size", cfg.image_size)
-        if size != cfg.image_size:
-            raise WeightsError(f"{path}: its preprocessing ({size} px) does not match its model ({cfg.image_size} px)")
+        pre = Preprocess.from_dict(loaded.meta.get("preprocess") or {"size": cfg.image_size})
+        if pre.size != cfg.image_size:
+            raise WeightsError(
+                f"{path}: its preprocessing ({pre.size} px) does not match its model ({cfg.image_size} px)"
+            )
         prec = Precision.choose(dev, precision)
         model = loaded.model.to(memory_format=prec.memory_format)
-        return cls(model, list(names), dev, prec, path)
+        return cls(model, list(names), dev, prec, path, pre)
 
     @property
     def image_size(self) -> int:

@@ -5,17 +5,15 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from jmvae_cli import cli, translate
+from jmvae_cli import translate
 from jmvae_cli.checkpoint import save_model
+from tests import conftest
 from tests.model_fixtures import ATTRS, tiny_model, write_photo
-
-runner = CliRunner()
 
 
 def run(*args, input=None):
-    r = runner.invoke(cli.app, [str(a) for a in args], input=input)
+    r = conftest.run(*args, input=input)
     assert r.exit_code == 0, r.output
     return r
 
@@ -59,3 +57,13 @@ def test_every_translation_command_at_the_models_size(sized_weights, tmp_path, m
         run("figure", kind, "--samples", 1, "--bases", 10, "-o", tmp_path / f"{kind}.png")
     r = run("figure", "edit", photo, "--no-detect", "-o", tmp_path / "fig-edit.png")
     assert "inferred" in r.stderr and Image.open(tmp_path / "fig-edit.png").height > 96  # 96 px tiles and labels
+
+
+def test_evaluate_prepares_the_data_at_the_models_size(sized_weights, tmp_path):
+    size, weights = sized_weights
+    data = conftest.write_generic(tmp_path, 40, ATTRS)
+    r = run("evaluate", "--data", data, "--weights", weights, "--val-fraction", "0.3", "-f", "json",
+            "--skip", "attr2img", "--skip", "edit", "--k", 2)  # fmt: skip
+    report = json.loads(r.stdout)
+    assert report["images"] > 0 and set(report["img2attr"]["q_x"]["per_attribute"]) == set(ATTRS)
+    assert report["likelihood"]  # bounds over size x size images: the decoder's output matched the data

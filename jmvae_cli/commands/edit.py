@@ -1,6 +1,5 @@
 """`jmvae edit`: change attributes of the face in a photo, or in many."""
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -84,7 +84,7 @@ def evaluate(
 
     tr = common.load_translator(weights, device, verbose)
     names = tr.attr_names
-    faces = quality.align_attributes(load_data(data, val_fraction=val_fraction, progress=console.is_terminal), names)
+    faces = quality.align_attributes(load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names)
     idx = faces.sample(split.value, max_images, seed)
     report: dict = {
         "weights": str(tr.weights),
