@@ -16,6 +16,7 @@ A Frame is a square in the photo, turned by the face's roll; FaceCrop carries it
 back through the inverse of the same transform (paste_edit), through a soft face-shaped mask.
 """
 
+import functools
 import math
 import os
 import threading
@@ -46,12 +47,16 @@ LARGEST_FIRST_SHARE = 0.45
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
 ROTATIONS = (15, -15, 30, -30)
+# The cascade's own vote for a box: few, since the aligner's face score rejects what the cascade lets through
+MIN_NEIGHBORS = 3
 MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
-FACE_MIN = 0.5  # the aligner's face probability below which a box is not a face
+FACE_MIN = 0.75  # the aligner's face probability below which a box is not a face
+FACE_SURE = 0.9  # ... and from which a face in focus ends the search for the best face
 SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
 # Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
 # ranked before the faces out of focus, and, found upright, settling the search (no turned copies are scanned).
 IN_FOCUS = 0.03
+BLURRED = 0.005  # below this a face shows no fine detail at all (a blurred background): not used
 MIN_FACE_SIDE = 32  # frame side in photo pixels below which a face is too small to read (the model reads 64)
 DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
 
@@ -181,10 +186,16 @@ class _Photo:
                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (2 size, 2 size, 3)
         return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
 
-    def scan(self, angle: float, min_share: float = 0.0) -> list[Frame]:
-        """The cascade's boxes for a copy turned by -angle degrees (faces turned by +angle come out upright), as
-        frames turned by +angle in the photo's pixels, largest first."""
-        grey, back = self.grey, None
+    @functools.cached_property
+    def local_contrast(self) -> np.ndarray:
+        """The detection copy with its contrast evened out locally (CLAHE): dark faces in dim light, and faces
+        of low contrast in bright surroundings, come out where the plain copy hides them."""
+        return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(self.grey)
+
+    def scan(self, angle: float, min_share: float = 0.0, enhanced: bool = False) -> list[Frame]:
+        """The cascade's boxes for a copy (of local_contrast if enhanced) turned by -angle degrees (faces turned
+        by +angle come out upright), as frames turned by +angle in the photo's pixels, largest first."""
+        grey, back = (self.local_contrast if enhanced else self.grey), None
         if angle:
             h, w = grey.shape
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)  # (2, 3); cv2: + is counter-clockwise
@@ -195,9 +206,9 @@ class _Photo:
             back = cv2.invertAffineTransform(m)
         smallest = max(24, round(min_share * min(grey.shape)))
         # scaleFactor 1.1 (1.15 for the quick scan of big faces, where it is as good and faster): a box off by at
-        # most 10% in size, which the aligner corrects; minNeighbors 5: 3 lets through textures in busy scenes
+        # most 10% in size, which the aligner corrects
         found = _cascade().detectMultiScale(
-            grey, scaleFactor=1.15 if min_share else 1.1, minNeighbors=5, minSize=(smallest, smallest)
+            grey, scaleFactor=1.15 if min_share else 1.1, minNeighbors=MIN_NEIGHBORS, minSize=(smallest, smallest)
         )
         frames = []
         for x, y, bw, _ in sorted(found, key=lambda b: -b[2])[:MAX_CANDIDATES]:
@@ -220,8 +231,18 @@ class _Photo:
             feats = features(np.stack([self.view(f, VIEW) for f in frames]))  # (K, F)
             frames = [f.moved(p) for f, p in zip(frames, aligner.pose(step, feats))]
         scores = aligner.face_probability(features(np.stack([self.view(f, VIEW) for f in frames])))
-        on_grey = [Frame(f.cx * self.scale, f.cy * self.scale, f.side * self.scale, f.angle) for f in frames]
-        return [Face(f, float(s), _sharpness(self.grey, g)) for f, s, g in zip(frames, scores, on_grey)]
+        return [Face(f, float(s), self.sharpness(f)) for f, s in zip(frames, scores)]
+
+    def sharpness(self, frame: Frame) -> float:
+        """_sharpness of a face at most at the photo's own resolution: the detection copy of a small photo is
+        scaled up, which blurs it, and that is no blur of the photo's."""
+        if self.scale > 1:
+            return _sharpness(self.native_grey, frame)
+        return _sharpness(self.grey, Frame(frame.cx * self.scale, frame.cy * self.scale, frame.side * self.scale))
+
+    @functools.cached_property
+    def native_grey(self) -> np.ndarray:
+        return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
 
 
 def rough_frame(box: Frame) -> Frame:
@@ -234,7 +255,7 @@ def rough_frame(box: Frame) -> Frame:
 
 def _sharpness(grey: np.ndarray, frame: Frame) -> float:
     """How sharp the middle of the face is at the photo's own scale (`grey`: the photo in grey at detection size,
-    `frame` in its pixels), about 1 for a sharp face and towards 0 the more it is blurred.
+    `frame` in its pixels, angle ignored), about 1 for a sharp face and towards 0 the more it is blurred.
 
     In each of a 4x4 grid of blocks: the fine detail (Laplacian energy, less what 8-bit rounding alone gives) over
     the detail one octave coarser. Natural images hold about as much of one as of the other whatever they show,
@@ -248,7 +269,7 @@ def _sharpness(grey: np.ndarray, frame: Frame) -> float:
     x0, x1 = max(0, round(frame.cx - r)), min(w, round(frame.cx + r))
     y0, y1 = max(0, round(frame.cy - r)), min(h, round(frame.cy + r))
     if x1 - x0 < 16 or y1 - y0 < 16:
-        return 0.0
+        return 1.0  # too few pixels to tell: not judged blurred (a face this small is too small to read anyway)
     mid = grey[y0:y1, x0:x1].astype(np.float32)
     fine, coarse = _block_detail(mid), _block_detail(cv2.pyrDown(mid))  # (16,) each
     # rounding to 8 bits puts about 20/12 grey levels squared into the Laplacian of even a flat patch; the
@@ -289,25 +310,26 @@ def _behind(face: Face, faces: list[Face]) -> bool:
 
 def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     """The faces in a photo, best first: those in focus (IN_FOCUS) and not behind another, largest first, then the
-    others largest first.
-    Frames are aligned; boxes that are not faces are dropped; faces too small to read are kept (the caller
-    decides). Without all_faces the search stops as soon as an upright face in focus is found, so faces
-    elsewhere may be missing from the list."""
+    others largest first. Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
+    are dropped; faces too small to read are kept (the caller decides).
+
+    Scans go from the cheap to the thorough: big upright faces, all upright faces, turned copies, then the same
+    on a copy of evened-out contrast. Without all_faces the search stops at the first face sure and in focus, so
+    faces elsewhere may be missing from the list."""
     photo = _Photo(img)
     faces: list[Face] = []
 
     def settled() -> bool:
-        return not all_faces and any(f.score >= FACE_MIN and f.sharpness >= IN_FOCUS for f in faces)
+        return not all_faces and any(f.score >= FACE_SURE and f.sharpness >= IN_FOCUS for f in faces)
 
     if not all_faces:
         faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE))
-    if not settled():
-        faces = _merge(faces + photo.align(photo.scan(0)))
-    for angle in ROTATIONS:
-        if settled():
-            break
-        faces = _merge(faces + photo.align(photo.scan(angle)))
-    faces = [f for f in faces if f.score >= FACE_MIN]
+    for enhanced in (False, True):
+        for angle in (0, *ROTATIONS):
+            if settled():
+                break
+            faces = _merge(faces + photo.align(photo.scan(angle, enhanced=enhanced)))
+    faces = [f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED]
     return sorted(faces, key=lambda f: (f.sharpness < IN_FOCUS or _behind(f, faces), -f.frame.side))
 
 
