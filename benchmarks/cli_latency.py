@@ -107,13 +107,17 @@ def batch_edit(py, weights, folder: Path, n: int, tmp: Path, cpus, reps: int, si
         "single_photos_per_s": 1 / single_wall, "single_1000_wall_s_extrapolated": n * single_wall,
         "same_bytes_as_single": f"{same}/{len(sample)}", "runs": {"batch": walls, "single": single_walls},
     }  # fmt: skip
-    print(f"batch edit: {n} photos ({written} written) in {wall:.1f} s wall, {cpu:.1f} s CPU (median of {reps}) = "
-          f"{n / wall:.1f} photos/s, {1e3 * cpu / n:.1f} ms CPU per photo  "
-          f"[target >= 50/s: {'ok' if n / wall >= 50 else 'MISSED'}]")
-    print(f"single edits: {single_wall:.2f} s wall, {single_cpu:.2f} s CPU per call (mean of {len(sample)}) = "
-          f"{1 / single_wall:.2f} photos/s; {n} calls would take ~{n * single_wall:.0f} s; batch speed-up "
-          f"{n * single_wall / wall:.0f}x; same bytes as the batch: {same}/{len(sample)}; "
-          f"load average after {r['load_average_after']}")
+    print(
+        f"batch edit: {n} photos ({written} written) in {wall:.1f} s wall, {cpu:.1f} s CPU (median of {reps}) = "
+        f"{n / wall:.1f} photos/s, {1e3 * cpu / n:.1f} ms CPU per photo  "
+        f"[target >= 50/s: {'ok' if n / wall >= 50 else 'MISSED'}]"
+    )
+    print(
+        f"single edits: {single_wall:.2f} s wall, {single_cpu:.2f} s CPU per call (mean of {len(sample)}) = "
+        f"{1 / single_wall:.2f} photos/s; {n} calls would take ~{n * single_wall:.0f} s; batch speed-up "
+        f"{n * single_wall / wall:.0f}x; same bytes as the batch: {same}/{len(sample)}; "
+        f"load average after {r['load_average_after']}"
+    )
     return r
 
 
@@ -143,8 +147,10 @@ def bf16_check(weights: Path, photos: list[Path]) -> dict | None:
         "flips": int(((a >= 0.5) != (b >= 0.5)).sum()),
         "answers": int(a.size),
     }
-    print(f"bf16 vs fp32 on {len(crops)} faces: max |dp| {bf16['max_abs_diff']:.4f}, mean "
-          f"{bf16['mean_abs_diff']:.5f}, yes/no changed {bf16['flips']} of {bf16['answers']}")
+    print(
+        f"bf16 vs fp32 on {len(crops)} faces: max |dp| {bf16['max_abs_diff']:.4f}, mean "
+        f"{bf16['mean_abs_diff']:.5f}, yes/no changed {bf16['flips']} of {bf16['answers']}"
+    )
     return bf16
 
 
@@ -193,10 +199,16 @@ def main():
                 t_cli.append(timed(jmvae, cpus)[0])
             med_torch, med_cli = statistics.median(t_torch), statistics.median(t_cli)
             ratio = med_cli / med_torch
-            print(f"cold start: import torch {med_torch:.3f} s, jmvae img2attr one.jpg {med_cli:.3f} s "
-                  f"(median of {args.reps}): {ratio:.2f}x  [target <= 1.5x: {'ok' if ratio <= 1.5 else 'MISSED'}]")
-            report.update(cold_import_torch_s=med_torch, cold_img2attr_s=med_cli, ratio=ratio,
-                          runs={"import_torch": t_torch, "img2attr": t_cli})
+            print(
+                f"cold start: import torch {med_torch:.3f} s, jmvae img2attr one.jpg {med_cli:.3f} s "
+                f"(median of {args.reps}): {ratio:.2f}x  [target <= 1.5x: {'ok' if ratio <= 1.5 else 'MISSED'}]"
+            )
+            report.update(
+                cold_import_torch_s=med_torch,
+                cold_img2attr_s=med_cli,
+                ratio=ratio,
+                runs={"import_torch": t_torch, "img2attr": t_cli},
+            )
 
         # the folder of copies for parts 2 and 4
         folder = tmp / "photos"
@@ -220,10 +232,18 @@ def main():
             per_s = n / wall
             per_s_warm = n / max(wall - med_cli, 1e-9) if med_cli is not None else None
             warm = f", {per_s_warm:.0f} images/s without start-up" if per_s_warm is not None else ""
-            print(f"throughput: {n} photos in {wall:.2f} s (median of {args.throughput_reps}) = {per_s:.0f} "
-                  f"images/s{warm}; faces found in {found}/{n}  [target >= 200/s: {'ok' if per_s >= 200 else 'MISSED'}]")
-            report.update(throughput_images=n, throughput_wall_s=wall, images_per_s=per_s,
-                          images_per_s_without_startup=per_s_warm, faces_found=found, throughput_runs=walls)
+            print(
+                f"throughput: {n} photos in {wall:.2f} s (median of {args.throughput_reps}) = {per_s:.0f} "
+                f"images/s{warm}; faces found in {found}/{n}  [target >= 200/s: {'ok' if per_s >= 200 else 'MISSED'}]"
+            )
+            report.update(
+                throughput_images=n,
+                throughput_wall_s=wall,
+                images_per_s=per_s,
+                images_per_s_without_startup=per_s_warm,
+                faces_found=found,
+                throughput_runs=walls,
+            )
 
         # 3. bf16 against fp32 on the sample faces
         if "bf16" in parts:
@@ -231,7 +251,9 @@ def main():
 
         # 4. a batch edit against single edits
         if "edit" in parts:
-            report["batch_edit"] = batch_edit(py, weights, folder, n, tmp, cpus, args.throughput_reps, args.single_calls)
+            report["batch_edit"] = batch_edit(
+                py, weights, folder, n, tmp, cpus, args.throughput_reps, args.single_calls
+            )
 
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")

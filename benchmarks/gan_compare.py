@@ -97,7 +97,9 @@ def mean_scores(pred: np.ndarray, target: np.ndarray) -> dict:
     return {k: float(v.mean()) for k, v in quality.binary_scores(pred, target).items()}
 
 
-def measure(path: Path, real: np.ndarray, attrs: np.ndarray, clf, real_feats, real_energy, eps, device) -> tuple[dict, dict]:
+def measure(
+    path: Path, real: np.ndarray, attrs: np.ndarray, clf, real_feats, real_energy, eps, device
+) -> tuple[dict, dict]:
     loaded = load_model(path, device)
     model = loaded.model.to(memory_format=Precision(device, None).memory_format)  # the convolutions' fast layout
     meta = loaded.meta
@@ -240,7 +242,9 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - t0
 
     cols = np.random.default_rng(args.seed).choice(len(real), min(args.grid_faces, len(real)), replace=False)
-    rows = [list(real[cols])] + [list(generated[m][kind][cols]) for kind in ("mean", "sample") for m in ("default", "gan")]
+    rows = [list(real[cols])] + [
+        list(generated[m][kind][cols]) for kind in ("mean", "sample") for m in ("default", "gan")
+    ]
     labels = ["real", "JMVAE", "JMVAE-GAN", "JMVAE sample", "GAN sample"]
     sheet = figures.tile_sheet(rows, None, 96, row_labels=labels)
     args.grid.parent.mkdir(parents=True, exist_ok=True)

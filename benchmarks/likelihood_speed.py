@@ -58,17 +58,22 @@ def main() -> None:
         result = evaluate_likelihoods(model, data, idx, k=k, **opts)
         sync(device)
         seconds = time.perf_counter() - t
-        print(json.dumps({
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "k": k,
-            "images": len(idx),
-            "seconds": round(seconds, 2),
-            "images_per_s": round(len(idx) / seconds, 2),
-            "split_images": len(val),
-            "split_minutes": round(len(val) / (len(idx) / seconds) / 60, 2),
-            "log_px_iw_qxw_nats": round(result["log_px_iw_qxw"]["nats"], 1),
-            "torch_threads": torch.get_num_threads(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+                    "k": k,
+                    "images": len(idx),
+                    "seconds": round(seconds, 2),
+                    "images_per_s": round(len(idx) / seconds, 2),
+                    "split_images": len(val),
+                    "split_minutes": round(len(val) / (len(idx) / seconds) / 60, 2),
+                    "log_px_iw_qxw_nats": round(result["log_px_iw_qxw"]["nats"], 1),
+                    "torch_threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

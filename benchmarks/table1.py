@@ -54,12 +54,18 @@ COLUMNS = {
     "px_qx": ("log p(x), q(z\\|x)", {"vae": "log_px_iw_qx", "jmvae-zero": "log_px_iw_qx", "jmvae-kl": "log_px_iw_qx"}),
     "px_qxw": ("log p(x), q(z\\|x,w)", {"jmvae-zero": "log_px_iw_qxw", "jmvae-kl": "log_px_iw_qxw"}),
     "pxw_bound": ("log p(x\\|w), bound", {"cvae": "log_px_given_w_iw_qxw", "cmma": "log_px_given_w_iw_qx"}),
-    "pxw_paper": ("log p(x\\|w), Eq. 4, N_w prior samples", {"jmvae-zero": "log_px_given_w_paper",
-                                                             "jmvae-kl": "log_px_given_w_paper"}),
-    "pxw_iw": ("log p(x\\|w), Eq. 4, q(z\\|w) IS", {"jmvae-zero": "log_px_given_w_iw",
-                                                   "jmvae-kl": "log_px_given_w_iw"}),
-    "pxw_mix": ("log p(x\\|w), Eq. 4, mixture IS", {"jmvae-zero": "log_px_given_w_mix",
-                                                    "jmvae-kl": "log_px_given_w_mix"}),
+    "pxw_paper": (
+        "log p(x\\|w), Eq. 4, N_w prior samples",
+        {"jmvae-zero": "log_px_given_w_paper", "jmvae-kl": "log_px_given_w_paper"},
+    ),
+    "pxw_iw": (
+        "log p(x\\|w), Eq. 4, q(z\\|w) IS",
+        {"jmvae-zero": "log_px_given_w_iw", "jmvae-kl": "log_px_given_w_iw"},
+    ),
+    "pxw_mix": (
+        "log p(x\\|w), Eq. 4, mixture IS",
+        {"jmvae-zero": "log_px_given_w_mix", "jmvae-kl": "log_px_given_w_mix"},
+    ),
 }
 # paired comparisons (model, key) - (baseline, key): the paper's claims
 COMPARISONS = [
@@ -82,17 +88,25 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, action="append", help=f"data folder(s) (default {DATA})")
     p.add_argument("--max-images", type=int, default=6000, help="images used in all (train + validation)")
-    p.add_argument("--time-limit", type=float, default=4.0,
-                   help="training minutes per model; 0: none, --epochs alone sets the budget (a fairer one on a "
-                   "machine that other jobs share)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=4.0,
+        help="training minutes per model; 0: none, --epochs alone sets the budget (a fairer one on a "
+        "machine that other jobs share)",
+    )
     p.add_argument("--epochs", type=int, default=100, help="training epochs per model, if the time limit allows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated, of " + ", ".join(MODELS))
     p.add_argument("--k", type=int, default=100, help="importance samples per image")
     p.add_argument("--nw", type=int, default=10, help="prior samples for the paper's log p(w)")
     p.add_argument("--kw", type=int, default=1000, help="samples for the q(z|w) and mixture estimates of log p(w)")
-    p.add_argument("--reference-samples", type=int, default=10_000,
-                   help="samples for each log p(w) estimate again, to see how far the others are from converged")
+    p.add_argument(
+        "--reference-samples",
+        type=int,
+        default=10_000,
+        help="samples for each log p(w) estimate again, to see how far the others are from converged",
+    )
     p.add_argument("--eval-images", type=int, default=500, help="validation images evaluated (the first ones)")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--batch-size", type=int, default=50, help="images per evaluation batch")
@@ -141,8 +155,11 @@ def verdict(d: np.ndarray) -> tuple[float, float, str]:
 def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, device: torch.device, data_desc: str) -> str:
     cmd = "python benchmarks/table1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     precisions = sorted({run["precision"] for run in runs.values()})
-    budget = (f"each model trained for {args.time_limit:g} minutes of wall time (at most {args.epochs} epochs)"
-              if args.time_limit else f"each model trained for {args.epochs} epochs")
+    budget = (
+        f"each model trained for {args.time_limit:g} minutes of wall time (at most {args.epochs} epochs)"
+        if args.time_limit
+        else f"each model trained for {args.epochs} epochs"
+    )
     headings = " | ".join(h for h, _ in COLUMNS.values())
     lines = [
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d')}).",
@@ -172,9 +189,14 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
         cells = [cell(run["values"].get(keys.get(name)), image_dims)[1] for _, keys in COLUMNS.values()]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
 
-    lines += ["", "Paired differences on the same images (nats per image, first minus second; 'better' and "
-              "'worse' at two paired standard errors):", "",
-              "| comparison | difference | paired s.e. | first model is |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Paired differences on the same images (nats per image, first minus second; 'better' and "
+        "'worse' at two paired standard errors):",
+        "",
+        "| comparison | difference | paired s.e. | first model is |",
+        "|---|---|---|---|",
+    ]
     for (a, ka), (b, kb) in COMPARISONS:
         if a in runs and b in runs:
             mean, se, word = verdict(runs[a]["values"][ka] - runs[b]["values"][kb])
@@ -183,25 +205,40 @@ def markdown(args, runs: dict, n_eval: int, image_dims: int, n_attrs: int, devic
     jm = [n for n in ("jmvae-zero", "jmvae-kl") if n in runs]
     if jm:
         keys = ("log_px_elbo_qx", "log_px_elbo_qxw", "log_pxw_elbo", "log_pxw_iw")
-        lines += ["", "JMVAE's ELBOs (from the same K samples as the bounds) and its bound on log p(x,w), nats:", "",
-                  "| model | log p(x) ELBO, q(z\\|x) | log p(x) ELBO, q(z\\|x,w) | log p(x,w) ELBO | log p(x,w) IW |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "JMVAE's ELBOs (from the same K samples as the bounds) and its bound on log p(x,w), nats:",
+            "",
+            "| model | log p(x) ELBO, q(z\\|x) | log p(x) ELBO, q(z\\|x,w) | log p(x,w) ELBO | log p(x,w) IW |",
+            "|---|---|---|---|---|",
+        ]
         for n in jm:
-            lines.append(f"| {LABELS[n]} | " + " | ".join(cell(runs[n]["values"][key], image_dims)[0] for key in keys)
-                         + " |")
+            lines.append(
+                f"| {LABELS[n]} | " + " | ".join(cell(runs[n]["values"][key], image_dims)[0] for key in keys) + " |"
+            )
         r = args.reference_samples
-        lines += ["", f"JMVAE's log p(w) over the {n_attrs} attributes (nats), as used above and again with {r} "
-                  "samples each. Each estimate is low on average and rises towards log p(w) as its samples grow, so "
-                  "the highest is the closest (up to noise).", "",
-                  f"| model | prior, N_w = {args.nw} (paper) | q(z\\|w), {args.kw} | mixture, {args.kw} | "
-                  f"prior, {r} | q(z\\|w), {r} | mixture, {r} |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"JMVAE's log p(w) over the {n_attrs} attributes (nats), as used above and again with {r} "
+            "samples each. Each estimate is low on average and rises towards log p(w) as its samples grow, so "
+            "the highest is the closest (up to noise).",
+            "",
+            f"| model | prior, N_w = {args.nw} (paper) | q(z\\|w), {args.kw} | mixture, {args.kw} | "
+            f"prior, {r} | q(z\\|w), {r} | mixture, {r} |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for n in jm:
             cells = [cell(runs[n]["values"][key], n_attrs)[0] for key in PW_KEYS]
             cells += [cell(runs[n]["reference_pw"][key], n_attrs)[0] for key in PW_KEYS]
             lines.append(f"| {LABELS[n]} | " + " | ".join(cells) + " |")
-    lines += ["", "Evaluation time per model: " + ", ".join(
-        f"{LABELS[n]} {r['eval_seconds']:.0f} s" for n, r in runs.items()) + "; training time: " + ", ".join(
-        f"{LABELS[n]} {r['train_seconds']:.0f} s" for n, r in runs.items()) + "."]
+    lines += [
+        "",
+        "Evaluation time per model: "
+        + ", ".join(f"{LABELS[n]} {r['eval_seconds']:.0f} s" for n, r in runs.items())
+        + "; training time: "
+        + ", ".join(f"{LABELS[n]} {r['train_seconds']:.0f} s" for n, r in runs.items())
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -211,8 +248,14 @@ def reference_log_pw(model, data, idx: np.ndarray, args, device: torch.device) -
     per_batch: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(idx), args.batch_size):
         w = torch.from_numpy(data.attrs[idx[start : start + args.batch_size]]).to(device)  # (B, A)
-        est = attribute_log_likelihoods(model, w, nw=args.reference_samples, kw=args.reference_samples,
-                                        decode_batch=args.decode_batch, generator=gen)
+        est = attribute_log_likelihoods(
+            model,
+            w,
+            nw=args.reference_samples,
+            kw=args.reference_samples,
+            decode_batch=args.decode_batch,
+            generator=gen,
+        )
         for key, v in est.items():
             per_batch.setdefault(key, []).append(v.double().cpu().numpy())
     return {key: np.concatenate(v) for key, v in per_batch.items()}
@@ -228,43 +271,73 @@ def main() -> None:
         if not args.reuse:
             model, objective = MODELS[name]
             t = time.monotonic()
-            train(TrainOptions(data=args.data, out=out, epochs=args.epochs, model=model, objective=objective,
-                               device=args.device, seed=args.seed, max_images=args.max_images,
-                               time_limit=args.time_limit or None, progress=not args.quiet))
+            train(
+                TrainOptions(
+                    data=args.data,
+                    out=out,
+                    epochs=args.epochs,
+                    model=model,
+                    objective=objective,
+                    device=args.device,
+                    seed=args.seed,
+                    max_images=args.max_images,
+                    time_limit=args.time_limit or None,
+                    progress=not args.quiet,
+                )
+            )
             print(f"{name}: trained in {time.monotonic() - t:.0f} s", flush=True)
         loaded = load_model(out / MODEL_FILE, device)
         steps_per_epoch = loaded.meta["data"]["train_images"] // loaded.meta["train"]["batch_size"]
-        runs[name] = {"step": loaded.meta["step"], "epochs": loaded.meta["step"] / steps_per_epoch,
-                      "train_seconds": loaded.meta["train_seconds"], "precision": loaded.meta["metrics"]["precision"],
-                      "model": loaded.model}
+        runs[name] = {
+            "step": loaded.meta["step"],
+            "epochs": loaded.meta["step"] / steps_per_epoch,
+            "train_seconds": loaded.meta["train_seconds"],
+            "precision": loaded.meta["metrics"]["precision"],
+            "model": loaded.model,
+        }
 
     data = load_data(args.data, max_images=args.max_images, progress=False)
     idx = data.indices(args.split)[: args.eval_images]
     for name, run in runs.items():
         t = time.monotonic()
         model = run.pop("model")
-        run["values"] = per_image_log_likelihoods(model, data, idx, k=args.k, nw=args.nw, kw=args.kw,
-                                                  batch_size=args.batch_size, decode_batch=args.decode_batch,
-                                                  device=device, seed=args.seed)
+        run["values"] = per_image_log_likelihoods(
+            model,
+            data,
+            idx,
+            k=args.k,
+            nw=args.nw,
+            kw=args.kw,
+            batch_size=args.batch_size,
+            decode_batch=args.decode_batch,
+            device=device,
+            seed=args.seed,
+        )
         run["eval_seconds"] = time.monotonic() - t
         print(f"{name}: evaluated {len(idx)} images in {run['eval_seconds']:.0f} s", flush=True)
         if model.models_attributes:  # it has log p(w) estimates to check against more samples
             run["reference_pw"] = reference_log_pw(model, data, idx, args, device)
 
     image_dims, n_attrs = 3 * data.images.shape[1] ** 2, len(data.attr_names)
-    data_desc = (f"{', '.join(str(Path(d).name) for d in args.data)}, --max-images {args.max_images}: "
-                 f"{len(data.indices('train'))} training and {len(data.indices('val'))} validation images, "
-                 f"{n_attrs} attributes, 64x64")
+    data_desc = (
+        f"{', '.join(str(Path(d).name) for d in args.data)}, --max-images {args.max_images}: "
+        f"{len(data.indices('train'))} training and {len(data.indices('val'))} validation images, "
+        f"{n_attrs} attributes, 64x64"
+    )
     write_section(args.results, HEADING, markdown(args, runs, len(idx), image_dims, n_attrs, device, data_desc))
     summary = {
-        name: {**{k: v for k, v in run.items() if k not in ("values", "reference_pw")},
-               "bounds": {k: summarize(v, n_attrs if k in ATTRIBUTE_KEYS else image_dims)
-                          for k, v in run["values"].items()},
-               "log_pw_reference": {k: summarize(v, n_attrs) for k, v in run.get("reference_pw", {}).items()}}
+        name: {
+            **{k: v for k, v in run.items() if k not in ("values", "reference_pw")},
+            "bounds": {
+                k: summarize(v, n_attrs if k in ATTRIBUTE_KEYS else image_dims) for k, v in run["values"].items()
+            },
+            "log_pw_reference": {k: summarize(v, n_attrs) for k, v in run.get("reference_pw", {}).items()},
+        }
         for name, run in runs.items()
     }
-    (args.out_dir / "table1.json").write_text(json.dumps({"args": vars(args), "models": summary}, indent=2,
-                                                          default=str) + "\n")
+    (args.out_dir / "table1.json").write_text(
+        json.dumps({"args": vars(args), "models": summary}, indent=2, default=str) + "\n"
+    )
     print(f"wrote {args.results} and {args.out_dir / 'table1.json'}")
 
 

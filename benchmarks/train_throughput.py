@@ -78,16 +78,24 @@ def main():
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
                 if source == "cache":
                     rng = np.random.default_rng(0)
-                    batches = (batch_tensors(data, rng.choice(train_idx, args.batch_size, replace=False), device)
-                               for _ in itertools.count())
+                    batches = (
+                        batch_tensors(data, rng.choice(train_idx, args.batch_size, replace=False), device)
+                        for _ in itertools.count()
+                    )
                 else:
                     batches = (
                         (pixels_to_input(torch.from_numpy(u8).to(device)), torch.from_numpy(w).to(device).float())
                         for u8, w in jpeg_batches(args.data, args.batch_size, pool)
                     )
                 ips = run(batches, model, optimizer, prec, device, args.warmup, args.steps, args.batch_size)
-                row = {"device": device.type, "precision": precision, "source": source, "images_per_s": round(ips, 1),
-                       "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+                row = {
+                    "device": device.type,
+                    "precision": precision,
+                    "source": source,
+                    "images_per_s": round(ips, 1),
+                    "batch_size": args.batch_size,
+                    "threads": torch.get_num_threads(),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("\n| precision | from cache | from JPEGs |\n|---|---|---|")

@@ -81,7 +81,7 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         """The settings saved beside a model (its metadata's "preprocess"): its images are prepared the same way."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})

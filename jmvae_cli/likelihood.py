@@ -154,8 +154,15 @@ def _flat(fn: Callable[..., torch.Tensor], z: torch.Tensor, *data: torch.Tensor)
 
 
 @torch.inference_mode()
-def attribute_log_likelihoods(model, w: torch.Tensor, *, nw: int = 10, kw: int = 1000, decode_batch: int = 1000,
-                              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def attribute_log_likelihoods(
+    model,
+    w: torch.Tensor,
+    *,
+    nw: int = 10,
+    kw: int = 1000,
+    decode_batch: int = 1000,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Three estimates of log p(w) for attribute vectors w (B, A) by a model with models_attributes (the JMVAE):
     {key: (B,) nats}, keys log_pw_prior_nw (nw prior samples), log_pw_iw_qw and log_pw_iw_mix (kw samples each).
     No image is decoded."""
@@ -168,14 +175,20 @@ def attribute_log_likelihoods(model, w: torch.Tensor, *, nw: int = 10, kw: int =
     def attributes(z):
         return {"w": _flat(model.log_pw, z, w) + standard_normal_log_prob(z)}  # (n, B)
 
-    proposals = {"log_pw_prior_nw": (prior, nw), "log_pw_iw_qw": (q_w, kw),
-                 "log_pw_iw_mix": (Mixture([q_w, prior]), kw)}
-    return {key: importance_weighted(proposal, attributes, n, chunk=chunk, generator=generator)["w"].iw
-            for key, (proposal, n) in proposals.items()}
+    proposals = {
+        "log_pw_prior_nw": (prior, nw),
+        "log_pw_iw_qw": (q_w, kw),
+        "log_pw_iw_mix": (Mixture([q_w, prior]), kw),
+    }
+    return {
+        key: importance_weighted(proposal, attributes, n, chunk=chunk, generator=generator)["w"].iw
+        for key, (proposal, n) in proposals.items()
+    }
 
 
-def _image_log_likelihoods(model, x: torch.Tensor, w: torch.Tensor, k: int, nw: int, kw: int, decode_batch: int,
-                           gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+def _image_log_likelihoods(
+    model, x: torch.Tensor, w: torch.Tensor, k: int, nw: int, kw: int, decode_batch: int, gen: torch.Generator | None
+) -> dict[str, torch.Tensor]:
     """Per-image estimates for one batch, from the pieces the model has (model.Model): {key: (B,)}."""
     posteriors = model.posteriors(x, w)  # {"qxw": q(z|x,w), "qx": q(z|x)}, those it has
     if not posteriors:
@@ -237,8 +250,7 @@ def summarize(values: np.ndarray, dims: int) -> dict:
     mean = float(values.mean())
     se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     per_bit = dims * math.log(2)
-    return {"nats": mean, "nats_se": se, "bits_per_dim": -mean / per_bit, "bits_per_dim_se": se / per_bit,
-            "dims": dims}
+    return {"nats": mean, "nats_se": se, "bits_per_dim": -mean / per_bit, "bits_per_dim_se": se / per_bit, "dims": dims}
 
 
 def per_image_log_likelihoods(
@@ -270,8 +282,7 @@ def per_image_log_likelihoods(
             rows = idx[start : start + batch_size]
             x = pixels_to_input(torch.from_numpy(data.images[rows]).to(device))  # (B, 3, H, W)
             w = torch.from_numpy(data.attrs[rows]).to(device).float()  # (B, A)
-            values = batch_log_likelihoods(model, x, w, k=k, nw=nw, kw=kw, decode_batch=decode_batch,
-                                           generator=gen)
+            values = batch_log_likelihoods(model, x, w, k=k, nw=nw, kw=kw, decode_batch=decode_batch, generator=gen)
             for key, v in values.items():
                 per_batch.setdefault(key, []).append(v.double().cpu().numpy())
             if progress is not None:

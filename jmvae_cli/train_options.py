@@ -31,11 +31,11 @@ def option(default=MISSING, help: str = "", *, cli: bool = True, on_resume: str 
     return field(default=default, metadata=meta)
 
 
-
 def choices(meta) -> tuple[str, ...] | None:
     """The names a field accepts (its metadata's "choices", a tuple or a function giving one), or None."""
     names = meta.get("choices")
     return names() if callable(names) else names
+
 
 @dataclass
 class TrainOptions:

@@ -177,4 +177,7 @@ def test_edit_and_evaluate_offer_every_rule(weights_env, tmp_path):
     paper = tmp_path / "paper.png"
     assert run("edit", photo, "--no-detect", "--set", "Smiling", "-o", paper).exit_code == 0
     assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(paper)))
-    assert run("edit", photo, "--no-detect", "--set", "Smiling", "--method", "nope", "-o", tmp_path / "x.png").exit_code == 2
+    assert (
+        run("edit", photo, "--no-detect", "--set", "Smiling", "--method", "nope", "-o", tmp_path / "x.png").exit_code
+        == 2
+    )

@@ -393,7 +393,9 @@ def test_edit_crop_only_show_and_print_attrs(weights_env, tiny_weights, photo, t
 
     # the written crop is the paper's x' = x + x'_mean - x_mean
     tr = translate.Translator.from_weights(tiny_weights, "cpu")
-    crop = np.asarray(faces.crop_face(images.read_image(photo), faces.find_faces(images.read_image(photo), detect=False)[0]))
+    crop = np.asarray(
+        faces.crop_face(images.read_image(photo), faces.find_faces(images.read_image(photo), detect=False)[0])
+    )
     expected = editing.edit(tr.model, editing.to_input([crop]), {0: 1.5}).pixels("result")[0]
     assert np.array_equal(np.asarray(Image.open(out)), expected)
 
@@ -416,7 +418,9 @@ def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
     fails(run("edit", photo, "--no-detect", "--set", "Eyeglases"), "did you mean Eyeglasses")
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "smiling"), "both --set and --unset")
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "nodir" / "x.png"), "does not exist")
-    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension")
+    fails(
+        run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension"
+    )
     assert not photo.with_name("photo-edited.png").exists()
 
 

@@ -20,7 +20,9 @@ def tr(tiny_weights):
     return translate.Translator.from_weights(tiny_weights, "cpu", "fp32")
 
 
-def tile_at(img: Image.Image, row: int, col: int, n_rows: int, n_cols: int, tile: int, footer: bool = False) -> np.ndarray:
+def tile_at(
+    img: Image.Image, row: int, col: int, n_rows: int, n_cols: int, tile: int, footer: bool = False
+) -> np.ndarray:
     """The (tile, tile, 3) pixels of one tile, found from the bottom-right corner of the tile block."""
     width, height = img.size
     bottom = height - (figures.FOOTER_LINES * figures._line_height(tile) + 6 if footer else 0)

@@ -135,8 +135,9 @@ def test_log_pw_estimators_agree_with_the_exhaustive_truth():
     q_w = importance_weighted(posterior, attributes(ALL_W), 1000, generator=g)
     torch.testing.assert_close(q_w["w"].iw, truth, atol=0.02, rtol=0)  # its tails are lighter than p(z|w)'s
     mix = Mixture([posterior, standard_normal(8, 1, dtype=torch.float64)])
-    torch.testing.assert_close(importance_weighted(mix, attributes(ALL_W), 4000, generator=g)["w"].iw, truth,
-                               atol=0.03, rtol=0)
+    torch.testing.assert_close(
+        importance_weighted(mix, attributes(ALL_W), 4000, generator=g)["w"].iw, truth, atol=0.03, rtol=0
+    )
 
 
 def test_the_prior_in_the_mixture_rescues_a_proposal_that_misses_the_posterior():
@@ -145,8 +146,9 @@ def test_the_prior_in_the_mixture_rescues_a_proposal_that_misses_the_posterior()
     bad = Gaussian(posterior.mu + 3, posterior.logvar - 3)
     g = torch.Generator().manual_seed(2)
     alone = importance_weighted(bad, attributes(ALL_W), 1000, generator=g)["w"].iw
-    mixed = importance_weighted(Mixture([bad, standard_normal(8, 1, dtype=torch.float64)]), attributes(ALL_W),
-                                10_000, generator=g)["w"].iw
+    mixed = importance_weighted(
+        Mixture([bad, standard_normal(8, 1, dtype=torch.float64)]), attributes(ALL_W), 10_000, generator=g
+    )["w"].iw
     assert (alone < truth - 1).all()
     torch.testing.assert_close(mixed, truth, atol=0.05, rtol=0)
 
@@ -157,8 +159,9 @@ def test_prior_sampling_with_few_samples_is_biased_low_and_q_w_has_lower_varianc
     w = ALL_W.repeat(reps, 1)  # (8 * reps, 3): independent estimates of each of the 8 values
     g = torch.Generator().manual_seed(1)
     prior = importance_weighted(standard_normal(len(w), 1, dtype=torch.float64), attributes(w), 10, generator=g)
-    q_w = importance_weighted(Gaussian(posterior.mu.repeat(reps, 1), posterior.logvar.repeat(reps, 1)),
-                              attributes(w), 10, generator=g)
+    q_w = importance_weighted(
+        Gaussian(posterior.mu.repeat(reps, 1), posterior.logvar.repeat(reps, 1)), attributes(w), 10, generator=g
+    )
     prior_est, q_est = prior["w"].iw.view(reps, 8), q_w["w"].iw.view(reps, 8)
     # exp of the estimate is unbiased for p(w); its log is biased low (Jensen)
     torch.testing.assert_close(prior_est.exp().mean(0), truth.exp(), atol=0.01, rtol=0.05)
@@ -172,8 +175,17 @@ def test_prior_sampling_with_few_samples_is_biased_low_and_q_w_has_lower_varianc
 
 BOUND_KEYS = {
     "jmvae": {
-        "log_px_elbo_qxw", "log_px_iw_qxw", "log_px_elbo_qx", "log_px_iw_qx", "log_pxw_elbo", "log_pxw_iw",
-        "log_pw_prior_nw", "log_pw_iw_qw", "log_pw_iw_mix", "log_px_given_w_paper", "log_px_given_w_iw",
+        "log_px_elbo_qxw",
+        "log_px_iw_qxw",
+        "log_px_elbo_qx",
+        "log_px_iw_qx",
+        "log_pxw_elbo",
+        "log_pxw_iw",
+        "log_pw_prior_nw",
+        "log_pw_iw_qw",
+        "log_pw_iw_mix",
+        "log_px_given_w_paper",
+        "log_px_given_w_iw",
         "log_px_given_w_mix",
     },
     "vae": {"log_px_elbo_qx", "log_px_iw_qx"},
@@ -185,8 +197,17 @@ N_ATTRS, SIZE = 5, 16
 
 def tiny(model: str, objective: str = "jmvae-kl"):
     torch.manual_seed(0)
-    cfg = JMVAEConfig(model=model, n_attrs=N_ATTRS, latent_dim=4, image_size=SIZE, channels=(8, 8),
-                      image_features=16, attr_hidden=16, joint_hidden=16, objective=objective)
+    cfg = JMVAEConfig(
+        model=model,
+        n_attrs=N_ATTRS,
+        latent_dim=4,
+        image_size=SIZE,
+        channels=(8, 8),
+        image_features=16,
+        attr_hidden=16,
+        joint_hidden=16,
+        objective=objective,
+    )
     return build(cfg).eval()
 
 
@@ -202,14 +223,17 @@ def tiny_data(n: int = 12) -> FaceData:
     )
 
 
-@pytest.mark.parametrize("kind,objective", [("jmvae", "jmvae-kl"), ("jmvae", "jmvae-zero"), ("vae", "jmvae-kl"),
-                                            ("cvae", "jmvae-kl"), ("cmma", "jmvae-kl")])
+@pytest.mark.parametrize(
+    "kind,objective",
+    [("jmvae", "jmvae-kl"), ("jmvae", "jmvae-zero"), ("vae", "jmvae-kl"), ("cvae", "jmvae-kl"), ("cmma", "jmvae-kl")],
+)
 def test_evaluate_gives_finite_bounds_for_every_model(kind, objective):
     model, data = tiny(kind, objective), tiny_data()
     done = []
     # 5 images a batch (the last holds 2), 7 decodes a pass (one z sample per chunk): every path of the batching
-    res = evaluate_likelihoods(model, data, np.arange(12), k=6, nw=4, kw=9, batch_size=5, decode_batch=7,
-                               progress=done.append)
+    res = evaluate_likelihoods(
+        model, data, np.arange(12), k=6, nw=4, kw=9, batch_size=5, decode_batch=7, progress=done.append
+    )
     assert set(res) == BOUND_KEYS[kind] and set(res) <= set(DESCRIPTIONS)
     assert done == [5, 5, 2]
     for key, r in res.items():

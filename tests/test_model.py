@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -16,13 +15,22 @@ from jmvae_cli.model import (
 
 def tiny_config(**kw) -> JMVAEConfig:
     return JMVAEConfig(
-        n_attrs=5, latent_dim=4, image_size=16, channels=(8, 8), image_features=16, attr_hidden=16, joint_hidden=16, **kw
+        n_attrs=5,
+        latent_dim=4,
+        image_size=16,
+        channels=(8, 8),
+        image_features=16,
+        attr_hidden=16,
+        joint_hidden=16,
+        **kw,
     )
 
 
 def random_gaussian(b=3, z=4, seed=0) -> Gaussian:
     g = torch.Generator().manual_seed(seed)
-    return Gaussian(torch.randn(b, z, generator=g, dtype=torch.float64), torch.randn(b, z, generator=g, dtype=torch.float64))
+    return Gaussian(
+        torch.randn(b, z, generator=g, dtype=torch.float64), torch.randn(b, z, generator=g, dtype=torch.float64)
+    )
 
 
 def test_kl_matches_monte_carlo():

@@ -87,14 +87,27 @@ def test_a_registered_model_is_saved_loaded_and_bounded_by_name(linear_cmma, tmp
     loaded = load_model(tmp_path / "m.safetensors").model
     assert type(loaded) is LinearCMMA and loaded.cfg == cfg
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    torch.testing.assert_close(loaded.posteriors(x, None)["qx"].mu, model.posteriors(x, None)["qx"].mu, atol=1e-2,
-                               rtol=0)  # fp16 storage
+    torch.testing.assert_close(
+        loaded.posteriors(x, None)["qx"].mu, model.posteriors(x, None)["qx"].mu, atol=1e-2, rtol=0
+    )  # fp16 storage
     res = evaluate_likelihoods(loaded, tiny_data(), np.arange(4), k=3)
     assert set(res) == {"log_px_given_w_elbo_qx", "log_px_given_w_iw_qx"}  # a learnt prior: bounds on log p(x|w)
 
 
 def test_a_registered_model_trains_by_name(linear_cmma, make_celeba_hq, tmp_path):
     out = tmp_path / "run"
-    train(TrainOptions(data=[make_celeba_hq(tmp_path, 24)], out=out, epochs=1, batch_size=8, latent_dim=4,
-                       val_fraction=0.25, progress=False, arch=TINY, device="cpu", model=linear_cmma))
+    train(
+        TrainOptions(
+            data=[make_celeba_hq(tmp_path, 24)],
+            out=out,
+            epochs=1,
+            batch_size=8,
+            latent_dim=4,
+            val_fraction=0.25,
+            progress=False,
+            arch=TINY,
+            device="cpu",
+            model=linear_cmma,
+        )
+    )
     assert type(load_model(out / "model.safetensors").model) is LinearCMMA

@@ -21,8 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def options(data: Path, out: Path, **kw) -> TrainOptions:
     base = dict(
-        data=[data], out=out, epochs=2, batch_size=8, lr=3e-3, latent_dim=4, val_fraction=0.25, progress=False,
-        warmup_epochs=0.5, arch=TINY, device="cpu",
+        data=[data],
+        out=out,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        latent_dim=4,
+        val_fraction=0.25,
+        progress=False,
+        warmup_epochs=0.5,
+        arch=TINY,
+        device="cpu",
     )
     return TrainOptions(**{**base, **kw})
 
@@ -193,11 +202,34 @@ def test_two_process_ddp_on_gloo(data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # --standalone: a free port, so concurrent runs on one host cannot meet on a fixed one
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "jmvae_cli", "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
-           "--latent-dim", "4", "--device", "cpu", "--val-fraction", "0.25"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "jmvae_cli",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--latent-dim",
+        "4",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.25",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         _, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

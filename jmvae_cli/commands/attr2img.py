@@ -2,7 +2,7 @@
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,15 +16,19 @@ def attr2img(
     unset: common.UnsetOpt = [],
     strength: common.StrengthOpt = 2.0,
     base: Annotated[
-        Optional[common.Base],
+        common.Base | None,
         typer.Option(help="Attributes before --set/--unset: the paper's random base, or all off (default: random)."),
     ] = None,
     attrs: Annotated[
-        Optional[str],
-        typer.Option("--attrs", help="Start from img2attr output (json, jsonl, csv, tsv; its first record); - is stdin."),
+        str | None,
+        typer.Option(
+            "--attrs", help="Start from img2attr output (json, jsonl, csv, tsv; its first record); - is stdin."
+        ),
     ] = None,
     soft: common.SoftOpt = False,
-    samples: Annotated[int, typer.Option("--samples", min=0, help="Random faces from q(z|w) after the average face.")] = 0,
+    samples: Annotated[
+        int, typer.Option("--samples", min=0, help="Random faces from q(z|w) after the average face.")
+    ] = 0,
     zeta: Annotated[
         float,
         # the bound keeps out inf (NaN faces); the paper's figures use zeta <= 1
@@ -46,7 +50,9 @@ def attr2img(
         raise typer.BadParameter("give the image to write, or - for stdout", param_hint="'-o'")
     common.check_image_output(output)
     if base is not None and attrs is not None:
-        raise typer.BadParameter("--base and --attrs both give the starting attributes: choose one", param_hint="'--base'")
+        raise typer.BadParameter(
+            "--base and --attrs both give the starting attributes: choose one", param_hint="'--base'"
+        )
 
     from jmvae_cli import attributes, translate
 

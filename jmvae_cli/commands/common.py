@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,7 +31,7 @@ DeviceOpt = Annotated[
     Device, typer.Option("--device", help="Where to run: auto takes CUDA, then MPS, then the CPU.", show_default=True)
 ]
 WeightsOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--weights", envvar="JMVAE_WEIGHTS", help="A jmvae .safetensors model (default: the bundled model)."),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say which device and weights are used.")]
@@ -39,7 +39,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 
 # Options of the translation commands (img2attr, attr2img, edit, attributes).
 FormatOpt = Annotated[
-    Optional[Format],
+    Format | None,
     typer.Option("--format", "-f", help="Output format (default: table on a terminal, tsv when piped)."),
 ]
 SetOpt = Annotated[
@@ -72,11 +72,11 @@ SoftOpt = Annotated[
     typer.Option("--soft", help="Feed inferred attribute probabilities to q(z|w) as they are, not thresholded at 0.5."),
 ]
 OutputOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--output", "-o", help="Image file to write (.png, .jpg, .webp); - writes PNG to stdout."),
 ]
 SizeOpt = Annotated[
-    Optional[int], typer.Option("--size", min=8, max=2048, help="Upscale each 64x64 face to this many pixels.")
+    int | None, typer.Option("--size", min=8, max=2048, help="Upscale each 64x64 face to this many pixels.")
 ]
 AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="Use every face found, not just the largest.")]
 NoDetectOpt = Annotated[
@@ -89,7 +89,7 @@ class Base(str, Enum):
     zeros = "zeros"
 
 
-def load_translator(weights: Optional[Path], device: Device, verbose: bool, batch: bool = False):
+def load_translator(weights: Path | None, device: Device, verbose: bool, batch: bool = False):
     from jmvae_cli.translate import Translator
 
     tr = Translator.from_weights(weights, device.value)
@@ -160,7 +160,7 @@ class GuardedStream:
         os.close(devnull)
 
 
-def check_image_output(output: Optional[str]) -> None:
+def check_image_output(output: str | None) -> None:
     if output == "-" and stdout_is_tty():
         raise typer.BadParameter(
             "refusing to write an image to a terminal: redirect stdout or give a file", param_hint="'-o'"

@@ -1,7 +1,7 @@
 """`jmvae edit`: change attributes of the face in a photo, or in many."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -9,6 +9,7 @@ from jmvae_cli import editing
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
+
 
 def edit(
     inputs: Annotated[
@@ -24,13 +25,13 @@ def edit(
     soft: common.SoftOpt = False,
     method: common.MethodOpt = common.Method(editing.DEFAULT_METHOD),
     output: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--output", "-o", help="Image file to write (.png, .jpg, .webp) for one photo; - writes PNG to stdout."
         ),
     ] = None,
     out_dir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--out-dir",
             file_okay=False,

@@ -3,7 +3,7 @@
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,13 +35,13 @@ def evaluate(
         Split, typer.Option("--split", help="The split to evaluate (test needs a CelebA partition file).")
     ] = Split.val,
     max_images: Annotated[
-        Optional[int], typer.Option("--max-images", min=1, help="Evaluate a seeded random subset of this many images.")
+        int | None, typer.Option("--max-images", min=1, help="Evaluate a seeded random subset of this many images.")
     ] = None,
     skip: Annotated[list[Part], typer.Option("--skip", help="Leave out a part (repeatable).", show_default=False)] = [],
     k: Annotated[int, typer.Option("--k", min=1, help="Importance samples per image for the likelihoods.")] = 100,
     nw: Annotated[int, typer.Option("--nw", min=1, help="Prior samples for the paper's estimate of log p(w).")] = 10,
     classifier: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--classifier",
             help="Attribute classifier that judges generated and edited faces (default: the bundled one).",
@@ -63,7 +63,7 @@ def evaluate(
         typer.Option(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training)."),
     ] = VAL_FRACTION,
     format: Annotated[
-        Optional[common.Format],
+        common.Format | None,
         typer.Option("--format", "-f", help="table or json (default: table on a terminal, json when piped)."),
     ] = None,
     weights: common.WeightsOpt = None,
@@ -84,7 +84,9 @@ def evaluate(
 
     tr = common.load_translator(weights, device, verbose)
     names = tr.attr_names
-    faces = quality.align_attributes(load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names)
+    faces = quality.align_attributes(
+        load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names
+    )
     idx = faces.sample(split.value, max_images, seed)
     report: dict = {
         "weights": str(tr.weights),

@@ -1,7 +1,7 @@
 """`jmvae figure`: the paper's figures."""
 
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ def figure(
         FigureKind, typer.Argument(metavar="KIND", help="faces: Figure 1(a); pca: Figure 1(b); edit: Figure 2.")
     ],
     image: Annotated[
-        Optional[str], typer.Argument(metavar="IMAGE", help="The photo to edit (edit only); - reads it from stdin.")
+        str | None, typer.Argument(metavar="IMAGE", help="The photo to edit (edit only); - reads it from stdin.")
     ] = None,
     output: common.OutputOpt = None,
     attrs: Annotated[
@@ -33,7 +33,9 @@ def figure(
             show_default=False,
         ),
     ] = [],
-    samples: Annotated[int, typer.Option("--samples", min=0, help="faces: rows of random faces under the average.")] = 4,
+    samples: Annotated[
+        int, typer.Option("--samples", min=0, help="faces: rows of random faces under the average.")
+    ] = 4,
     zeta: Annotated[
         float, typer.Option("--zeta", min=0.0, max=100.0, help="faces: variance of the rows' noise eps ~ N(0, zeta).")
     ] = 0.5,
@@ -67,5 +69,7 @@ def figure(
         _, crops = faces.load_faces(data, name, detect=not no_detect, size=tr.image_size)
         img, probs = figures.edit_figure(tr, crops[0].crop, attrs, strength, size)
         on = sorted((p, n) for n, p in zip(tr.attr_names, probs) if attributes.present(p))[::-1]
-        console.print("inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True)
+        console.print(
+            "inferred: " + (", ".join(f"{n} {p:.2f}" for p, n in on) or "none"), highlight=False, soft_wrap=True
+        )
     common.write_output_image(img, output)

@@ -7,7 +7,7 @@ defaults, help, bounds and choices are written there once.
 import inspect
 import json
 from dataclasses import MISSING, fields
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import typer
 
@@ -47,7 +47,7 @@ def _parameter(f) -> inspect.Parameter:
     )
 
 
-def train(ctx: typer.Context, format: Optional[common.Format] = None, **options):
+def train(ctx: typer.Context, format: common.Format | None = None, **options):
     """Train a JMVAE on face images with attributes."""
     if format not in (None, common.Format.table, common.Format.json):
         raise typer.BadParameter("train reports as a table (stderr) or json (stdout)", param_hint="'--format'")
@@ -72,7 +72,7 @@ train.__signature__ = inspect.Signature(
             "format",
             _P.KEYWORD_ONLY,
             annotation=Annotated[
-                Optional[common.Format],
+                common.Format | None,
                 typer.Option("--format", "-f", help="json: print the last epoch's metrics on stdout."),
             ],
             default=None,
