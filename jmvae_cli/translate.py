@@ -109,6 +109,7 @@ class AttrResult:
     face: int | None = None
     probs: np.ndarray | None = None  # (A,)
     error: str | None = None
+    crop: faces.FaceCrop | None = None  # where the face was found, and how many the search saw
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:
@@ -215,7 +216,7 @@ def _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file) -> Iterat
                 yield AttrResult(src, error=str(r))
                 continue
             for c in r:
-                yield AttrResult(src, c.face if all_faces else None, next(probs))
+                yield AttrResult(src, c.face if all_faces else None, next(probs), crop=c)
         waiting.clear()
 
     n_crops = 0

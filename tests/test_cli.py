@@ -433,7 +433,9 @@ def test_all_faces_in_one_photo(weights_env, tmp_path):
     photo.save(src)
     recs = json.loads(ok(run("img2attr", src, "--all-faces", "-f", "json")).stdout)
     assert [r["face"] for r in recs] == [0, 1]
-    assert len(json.loads(ok(run("img2attr", src, "-f", "json")).stdout)) == 1  # the largest only
+    one = ok(run("img2attr", src, "-f", "json"))
+    assert len(json.loads(one.stdout)) == 1  # the best only, and stderr says which
+    assert "2 faces found, used the one at x " in one.stderr and "--all-faces" in one.stderr
 
     ok(run("edit", src, "--all-faces", "--set", "Smiling", "-o", tmp_path / "out.png"))
     boxes = [f.box for f in faces.find_faces(images.read_image(src), all_faces=True)]

@@ -105,6 +105,18 @@ def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
 
 
+def note_face_choice(file: str, crop) -> None:
+    """Where a photo held several faces and one was used, say which (stderr), so that a wrong pick is noticed."""
+    if crop is not None and crop.found > 1:
+        b = crop.box
+        console.print(
+            f"{file}: {crop.found} faces found, used the one at x {b.x:.0f}, y {b.y:.0f}, {b.w:.0f}x{b.h:.0f} px "
+            "(--all-faces uses every one)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def print_error(message: str) -> None:
     # soft_wrap: one line however narrow the terminal (or 80 columns when stderr is not one)
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

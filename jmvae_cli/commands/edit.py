@@ -115,6 +115,8 @@ def edit(
                 failed += 1
                 common.print_error(r.error)
                 continue
+            if not all_faces and r.crops:
+                common.note_face_choice(r.file, r.crops[0])
             if print_attrs:
                 _print_attrs(r, tr.attr_names, values)
             if r.image is not None:

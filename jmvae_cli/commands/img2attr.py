@@ -68,6 +68,8 @@ def img2attr(
                 failed += 1
                 common.print_error(r.error)
                 continue
+            if not all_faces:
+                common.note_face_choice(r.file, r.crop)
             writer.write(r.file, r.face, r.probs)
     writer.finish()
     sys.stdout.flush()  # the data before the summary on stderr
