@@ -67,7 +67,9 @@ def render(src: torch.Tensor, pose: torch.Tensor, rect: torch.Tensor, bg: torch.
     theta = torch.cat([torch.exp(pose[:, 2, None, None]) * rotation(pose[:, 3]), pose[:, :2, None]], 2)  # (B, 2, 3)
     grid = F.affine_grid(theta, (len(src), 3, face_aligner.VIEW, face_aligner.VIEW), align_corners=False)
     lo, hi = rect[:, None, None, :2], rect[:, None, None, 2:]
-    view = F.grid_sample(src, torch.minimum(torch.maximum(grid, lo), hi), padding_mode="reflection", align_corners=False)
+    view = F.grid_sample(
+        src, torch.minimum(torch.maximum(grid, lo), hi), padding_mode="reflection", align_corners=False
+    )
     if bg is None:
         return view
     inside = ((grid >= lo) & (grid <= hi)).all(-1)[:, None].float()  # (B, 1, 64, 64)
@@ -114,8 +116,12 @@ def backgrounds(others: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     u = lambda *s: torch.rand(*s, generator=g)
     n = len(others)
     coarse = F.interpolate(u(n, 3, 6, 6) * 255, size=64, mode="bicubic", align_corners=False)
-    far = render(others, torch.cat([u(n, 2) * 2 - 1, u(n, 1) * 1.2 - 0.4, u(n, 1) * 6.3], 1),
-                 torch.tensor([[-1.0, -1, 1, 1]]).expand(n, 4), None)
+    far = render(
+        others,
+        torch.cat([u(n, 2) * 2 - 1, u(n, 1) * 1.2 - 0.4, u(n, 1) * 6.3], 1),
+        torch.tensor([[-1.0, -1, 1, 1]]).expand(n, 4),
+        None,
+    )
     return torch.where(u(n, 1, 1, 1) < 0.5, coarse, blur(far, 1 + 2 * u(n)))
 
 
@@ -137,8 +143,14 @@ def clutter(imgs: np.ndarray, n: int, seed: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     u = lambda *s: torch.rand(*s, generator=g)
     src = torch.from_numpy(imgs[torch.randint(len(imgs), (n,), generator=g).numpy()]).permute(0, 3, 1, 2).float()
-    off = torch.cat([(u(n, 2) * 2 - 1).sign() * (0.6 + 0.4 * u(n, 2)), math.log(0.2) + u(n, 1) * math.log(3),
-                     u(n, 1) * 2 * math.pi], 1)  # (n, 4): centred far from the face, a fifth to three fifths its size
+    off = torch.cat(
+        [
+            (u(n, 2) * 2 - 1).sign() * (0.6 + 0.4 * u(n, 2)),
+            math.log(0.2) + u(n, 1) * math.log(3),
+            u(n, 1) * 2 * math.pi,
+        ],
+        1,
+    )  # (n, 4): centred far from the face, a fifth to three fifths its size
     v = render(src, off, torch.tensor([[-1.0, -1, 1, 1]]).expand(n, 4), None)
     v = torch.where(u(n, 1, 1, 1) < 0.3, backgrounds(src.roll(1, 0), g), v)
     return camera(v, g)
@@ -174,8 +186,9 @@ def fit_aligner(n: int, n_steps: int) -> face_aligner.Aligner:
     imgs = np.ascontiguousarray(hq_faces("train"))
     pose = random_poses(n, torch.Generator().manual_seed(0))
     report("training views, start", pose)
-    feats = lambda p: np.vstack([face_aligner.features(views(imgs, p[c : c + CHUNK], seed=c)).astype(np.float64)
-                                 for c in range(0, n, CHUNK)])
+    feats = lambda p: np.vstack(
+        [face_aligner.features(views(imgs, p[c : c + CHUNK], seed=c)).astype(np.float64) for c in range(0, n, CHUNK)]
+    )
     fit = np.arange(n) < 0.9 * n  # the rest choose the ridge penalty
     steps = []
     for step in range(n_steps):
@@ -208,8 +221,10 @@ def check_aligner(aligner: face_aligner.Aligner, n: int = 2000) -> None:
         report(f"validation views, step {step + 1}", pose)
     p_face = aligner.face_probability(face_aligner.features(views(imgs, pose, seed=7)))
     p_clutter = aligner.face_probability(face_aligner.features(clutter(imgs, n, seed=8)))
-    print(f"  face probability >= 0.5: {np.mean(p_face >= 0.5):.1%} of aligned validation faces, "
-          f"{np.mean(p_clutter >= 0.5):.1%} of clutter views")
+    print(
+        f"  face probability >= 0.5: {np.mean(p_face >= 0.5):.1%} of aligned validation faces, "
+        f"{np.mean(p_clutter >= 0.5):.1%} of clutter views"
+    )
 
 
 def main():
@@ -223,7 +238,9 @@ def main():
         constants(args.n or 1500)
     elif args.part == "aligner":
         aligner = fit_aligner(args.n or 24000, args.steps)
-        face_aligner.save(args.out, aligner, {"fitted_on": "celeba-hq-64 training split", "views": str(args.n or 24000)})
+        face_aligner.save(
+            args.out, aligner, {"fitted_on": "celeba-hq-64 training split", "views": str(args.n or 24000)}
+        )
         print(f"wrote {args.out}")
         check_aligner(aligner)
     else:

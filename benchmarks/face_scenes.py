@@ -62,8 +62,11 @@ def background(kind: str, rng: np.random.Generator, other_face: Image.Image) -> 
             fill = tuple(int(v) for v in rng.integers(0, 256, 3))
             (draw.ellipse if rng.random() < 0.4 else draw.rectangle)(box, fill=fill)
         for _ in range(15):
-            draw.line([tuple(int(v) for v in rng.integers(0, w, 2)) for _ in range(2)],
-                      fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=int(rng.integers(1, 6)))
+            draw.line(
+                [tuple(int(v) for v in rng.integers(0, w, 2)) for _ in range(2)],
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+                width=int(rng.integers(1, 6)),
+            )
         img = img.filter(ImageFilter.GaussianBlur(1.0))
         noise = rng.normal(0, 12, (h, w, 3))  # fine texture: fabric, foliage, sensor noise
         return Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
@@ -118,8 +121,12 @@ def main():
                 ok.append(i)
             except faces.NoFaceError:
                 pass
-        rows["crops, detected"] = {"found": len(ok) / len(imgs), "accuracy": accuracy(detected, labels[ok]),
-                                   "no_detect_accuracy": float(ref[ok].mean()), "n": len(imgs)}
+        rows["crops, detected"] = {
+            "found": len(ok) / len(imgs),
+            "accuracy": accuracy(detected, labels[ok]),
+            "no_detect_accuracy": float(ref[ok].mean()),
+            "n": len(imgs),
+        }
         for tilt in TILTS:
             for bg in BACKGROUNDS:
                 outcome, errs, crops_found, crops_true, found_rows = [], [], [], [], []
@@ -134,8 +141,13 @@ def main():
                         used = None
                     outcome.append(judge(used, truth))
                     if outcome[-1] == "found":
-                        errs.append((math.hypot(used.cx - truth.cx, used.cy - truth.cy) / truth.side,
-                                     abs(math.log(used.side / truth.side)), abs(used.angle - truth.angle)))
+                        errs.append(
+                            (
+                                math.hypot(used.cx - truth.cx, used.cy - truth.cy) / truth.side,
+                                abs(math.log(used.side / truth.side)),
+                                abs(used.angle - truth.angle),
+                            )
+                        )
                         crops_found.append(np.asarray(faces.crop_face(scene, used)))
                         # the same face cut at its true frame: what framing alone costs, beside the scene's resampling
                         crops_true.append(np.asarray(faces.crop_face(scene, truth)))
@@ -153,21 +165,28 @@ def main():
                     "n": len(imgs),
                 }
                 rows[f"tilt {tilt}, {bg}"] = row
-                print(f"{set_name} | tilt {tilt:2d} | {bg:5s} | found {row['found']:.1%} | background "
-                      f"{row['background']:.1%} | centre {row['centre_err_pct']:.1f}% size {row['size_err_pct']:.1f}% "
-                      f"angle {row['angle_err_deg']:.1f} deg | accuracy {row['accuracy']:.2%}, at the true frame "
-                      f"{row['true_frame_accuracy']:.2%}, --no-detect {row['no_detect_accuracy']:.2%} "
-                      f"({time.time() - t0:.0f} s)", flush=True)
+                print(
+                    f"{set_name} | tilt {tilt:2d} | {bg:5s} | found {row['found']:.1%} | background "
+                    f"{row['background']:.1%} | centre {row['centre_err_pct']:.1f}% size {row['size_err_pct']:.1f}% "
+                    f"angle {row['angle_err_deg']:.1f} deg | accuracy {row['accuracy']:.2%}, at the true frame "
+                    f"{row['true_frame_accuracy']:.2%}, --no-detect {row['no_detect_accuracy']:.2%} "
+                    f"({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
         report[set_name] = rows
 
-    print("\n| faces | input | found | background picked | centre error | size error | angle error | img→attr "
-          "accuracy | at the true frame | same faces, --no-detect | difference |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| faces | input | found | background picked | centre error | size error | angle error | img→attr "
+        "accuracy | at the true frame | same faces, --no-detect | difference |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for set_name, rows in report.items():
         for name, r in rows.items():
             nd = r.get("no_detect_accuracy", r["accuracy"])
             cells = [set_name, name, f"{r['found']:.1%}", f"{r['background']:.1%}" if "background" in r else "–"]
-            cells += [f"{r[k]:.1f}{u}" if k in r else "–" for k, u in
-                      (("centre_err_pct", "%"), ("size_err_pct", "%"), ("angle_err_deg", "°"))]
+            cells += [
+                f"{r[k]:.1f}{u}" if k in r else "–"
+                for k, u in (("centre_err_pct", "%"), ("size_err_pct", "%"), ("angle_err_deg", "°"))
+            ]
             true = f"{r['true_frame_accuracy']:.2%}" if "true_frame_accuracy" in r else "–"
             cells += [f"{r['accuracy']:.2%}", true, f"{nd:.2%}", f"{(r['accuracy'] - nd) * 100:+.2f}"]
             print("| " + " | ".join(cells) + " |")

@@ -82,8 +82,11 @@ def save(path, aligner: Aligner, meta: dict[str, str]) -> None:
     from jmvae_cli.files import replacing
 
     with replacing(path) as tmp:
-        save_file({"steps": aligner.steps.astype(np.float32), "face": aligner.face.astype(np.float32)}, str(tmp),
-                  metadata=meta)
+        save_file(
+            {"steps": aligner.steps.astype(np.float32), "face": aligner.face.astype(np.float32)},
+            str(tmp),
+            metadata=meta,
+        )
 
 
 def load(path) -> Aligner:

@@ -182,8 +182,13 @@ class _Photo:
         k = max(0, math.floor(math.log2(max(frame.side / (2 * size), 1.0))))
         f = 2.0**-k
         level = Frame(frame.cx * f, frame.cy * f, frame.side * f, frame.angle)
-        big = cv2.warpAffine(self.level(k), level.from_photo(2 * size), (2 * size, 2 * size),
-                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # (2 size, 2 size, 3)
+        big = cv2.warpAffine(
+            self.level(k),
+            level.from_photo(2 * size),
+            (2 * size, 2 * size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )  # (2 size, 2 size, 3)
         return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
 
     @functools.cached_property
@@ -250,8 +255,12 @@ def rough_frame(box: Frame) -> Frame:
     """The training frame as the cascade's box (a Frame, turned with the scanned copy) suggests it."""
     a = math.radians(box.angle)
     dx, dy = FRAME_DX * box.side, FRAME_DY * box.side  # in the box's own axes
-    return Frame(box.cx + dx * math.cos(a) - dy * math.sin(a), box.cy + dx * math.sin(a) + dy * math.cos(a),
-                 FRAME_SCALE * box.side, box.angle)
+    return Frame(
+        box.cx + dx * math.cos(a) - dy * math.sin(a),
+        box.cy + dx * math.sin(a) + dy * math.cos(a),
+        FRAME_SCALE * box.side,
+        box.angle,
+    )
 
 
 def _sharpness(grey: np.ndarray, frame: Frame) -> float:
@@ -305,14 +314,12 @@ def _behind(face: Face, faces: list[Face]) -> bool:
     since nothing sits on a face in front."""
     f = face.frame
     return any(
-        max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4 and g.frame.side * 1.5 < f.side
-        for g in faces
+        max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4 and g.frame.side * 1.5 < f.side for g in faces
     )
 
 
 def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
-    """The faces in a photo, best first: those in focus (IN_FOCUS) and not behind another, largest first, then the
-    others largest first. Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
+    """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
     are dropped; faces too small to read are kept (the caller decides).
 
     Scans go from the cheap to the thorough: big upright faces, all upright faces, turned copies, then the same
@@ -331,7 +338,11 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
             if settled():
                 break
             faces = _merge(faces + photo.align(photo.scan(angle, enhanced=enhanced)))
-    faces = [f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED]
+    return rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED])
+
+
+def rank(faces: list[Face]) -> list[Face]:
+    """Best first: the faces in focus and not behind another, largest first, then the others largest first."""
     return sorted(faces, key=lambda f: (f.sharpness < IN_FOCUS or _behind(f, faces), -f.frame.side))
 
 
@@ -376,8 +387,9 @@ def crop_face(img: Image.Image, frame: Frame, size: int = 64) -> Image.Image:
         a = cv2.resize(a, (max(1, round(a.shape[1] * q)), max(1, round(a.shape[0] * q))), interpolation=cv2.INTER_AREA)
     qx, qy = a.shape[1] / region.width, a.shape[0] / region.height  # the rounded scale
     f = Frame((frame.cx - x0) * qx, (frame.cy - y0) * qy, frame.side * qx, frame.angle)
-    big = cv2.warpAffine(a, f.from_photo(2 * size), (2 * size, 2 * size),
-                         flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)  # (2 size, 2 size, 3)
+    big = cv2.warpAffine(
+        a, f.from_photo(2 * size), (2 * size, 2 * size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+    )  # (2 size, 2 size, 3)
     return Image.fromarray(cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA), "RGB")
 
 
@@ -475,8 +487,13 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
         return Image.fromarray(out, "RGB")
     m = frame.from_photo(n)  # photo pixel -> crop pixel
     m[:, 2] += m[:, :2] @ (x0, y0)  # from the region's pixels instead
-    d = cv2.warpAffine(np.ascontiguousarray(delta, np.float32), m, (x1 - x0, y1 - y0),
-                       flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    d = cv2.warpAffine(
+        np.ascontiguousarray(delta, np.float32),
+        m,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     ys, xs = np.mgrid[0 : y1 - y0, 0 : x1 - x0]  # (h, w) each
     u = np.stack([xs, ys], -1) @ m[:, :2].T + m[:, 2]  # (h, w, 2) crop pixel coordinates
     w = _mask((2 * u + 1) / n - 1, feather)  # (h, w)

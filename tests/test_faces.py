@@ -20,7 +20,9 @@ def hq_face(k: int = 0) -> Image.Image:
     return Image.open(sorted(HQ.glob("*.jpg"))[k]).convert("RGB")
 
 
-def scene(face: Image.Image, side: int, tilt: float, at=(300, 220), size=(640, 480), bg=None) -> tuple[Image.Image, Frame]:
+def scene(
+    face: Image.Image, side: int, tilt: float, at=(300, 220), size=(640, 480), bg=None
+) -> tuple[Image.Image, Frame]:
     """`face` (its own training frame) pasted at `side` px, turned `tilt` degrees clockwise, centred at `at`."""
     photo = bg.copy() if bg is not None else Image.new("RGB", size, (90, 120, 60))
     f = face.resize((side, side), Image.Resampling.BICUBIC)
@@ -92,6 +94,18 @@ def test_several_faces_are_counted_and_all_faces_gives_each():
     assert crops[0].box == crops[0].frame.box
 
 
+def test_the_face_in_front_and_in_focus_comes_first():
+    def face(cx, cy, side, sharpness):
+        return faces.Face(Frame(cx, cy, side), 0.99, sharpness)
+
+    poster, person = face(320, 240, 600, 0.8), face(350, 260, 150, 0.8)  # a sharp face over a bigger one's middle
+    assert faces.rank([poster, person]) == [person, poster]
+    blurred, small = face(320, 240, 600, 0.0), face(100, 100, 120, 0.5)
+    assert faces.rank([blurred, small]) == [small, blurred]
+    big, other = face(200, 200, 300, 0.4), face(500, 300, 150, 0.9)  # both in focus: the larger
+    assert faces.rank([other, big]) == [big, other]
+
+
 def test_no_face():
     with pytest.raises(NoFaceError, match="no face found"):
         find_faces(Image.new("RGB", (320, 240), (128, 128, 128)))
@@ -130,7 +144,9 @@ def test_frame_maps_crop_pixels_to_the_photo_and_back():
     assert centre == pytest.approx((99.5, 79.5))
     corner = m @ (-0.5, -0.5, 1) + 0.5  # the crop's top-left corner, turned clockwise by 30 degrees
     a = math.radians(30)
-    assert corner == pytest.approx((100 - 25 * math.cos(a) + 25 * math.sin(a), 80 - 25 * math.sin(a) - 25 * math.cos(a)))
+    assert corner == pytest.approx(
+        (100 - 25 * math.cos(a) + 25 * math.sin(a), 80 - 25 * math.sin(a) - 25 * math.cos(a))
+    )
     assert inv @ (*m @ (10, 20, 1), 1) == pytest.approx((10, 20))
     assert Frame(10, 20, 8).box == Box(6, 16, 8, 8)
     assert f.box.w == pytest.approx(50 * (math.cos(a) + math.sin(a)))
