@@ -279,7 +279,9 @@ def test_paste_of_a_whole_64px_frame_is_the_crop_result_on_the_face(tr):
     and the photo itself elsewhere."""
     face = photo_array(64, 64, seed=7)
     r = editing.edit(tr.model, editing.to_input([face]), {0: 1.5})
-    out = np.asarray(faces.paste_edit(Image.fromarray(face), crop_at(Frame(32, 32, 64)), r.delta_pixels[0], 0)).astype(int)
+    out = np.asarray(faces.paste_edit(Image.fromarray(face), crop_at(Frame(32, 32, 64)), r.delta_pixels[0], 0)).astype(
+        int
+    )
     m = faces.face_mask(64, 0) > 0
     assert np.abs(out[m] - r.pixels("result")[0].astype(int)[m]).max() <= 1
     assert np.array_equal(out[~m], face.astype(int)[~m])
