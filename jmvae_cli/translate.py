@@ -172,7 +172,7 @@ def _one_thread_each(tr: Translator, parallel: bool) -> Iterator[None]:
     import cv2
 
     # Parallel over images already: the cascade's own threads, and torch's (whose OpenMP threads spin while
-    # they wait), would only take cores from the decoding and detection that dominate (1 thread: +10%/s).
+    # they wait), would only take cores from the decoding and detection that dominate.
     threads = cv2.getNumThreads(), torch.get_num_threads()
     cv2.setNumThreads(1)
     if tr.device.type == "cpu":
