@@ -28,6 +28,25 @@ def run(*args, input=None):
     return CliRunner().invoke(cli.app, [str(a) for a in args], input=input)
 
 
+def fails(result, *words, code=1, after_report=False):
+    """An expected error: no traceback, and (exit 1) one "error:" line on stderr naming what went wrong, with
+    nothing else on stdout or stderr; after_report: that line comes below what the command reported before it."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if code == 1:
+        lines = result.stderr.strip().splitlines()
+        assert lines and lines[-1].startswith("error: "), result.stderr
+        assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
+        if not after_report:
+            assert len(lines) == 1 and result.stdout == "", result.output
+        for w in words:
+            assert w in lines[-1], result.stderr
+    for w in words:
+        assert w in result.stderr, result.stderr
+    return result
+
+
 def face_numbers(n: int, start: int = 1) -> list[int]:
     """n file numbers from start, with every third one missing (3, 6, ... from 1): numbering is not contiguous."""
     return [k for k in range(start, start + 2 * n) if (k - start) % 3 != 2][:n]

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from jmvae_cli import attributes, editing, faces, formats, images, runtime, translate
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
-from tests.conftest import run
+from tests.conftest import fails, run
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
     ATTRS,
     photo_array,
@@ -36,20 +36,6 @@ from tests.model_fixtures import (  # noqa: F401 (fixtures)
 def ok(result):
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.stderr
-    return result
-
-
-def fails(result, *words, code=1):
-    """An expected error: one line on stderr naming what went wrong, nothing on stdout, no traceback."""
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    if code == 1:
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-        assert result.stdout == ""
-    for w in words:
-        assert w in result.stderr, result.stderr
     return result
 
 

@@ -8,32 +8,10 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from jmvae_cli import cli, images
+from jmvae_cli import images
+from tests.conftest import fails, run
 from tests.model_fixtures import tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
-
-runner = CliRunner()
-
-
-def run(*args, input=None):
-    return runner.invoke(cli.app, [str(a) for a in args], input=input)
-
-
-def one_line_error(r, *words, code=1, after_report=False):
-    """The failure as one line on stderr; after_report: below what the command reported before it failed."""
-    assert r.exit_code == code, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    assert "Traceback" not in r.output
-    if code == 1:
-        lines = r.stderr.strip().splitlines()
-        assert (after_report or len(lines) == 1) and lines[-1].startswith("error: "), r.stderr
-        assert sum(line.startswith("error: ") for line in lines) == 1, r.stderr
-        for w in words:
-            assert w in lines[-1], r.stderr
-    for w in words:
-        assert w in r.stderr, r.stderr
-    return r
 
 
 @pytest.fixture
@@ -55,8 +33,8 @@ WRITERS = {  # each command that writes an image, minus its -o
 def test_output_naming_a_folder_is_one_line(weights_env, photo, tmp_path, command):
     folder = tmp_path / "taken.png"
     folder.mkdir()
-    one_line_error(run(*WRITERS[command](photo), "-o", folder), str(folder), "is a folder")
-    one_line_error(run(*WRITERS[command](photo), "-o", tmp_path), str(tmp_path), "is a folder")  # no extension
+    fails(run(*WRITERS[command](photo), "-o", folder), str(folder), "is a folder")
+    fails(run(*WRITERS[command](photo), "-o", tmp_path), str(tmp_path), "is a folder")  # no extension
     assert folder.is_dir() and not any(folder.iterdir())
 
 
@@ -72,7 +50,7 @@ def test_unwritable_output_folder_is_one_line(weights_env, photo, tmp_path, monk
     out = tmp_path / "out.png"
     r = run(*WRITERS[command](photo), "-o", out)
     # figure edit prints the inferred attributes before it writes
-    one_line_error(r, str(out), "cannot write", "Permission denied", after_report=command == "figure")
+    fails(r, str(out), "cannot write", "Permission denied", after_report=command == "figure")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
@@ -81,7 +59,7 @@ def test_read_only_folder_for_real(weights_env, photo, tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        one_line_error(run("attr2img", "-o", locked / "a.png"), "a.png", "cannot write", "Permission denied")
+        fails(run("attr2img", "-o", locked / "a.png"), "a.png", "cannot write", "Permission denied")
     finally:
         locked.chmod(0o755)
 
@@ -91,16 +69,14 @@ def test_read_only_folder_for_real(weights_env, photo, tmp_path):
 
 def test_attr2img_samples_beyond_one_grid_are_a_usage_error(weights_env, tmp_path):
     # 30,000 faces at 64 px would make an 11,484 px square grid (132 Mpx): refused before a face is drawn
-    r = one_line_error(run("attr2img", "--samples", 30000, "-o", tmp_path / "a.png"), "--samples 30,000", code=2)
+    r = fails(run("attr2img", "--samples", 30000, "-o", tmp_path / "a.png"), "--samples 30,000", code=2)
     assert "at most 20,448 samples" in r.stderr and not (tmp_path / "a.png").exists()
-    one_line_error(
-        run("attr2img", "--samples", 100, "--size", 2048, "-o", tmp_path / "a.png"), "at most 19 samples", code=2
-    )
+    fails(run("attr2img", "--samples", 100, "--size", 2048, "-o", tmp_path / "a.png"), "at most 19 samples", code=2)
 
 
 def test_figure_samples_beyond_one_sheet_are_a_usage_error(weights_env, tmp_path):
     r = run("figure", "faces", "--samples", 100000, "-o", tmp_path / "f.png")
-    one_line_error(r, "--samples 100,000", "at most", code=2)
+    fails(r, "--samples 100,000", "at most", code=2)
 
 
 # ----------------------------------------------------------------------------- 8: infinite and out-of-range numbers
@@ -110,20 +86,20 @@ def test_figure_samples_beyond_one_sheet_are_a_usage_error(weights_env, tmp_path
 @pytest.mark.parametrize("command", WRITERS)
 def test_strength_must_be_finite_and_at_most_ten(weights_env, photo, tmp_path, command, value):
     r = run(*WRITERS[command](photo), "--strength", value, "-o", tmp_path / "x.png")
-    one_line_error(r, "--strength", code=2)
+    fails(r, "--strength", code=2)
     assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("value", ["inf", "1e400", "nan"])
 def test_zeta_must_be_finite(weights_env, tmp_path, value):
-    one_line_error(run("attr2img", "--samples", 1, "--zeta", value, "-o", tmp_path / "a.png"), "--zeta", code=2)
-    one_line_error(run("figure", "faces", "--zeta", value, "-o", tmp_path / "f.png"), "--zeta", code=2)
+    fails(run("attr2img", "--samples", 1, "--zeta", value, "-o", tmp_path / "a.png"), "--zeta", code=2)
+    fails(run("figure", "faces", "--zeta", value, "-o", tmp_path / "f.png"), "--zeta", code=2)
 
 
 @pytest.mark.parametrize("spec", ["Smiling=inf", "Smiling=nan", "Smiling=1e400", "Smiling=-2", "Smiling=12"])
 def test_own_strengths_are_checked_too(weights_env, photo, tmp_path, spec):
-    one_line_error(run("attr2img", "--set", spec, "-o", tmp_path / "a.png"), spec)
-    one_line_error(run("edit", photo, "--no-detect", "--set", spec, "-o", tmp_path / "e.png"), spec)
+    fails(run("attr2img", "--set", spec, "-o", tmp_path / "a.png"), spec)
+    fails(run("edit", photo, "--no-detect", "--set", spec, "-o", tmp_path / "e.png"), spec)
 
 
 @pytest.mark.parametrize("soft", [[], ["--soft"]])
@@ -140,7 +116,7 @@ def test_own_strengths_are_checked_too(weights_env, photo, tmp_path, spec):
 )
 def test_attrs_values_must_be_probabilities(weights_env, tmp_path, record, words, soft):
     out = tmp_path / "a.png"
-    one_line_error(run("attr2img", "--attrs", "-", *soft, "-o", out, input=record), "<stdin>", *words)
+    fails(run("attr2img", "--attrs", "-", *soft, "-o", out, input=record), "<stdin>", *words)
     assert not out.exists()
 
 
@@ -163,9 +139,9 @@ def test_edit_refuses_to_overwrite_its_input_even_with_force(weights_env, photo,
     (tmp_path / "sub").mkdir()
     for target in (photo, link, hard, spelled):
         r = run("edit", photo, "--no-detect", "--set", "Smiling", "-o", target, "--force")
-        one_line_error(r, "is the input image")
+        fails(r, "is the input image")
     r = run("edit", link, "--no-detect", "--set", "Smiling", "-o", photo, "--force")  # the input given as a link
-    one_line_error(r, "is the input image")
+    fails(r, "is the input image")
     assert photo.read_bytes() == original and link.is_symlink()
     # --force still replaces an output that is not the input
     out = tmp_path / "out.png"
