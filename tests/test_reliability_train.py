@@ -4,6 +4,7 @@ two runs into one folder, conflicting options on resume, litter of killed runs, 
 Nothing is lost (the last good checkpoint survives every failure), nothing is stale (model file, metrics and grids
 agree with the checkpoint), never a traceback (each failure is one line naming the path and the reason)."""
 
+import functools
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ from jmvae_cli.errors import JmvaeError
 from jmvae_cli.gan import Discriminator
 from jmvae_cli.model import JMVAE
 from jmvae_cli.train import LOCK_FILE, TrainOptions
+from tests import conftest
 from tests.model_fixtures import ATTRS, PREPROCESS, tiny_model, write_photo
 from tests.test_cli import ok
 from tests.test_train import TINY, metrics
@@ -71,15 +73,8 @@ def train_cli(data, out, *args):
     return runner.invoke(app, [str(a) for a in [*base, *args]])
 
 
-def fails(result, *words):
-    """An expected failure: exit 1, and after the progress lines one error line naming what went wrong."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.stdout == ""
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: ") and result.stderr.count("error:") == 1, result.stderr
-    for w in words:
-        assert w in error, error
-    return result
+# training prints its progress on stderr before the error line
+fails = functools.partial(conftest.fails, after_report=True)
 
 
 def snapshot(out):
