@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 
 from jmvae_cli import quality
 from jmvae_cli.checkpoint import load_model
@@ -267,9 +268,9 @@ def footprints(images: np.ndarray, labels: np.ndarray, train_rows: np.ndarray) -
     labels, so that attribute i's map is its own change with the other 39 held fixed (blond hair lights the hair,
     not the face that blond people's photos also tend to have lighter). |coefficient| averaged over colour,
     scaled so the strongest tenth of the crop is 1, lightly blurred: (A, 1, 64, 64) in [0, 1]."""
-    cache = OUT / "footprints.pt"
+    cache = OUT / "footprints.safetensors"
     if cache.exists():
-        return torch.load(cache)
+        return load_file(cache)["footprint"]
     design = np.concatenate([labels[train_rows].astype(np.float64), np.ones((len(train_rows), 1))], 1)  # (n, A + 1)
     xty = np.zeros((design.shape[1], images[0].size))
     for k in range(0, len(train_rows), 4096):
@@ -279,14 +280,16 @@ def footprints(images: np.ndarray, labels: np.ndarray, train_rows: np.ndarray) -
     mag = torch.from_numpy(np.abs(coef).reshape(len(coef), 64, 64, 3).mean(-1)).float()[:, None]  # (A, 1, 64, 64)
     scale = torch.quantile(mag.flatten(1), 0.9, dim=1)[:, None, None, None]
     foot = F.avg_pool2d((mag / scale).clamp(0, 1), 3, 1, 1, count_include_pad=False)
-    torch.save(foot, cache)
+    save_file({"footprint": foot.contiguous()}, cache)
     return foot
 
 
 def directions(model: JMVAE, images: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int):
-    cache = OUT / f"directions4_{n}_{seed}.pt"
+    cache = OUT / f"directions4_{n}_{seed}.safetensors"
     if cache.exists():
-        return Directions(**torch.load(cache), footprint=footprints(images, labels, train_rows))
+        saved = load_file(cache)
+        contexts = [saved.pop(f"contexts.{i}") for i in range(labels.shape[1])]
+        return Directions(contexts, **saved, footprint=footprints(images, labels, train_rows))
     rows = np.sort(np.random.default_rng(seed + 1).choice(train_rows, n, replace=False))
     x = pixels_to_input(torch.from_numpy(np.ascontiguousarray(images[rows])))  # (n, 3, 64, 64)
     z = batched(lambda t: model.q_x(t).mu, x)  # (n, Z)
@@ -313,17 +316,9 @@ def directions(model: JMVAE, images: np.ndarray, labels: np.ndarray, train_rows:
         contexts, regress, probe, probe_dir, probe_cond, probe_means, footprints(images, labels, train_rows)
     )
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "contexts": contexts,
-            "regress": regress,
-            "probe": probe,
-            "probe_dir": probe_dir,
-            "probe_cond": probe_cond,
-            "probe_means": probe_means,
-        },
-        cache,
-    )
+    named = {"regress": regress, "probe": probe, "probe_dir": probe_dir, "probe_cond": probe_cond}
+    named |= {"probe_means": probe_means} | {f"contexts.{i}": c for i, c in enumerate(contexts)}
+    save_file({k: v.clone() for k, v in named.items()}, cache)  # safetensors: no pickle, even for a cache
     return dirs
 
 
