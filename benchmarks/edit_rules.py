@@ -318,7 +318,9 @@ def directions(model: JMVAE, images: np.ndarray, labels: np.ndarray, train_rows:
     cache.parent.mkdir(parents=True, exist_ok=True)
     named = {"regress": regress, "probe": probe, "probe_dir": probe_dir, "probe_cond": probe_cond}
     named |= {"probe_means": probe_means} | {f"contexts.{i}": c for i, c in enumerate(contexts)}
-    save_file({k: v.clone() for k, v in named.items()}, cache)  # safetensors: no pickle, even for a cache
+    save_file(
+        {k: v.clone(memory_format=torch.contiguous_format) for k, v in named.items()}, cache
+    )  # safetensors: no pickle, even for a cache
     return dirs
 
 
