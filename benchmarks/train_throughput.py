@@ -1,7 +1,9 @@
-"""Training images/s of the default architecture on this machine: batches from the uint8 cache versus batches
-decoded from the JPEGs each time, in fp32 and in bf16 autocast.
+"""Training images/s of the default architecture on this machine: batches from the uint8 cache in host memory, from
+the same images held on the GPU (train.batch_source; on a CPU the same as the cache) and decoded from the JPEGs
+each time, in fp32 and in bf16 autocast.
 
     python benchmarks/train_throughput.py --data ../shared/datasets/celeba [--steps 20] [--device cpu]
+        [--train-only image-decoder]    # the step of a decoder fine-tune (train --train-only)
 
 Each setting runs a few warm-up steps, then times --steps optimizer steps of the real training step (train.py's
 batch_tensors and the model's loss), and prints one JSON line per setting and a markdown table.
@@ -11,6 +13,7 @@ import argparse
 import itertools
 import json
 import time
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -20,7 +23,9 @@ import torch
 from jmvae_cli.data import Preprocess, decode_face, load_data, read_source
 from jmvae_cli.model import JMVAE, JMVAEConfig, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
-from jmvae_cli.train import batch_tensors
+from jmvae_cli.train import TRAINED_PARTS, batch_source, batch_tensors
+
+SOURCES = ("cache", "resident", "jpeg")
 
 
 def decode_job(args) -> np.ndarray:
@@ -63,6 +68,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--train-only", choices=list(TRAINED_PARTS))
     args = ap.parse_args()
 
     device = pick_device(args.device)
@@ -72,16 +78,17 @@ def main():
     with Pool() as pool:
         for precision in ("fp32", "bf16"):
             prec = Precision.choose(device, precision)
-            for source in ("cache", "jpeg"):
+            for source in SOURCES:
                 torch.manual_seed(0)
                 model = JMVAE(JMVAEConfig(n_attrs=len(data.attr_names))).to(device, memory_format=prec.memory_format)
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.5, 0.999))
-                if source == "cache":
+                params = model.train_only(TRAINED_PARTS[args.train_only]) if args.train_only else model.parameters()
+                optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
+                if source != "jpeg":
+                    get = batch_source(data, device)
+                    if source == "cache":
+                        get = partial(batch_tensors, data, device=device)
                     rng = np.random.default_rng(0)
-                    batches = (
-                        batch_tensors(data, rng.choice(train_idx, args.batch_size, replace=False), device)
-                        for _ in itertools.count()
-                    )
+                    batches = (get(rng.choice(train_idx, args.batch_size, replace=False)) for _ in itertools.count())
                 else:
                     batches = (
                         (pixels_to_input(torch.from_numpy(u8).to(device)), torch.from_numpy(w).to(device).float())
@@ -92,16 +99,17 @@ def main():
                     "device": device.type,
                     "precision": precision,
                     "source": source,
+                    "train_only": args.train_only or "all",
                     "images_per_s": round(ips, 1),
                     "batch_size": args.batch_size,
                     "threads": torch.get_num_threads(),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print("\n| precision | from cache | from JPEGs |\n|---|---|---|")
+    print("\n| precision | " + " | ".join(SOURCES) + " |\n|---|" + "---|" * len(SOURCES))
     for precision in ("fp32", "bf16"):
         cells = {r["source"]: r["images_per_s"] for r in rows if r["precision"] == precision}
-        print(f"| {precision} | {cells['cache']} img/s | {cells['jpeg']} img/s |")
+        print(f"| {precision} | " + " | ".join(f"{cells[s]} img/s" for s in SOURCES) + " |")
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ class Model(nn.Module):
         prior(w)                p(z|w) where the prior depends on w, so that the bounds are on log p(x|w);
                                 None where it is N(0, I) and the bounds are on log p(x)
         log_px(x, z, w)         log p(x|z), or log p(x|z,w) where the decoder sees w: (B,)
+        train_only(part)        freeze every module but `part` (a name such as "dec_x"), for fine-tuning it alone
     If models_attributes (p(w|z) and q(z|w): the bounds add log p(x,w) and log p(w)):
         log_pw(w, z)            log p(w|z): (B,)
         q_w(w)                  q(z|w)
@@ -221,6 +222,28 @@ class Model(nn.Module):
     def __init__(self, cfg: JMVAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.trained_part: str | None = None  # set by train_only
+
+    def train_only(self, part: str) -> list[nn.Parameter]:
+        """Freeze every module but the child `part`; its parameters, for the optimizer. The frozen modules stay in
+        eval mode whatever train() is asked: their batch-norm statistics are weights too, and a fine-tune of the
+        image decoder must leave img2attr's route exactly as it was."""
+        trained = getattr(self, part, None)
+        if not isinstance(trained, nn.Module):
+            raise ValueError(f"a {self.cfg.model} model has no part named {part!r}")
+        self.requires_grad_(False)
+        trained.requires_grad_(True)
+        self.trained_part = part
+        self.train(self.training)
+        return list(trained.parameters())
+
+    def train(self, mode: bool = True) -> "Model":
+        super().train(mode)
+        if self.trained_part is not None:
+            for name, child in self.named_children():
+                if name != self.trained_part:
+                    child.eval()
+        return self
 
     def grid_rows(self, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
         return []

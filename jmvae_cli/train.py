@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +59,7 @@ from jmvae_cli.model import JMVAE, JMVAEConfig, output_to_pixels, pixels_to_inpu
 from jmvae_cli.registry import build
 from jmvae_cli.runtime import Precision, pick_device
 from jmvae_cli.train_options import (
+    TRAINED_PARTS,
     TrainOptions,
     describe_value,
     flag,
@@ -82,6 +84,7 @@ LR_FLOOR = 0.1
 EMA_WARMUP = 10  # the average's decay starts at 1/EMA_WARMUP and rises to --ema, so it soon forgets the init
 GRID_FACES = 8  # columns of the per-epoch sample grid
 PROGRESS_EVERY = 10  # steps between progress-bar updates
+RESIDENT_SHARE = 0.25  # of the GPU's free memory that the training images may take (batch_source)
 # Options whose values live in the model's config: on resume they are read from the config, which is what the
 # weights were built from (an --init run's options do not say it).
 CONFIG_OPTIONS = ("model", "objective", "latent_dim", "alpha", "cross_weight")
@@ -263,6 +266,21 @@ def batch_tensors(data: FaceData, idx: np.ndarray, device: torch.device) -> tupl
     return x, w
 
 
+def batch_source(data: FaceData, device: torch.device) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
+    """idx -> (x, w) on the device, as batch_tensors. Where a GPU has room for them, the uint8 images move there
+    once, and each step indexes them there rather than waiting for its batch to be copied from host memory."""
+    if device.type != "cuda" or data.images.nbytes > RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return lambda idx: batch_tensors(data, idx, device)
+    images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)  # (N, S, S, 3) uint8
+    attrs = torch.from_numpy(data.attrs).to(device).float()  # (N, A)
+
+    def get(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(idx).to(device)
+        return pixels_to_input(images[rows]), attrs[rows]  # (B, 3, S, S), (B, A)
+
+    return get
+
+
 def epoch_batches(train_idx: np.ndarray, batch_size: int, seed: int, epoch: int, d: Dist) -> list[np.ndarray]:
     """This rank's batches for one epoch. Every rank gets the same number of full batches: DDP needs the steps in
     lockstep, and a batch of one would break batch norm."""
@@ -420,7 +438,13 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
     loaded from `start`."""
     model = build(cfg).to(device, memory_format=prec.memory_format)
     modules = {"model": model}
-    optimizers = {"optimizer": torch.optim.Adam(model.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999))}
+    params = model.parameters()
+    if opts.train_only != "all":
+        try:
+            params = model.train_only(TRAINED_PARTS[opts.train_only])
+        except ValueError as e:
+            raise JmvaeError(f"--train-only {opts.train_only}: {e}") from None
+    optimizers = {"optimizer": torch.optim.Adam(params, lr=opts.lr, betas=(opts.beta1, 0.999))}
     if opts.gan:
         modules["discriminator"] = Discriminator(image_size=cfg.image_size).to(device, memory_format=prec.memory_format)
         optimizers["disc_optimizer"] = torch.optim.Adam(
@@ -515,6 +539,7 @@ class Trainer:
         self.final = self.ema if self.ema is not None else self.model  # what is validated, pictured and saved
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if d.world > 1 else self.model
 
+        self.batch = batch_source(data, device)
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")[: opts.val_images]
         self.grid_idx = (self.val_idx if len(self.val_idx) >= GRID_FACES else self.train_idx)[:GRID_FACES]
         self.steps_per_epoch = len(self.train_idx) // (d.world * opts.batch_size)
@@ -599,7 +624,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         n_steps, t0 = 0, time.monotonic()
         for idx in epoch_batches(self.train_idx, self.opts.batch_size, self.opts.seed, epoch, self.d):
-            x, w = batch_tensors(self.data, idx, self.device)
+            x, w = self.batch(idx)
             if self.opts.flip:
                 flip = torch.rand(len(x), device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -770,6 +795,9 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         raise JmvaeError("--time-limit and --gan work in single-process runs only (under torchrun, set --epochs)")
     if opts.gan and not issubclass(registry.model_class(opts.model), JMVAE):
         raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
+    if opts.train_only != "all":
+        if not (opts.init or opts.resume):
+            raise JmvaeError(f"--train-only {opts.train_only} fine-tunes a trained model: give it with --init")
     check_out_dir(opts)
     start = starting_point(opts)
     if d.main:

@@ -19,6 +19,7 @@ from jmvae_cli.data import VAL_FRACTION
 from jmvae_cli.errors import JmvaeError
 
 ON_RESUME = ("keep", "change", "machine", "run")
+TRAINED_PARTS = {"image-decoder": "dec_x"}  # --train-only's names for the models' modules
 
 
 def option(default=MISSING, help: str = "", *, cli: bool = True, on_resume: str = "keep", **typer_kw):
@@ -67,6 +68,12 @@ class TrainOptions:
         "jmvae",
         "jmvae, a baseline of the paper (vae, cvae, cmma), or the attribute classifier.",
         choices=registry.names,  # called when needed: a model registered later is a choice too
+    )
+    train_only: str = option(
+        "all",
+        "Train only this part, the rest frozen: image-decoder fine-tunes p(x|z) of an --init model, and img2attr "
+        "cannot change.",
+        choices=("all", *TRAINED_PARTS),
     )
     gan: bool = option(False, "Add an adversarial loss for sharper faces (JMVAE-GAN, gan.py).")
     gan_weight: float = option(0.1, "Weight of the adversarial term per pixel, against the likelihood's nats.", min=0.0)

@@ -172,6 +172,31 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
     assert b.model.cfg.alpha == 2.0 and b.meta["train"]["init"].endswith("model.safetensors")
 
 
+def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data, tmp_path):
+    train(options(data, tmp_path / "a", epochs=1))
+    before = load_model(tmp_path / "a" / "model.safetensors").model.state_dict()
+    train(
+        options(
+            data,
+            tmp_path / "b",
+            epochs=2,
+            init=tmp_path / "a" / "model.safetensors",
+            train_only="image-decoder",
+            gan=True,
+        )
+    )
+    after = load_model(tmp_path / "b" / "model.safetensors").model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # batch norm's running statistics included: a frozen module stays in eval mode while the decoder trains
+    assert changed and all(k.startswith("dec_x.") for k in changed)
+    assert any(k.startswith("dec_x.") and "running_mean" in k for k in changed)
+
+
+def test_train_only_needs_a_trained_model_to_start_from(data, tmp_path):
+    with pytest.raises(JmvaeError, match="--init"):
+        train(options(data, tmp_path / "a", epochs=1, train_only="image-decoder"))
+
+
 def test_update_ema_averages_weights_and_batch_norm_statistics():
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
