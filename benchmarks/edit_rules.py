@@ -17,7 +17,10 @@ model's own reading of the face (p(w|z) at z, thresholded), w' = w with attribut
               off_i + s (on_i - off_i) (on_i, off_i: the mean read-out of training faces with, without it; for
               target 0 mirrored); each face moves as far as it needs (InterFaceGAN's edit on this latent space)
     probecond the same, along the smallest move that leaves the other 39 read-outs unchanged
-    regressfit the same per-face goal, moving along B_i (regress's direction)
+    regressfit the same per-face goal, moving along B_i (regress's direction): with +foot, the library's `regress`
+              rule (editing.py; B, the read-outs, their means and the footprints are fitted by edit_directions.py,
+              whose goal also caps each face's move at 2 s spreads, which the measurements in docs/edit_rules.md
+              predate)
     <rule>+foot   delta * F_i, F_i in [0, 1] (64 x 64) where attribute i shows in the photos: ridge regression of
               every training pixel on the 40 labels, |coefficient| scaled so the strongest tenth is 1 (footprints)
     <rule>+foot2  delta * F_i ** 2, tighter
@@ -52,9 +55,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
-from jmvae_cli import quality
+from jmvae_cli import edit_directions, quality
 from jmvae_cli.checkpoint import load_model
 from jmvae_cli.data import load_data
+from jmvae_cli.edit_directions import EditConstants
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +116,11 @@ class Directions:
     probe_cond: torch.Tensor  # (A, Z) the smallest move (in cov(z)'s metric) changing read-out i by 1, others by 0
     probe_means: torch.Tensor  # (A, 2) mean read-out of the training faces without, with the attribute
     footprint: torch.Tensor | None = None  # (A, 1, 64, 64) in [0, 1]: where in the crop each attribute shows
+
+    @property
+    def constants(self) -> EditConstants:
+        """The library's constants of the regress rule, as these directions measured them."""
+        return EditConstants(self.regress, self.probe, self.probe_means, self.footprint[:, 0])
 
     def natural(self, model: JMVAE, i: int, target: int, s: float) -> torch.Tensor:
         ctx = self.contexts[i]
@@ -186,17 +195,14 @@ def delta_regress(model, f: Faces, dirs: Directions, k, i, target, s):
 
 
 def probe_move(dirs: Directions, z: torch.Tensor, i: int, u: torch.Tensor, target: int, s: float):
-    """Move z along u until the linear read-out of attribute i reaches a goal (no further if it already has): each
-    face moves as far as it needs, not a fixed step (InterFaceGAN's edit, on the JMVAE's latent space). The goal
-    is in units of the attribute's own spread, so that a rare attribute (whose read-out varies little) is not
-    pushed far out of the data: s = 1 is the mean read-out of training faces in the target class, s = 0 the
-    other class's mean, s = 2 as far again beyond the target class."""
-    a, b = dirs.probe[i, :-1], dirs.probe[i, -1]  # (Z,), ()
-    off, on = dirs.probe_means[i]
-    goal = off + s * (on - off) if target else on - s * (on - off)
-    need = goal - (z @ a + b)  # (b,)
-    need = need.clamp_min(0) if target else need.clamp_max(0)
-    return z + need[:, None] * u / a.dot(u)  # (b, Z)
+    """Move z along u until the linear read-out of attribute i reaches its goal (no further if it already has;
+    capped): each face moves as far as it needs, not a fixed step (InterFaceGAN's edit, on the JMVAE's latent
+    space). The goal and the cap are the library's regress rule's (edit_directions.EditConstants.needed); along
+    u = B_i this is that rule."""
+    c = dirs.constants
+    shape = (len(z), len(c.means))
+    need = c.needed(z, torch.full(shape, bool(target)), torch.full(shape, float(s)))[:, i]  # (b,)
+    return z + need[:, None] * u / c.readout[i, :-1].dot(u)  # (b, Z)
 
 
 def delta_probe(model, f: Faces, dirs: Directions, k, i, target, s):
@@ -271,15 +277,7 @@ def footprints(images: np.ndarray, labels: np.ndarray, train_rows: np.ndarray) -
     cache = OUT / "footprints.safetensors"
     if cache.exists():
         return load_file(cache)["footprint"]
-    design = np.concatenate([labels[train_rows].astype(np.float64), np.ones((len(train_rows), 1))], 1)  # (n, A + 1)
-    xty = np.zeros((design.shape[1], images[0].size))
-    for k in range(0, len(train_rows), 4096):
-        pixels = images[train_rows[k : k + 4096]].reshape(-1, images[0].size).astype(np.float64)  # (b, 64 * 64 * 3)
-        xty += design[k : k + 4096].T @ pixels
-    coef = np.linalg.solve(design.T @ design + np.eye(design.shape[1]), xty)[:-1]  # (A, 64 * 64 * 3)
-    mag = torch.from_numpy(np.abs(coef).reshape(len(coef), 64, 64, 3).mean(-1)).float()[:, None]  # (A, 1, 64, 64)
-    scale = torch.quantile(mag.flatten(1), 0.9, dim=1)[:, None, None, None]
-    foot = F.avg_pool2d((mag / scale).clamp(0, 1), 3, 1, 1, count_include_pad=False)
+    foot = edit_directions.footprints(images, labels, train_rows)[:, None]  # (A, 1, 64, 64)
     save_file({"footprint": foot.contiguous()}, cache)
     return foot
 
@@ -294,12 +292,9 @@ def directions(model: JMVAE, images: np.ndarray, labels: np.ndarray, train_rows:
     x = pixels_to_input(torch.from_numpy(np.ascontiguousarray(images[rows])))  # (n, 3, 64, 64)
     z = batched(lambda t: model.q_x(t).mu, x)  # (n, Z)
     w = (torch.sigmoid(model.decode_w(z)) >= 0.5).float()  # (n, A)
-    # ridge regression z ~ [labels, 1] B: column i is attribute i's own latent change, the others held fixed
-    design = torch.cat([torch.from_numpy(labels[rows]).float(), torch.ones(n, 1)], 1)  # (n, A + 1)
-    gram = design.T @ design + 1.0 * torch.eye(design.shape[1])
-    regress = torch.linalg.solve(gram, design.T @ z)[:-1]  # (A, Z)
-    zs = torch.cat([z, torch.ones(n, 1)], 1)  # (n, Z + 1)
-    probe = torch.linalg.solve(zs.T @ zs + 1.0 * torch.eye(zs.shape[1]), zs.T @ design[:, :-1]).T  # (A, Z + 1)
+    y = torch.from_numpy(labels[rows]).float()  # (n, A)
+    regress = edit_directions.regression_directions(z, y)  # (A, Z): each attribute's own latent change
+    probe = edit_directions.readout(z, y)  # (A, Z + 1)
     # a read-out's own gradient a_i leans on directions the data hardly varies in (and the decoder hardly
     # renders); cov(z) a_i moves along the data's own variation instead, like regress
     cov = torch.cov(z.T)  # (Z, Z)
@@ -309,9 +304,7 @@ def directions(model: JMVAE, images: np.ndarray, labels: np.ndarray, train_rows:
     probe_cond = torch.linalg.solve(gram_a + 1e-3 * gram_a.diagonal().mean() * torch.eye(len(gram_a)), probe_dir)
     # too few faces with the attribute to say where it occurs: every face is the context
     contexts = [w[w[:, i] == 1] if (w[:, i] == 1).sum() >= 10 else w for i in range(w.shape[1])]
-    scores = zs @ probe.T  # (n, A)
-    has = torch.from_numpy(labels[rows]).bool()  # (n, A)
-    probe_means = torch.stack([(scores * ~has).sum(0) / (~has).sum(0), (scores * has).sum(0) / has.sum(0)], 1)
+    probe_means = edit_directions.class_means(z, y, probe)  # (A, 2)
     dirs = Directions(
         contexts, regress, probe, probe_dir, probe_cond, probe_means, footprints(images, labels, train_rows)
     )

@@ -18,6 +18,10 @@ Changes. One syntax names a change wherever one is given (`--set` / `--unset`, `
 
 `--set` and `--unset` take Name or Name=S; the option says the direction.
 
+Strengths. A change's own S wins; else the command's --strength for every attribute; else (`--strength auto`, the
+default of edit and evaluate) the strength calibrated for that attribute and direction where the weights carry one
+for the rule in use (`Strengths`, editing.strengths), and DEFAULT_STRENGTH for the rest.
+
 Names are case-insensitive, with '-' and ' ' read as '_'; a typo gets the closest names suggested.
 """
 
@@ -25,8 +29,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from jmvae_cli.errors import JmvaeError
@@ -80,6 +84,18 @@ def coded(on: bool, strength: float = DEFAULT_STRENGTH) -> float:
     return 0.5 + strength / 2 if on else 0.5 - strength / 2
 
 
+@dataclass(frozen=True)
+class Strengths:
+    """The strength of a change whose spec names none: `calibrated` {name: {"on": s, "off": s}} where it has the
+    attribute and direction, else `default`."""
+
+    default: float = DEFAULT_STRENGTH
+    calibrated: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def of(self, name: str, on: bool) -> float:
+        return float(self.calibrated.get(name, {}).get("on" if on else "off", self.default))
+
+
 # ----------------------------------------------------------------------------- names and changes
 
 
@@ -106,9 +122,16 @@ class Change:
     on: bool | None
     strength: float | None = None  # its own (Name=S); None: the command's
 
-    def value(self, strength: float = DEFAULT_STRENGTH, present_now: bool | None = None) -> float:
+    def value(self, strength: float | Strengths = DEFAULT_STRENGTH, present_now: bool | None = None) -> float:
         """The coded value to give the attribute; a flip needs to know whether it is present now."""
-        return coded(self.direction(present_now), self.strength if self.strength is not None else strength)
+        on = self.direction(present_now)
+        return coded(on, self.strength_of(strength, on))
+
+    def strength_of(self, strength: float | Strengths, on: bool) -> float:
+        """Its own strength, else the command's (one for all, or per attribute and direction)."""
+        if self.strength is not None:
+            return self.strength
+        return strength.of(self.name, on) if isinstance(strength, Strengths) else strength
 
     def direction(self, present_now: bool | None = None) -> bool:
         """True to set it on, False off; a flip goes against `present_now`."""
@@ -164,7 +187,7 @@ def parse_set_unset(set_specs: Iterable[str], unset_specs: Iterable[str], attr_n
     return on + off
 
 
-def values(changes: Iterable[Change], strength: float = DEFAULT_STRENGTH) -> dict[int, float]:
+def values(changes: Iterable[Change], strength: float | Strengths = DEFAULT_STRENGTH) -> dict[int, float]:
     """{attribute index: coded value} of changes that need no face (no flips); the last of repeats wins."""
     return {c.index: c.value(strength) for c in changes}
 

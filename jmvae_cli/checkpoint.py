@@ -9,6 +9,9 @@ readable:
 Training writes the state first and the model after it, and both say which step they hold: a run cut between the
 two writes has a complete checkpoint, and its export is brought up to date from it on resume (train.py).
 A JSON copy of the metadata is written beside each, for people and for jq; the loader reads the header.
+A model file may also carry the constants of the `regress` edit (edit_directions.py: tensors under "edit.", their
+strengths in the metadata's "edit" entry), added by `jmvae calibrate`; the loader hands them to the model as
+`model.edit_constants` (None for files without them).
 Non-finite weights (a diverged run) are never loaded: they would give NaN probabilities and black faces.
 """
 
@@ -144,6 +147,8 @@ def build_model(meta: dict, path: Path) -> torch.nn.Module:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
+    from jmvae_cli.edit_directions import EDIT_PREFIX, EditConstants
+
     tensors, meta = _read(path)
     bad = count_nonfinite(tensors.values())
     if bad:
@@ -151,13 +156,30 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
             f"{path} holds {bad} non-finite weights (NaN or infinity), the mark of a training run that diverged; "
             "retrain it or use an earlier copy"
         )
+    edit = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(EDIT_PREFIX)]}
     model = build_model(meta, path)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise WeightsError(f"{path} does not match its own model config: {first}") from None
-    return Loaded(model.to(device).eval(), meta, Path(path))
+    model = model.to(device).eval()
+    constants = EditConstants.from_file(edit, meta)
+    model.edit_constants = None if constants is None else constants.to(device)
+    return Loaded(model, meta, Path(path))
+
+
+def save_edit_constants(src: Path, dst: Path, tensors: dict[str, torch.Tensor], edit_meta: dict) -> None:
+    """Write the model file `src` to `dst` (it may be `src` itself) with the edit constants `tensors` (named
+    under edit_directions.EDIT_PREFIX) and the metadata entry "edit" in place of any it had; the model's own
+    tensors are copied as they are."""
+    from jmvae_cli.edit_directions import EDIT_PREFIX
+
+    old, meta = _read(src)
+    if meta.get("kind") != "model":
+        raise WeightsError(f"{src} is not a model file (kind {meta.get('kind')!r})")
+    kept = {k: v for k, v in old.items() if not k.startswith(EDIT_PREFIX)}
+    _write(Path(dst), kept | tensors, {**meta, "edit": edit_meta})
 
 
 def default_weights() -> Path:

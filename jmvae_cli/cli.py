@@ -13,6 +13,7 @@ from jmvae_cli import __version__
 from jmvae_cli.commands import (
     attr2img,
     attributes,
+    calibrate,
     common,
     edit,
     evaluate,
@@ -81,6 +82,7 @@ for command in (
     edit.edit,
     attributes.attributes,
     evaluate.evaluate,
+    calibrate.calibrate,
     figure.figure,
 ):
     app.command()(command)

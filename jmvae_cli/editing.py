@@ -10,6 +10,21 @@ the pixel range, and the photo at full resolution gets the same after - before (
     latent  the face's own latent moved by what the change moves q(z|w)'s mean: before = D(mu_x), the decoded mean
             of q(z|x); after = D(mu_x + mu_w(w') - mu_w(w)). The step is the paper's; it starts from this face
             rather than from the average face of its attributes, so what the decoder adds is drawn on this person
+    regress the face's own latent z = mu_x moved along each changed attribute's regression direction until a linear
+            read-out of that attribute reaches a goal set by the strength (edit_directions.py: the constants,
+            fitted on training faces and stored with the weights by `jmvae calibrate`); before = D(z), after =
+            D(z) + F (D(z') - D(z)) with F the union of the changed attributes' footprints, so that the change
+            lands only where the attribute shows in photos (blond hair, not a blond tint over the face). Measured
+            best of the rules at equal side effects (docs/edit_rules.md)
+
+Which rule by default (default_method): regress where the model carries its constants, else paper, so that weights
+without them edit as they always did. `jmvae figure edit` is always the paper's.
+
+Strength in the regress rule. The changed attributes are those where w' differs from w; each one's coded value v
+(attributes.coded: 0.5 +- s/2) gives its target, v > 0.5, and its strength s = |2 v - 1|, in units of the
+attribute's read-out spread (edit_directions.py): s = 1 moves a face to where the average training face with the
+target reads, 2 as far again. `--strength auto` (strengths()) takes each attribute's calibrated strength from the
+weights for this rule, and the paper's 2 for the others.
 
 A new rule is one function `rule(model, x, w, w_new) -> (before, after)`, every tensor batched, and its name in
 RULES; `jmvae edit --method` offers every name there. The strip of the paper's Figure 2 (`edit --show`) is
@@ -37,7 +52,9 @@ if TYPE_CHECKING:  # torch loads only where it is used: the CLI reads RULES' nam
 
     from jmvae_cli.model import JMVAE
 
-DEFAULT_METHOD = "paper"
+PAPER = "paper"
+# None: default_method(model) decides, per model
+DEFAULT_METHOD: str | None = None
 
 
 def paper(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +77,44 @@ def latent(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) 
     return means[: len(x)], means[len(x) :]
 
 
+def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D(z) and D(z) + F (D(z') - D(z)), (B, 3, H, W) each; see the module doc and edit_directions.py."""
+    import torch
+
+    from jmvae_cli.edit_directions import constants_of
+
+    constants = constants_of(model)
+    changed = w_new != w  # (B, A)
+    z = model.q_x(x).mu  # (B, Z)
+    z_new = constants.move(z, changed, w_new > attributes.THRESHOLD, (2 * w_new - 1).abs())  # (B, Z)
+    means = model.images_from_z(torch.cat([z, z_new]))  # (2B, 3, H, W)
+    before, drawn = means[: len(x)], means[len(x) :]
+    moved = (z_new != z).any(1)[:, None, None, None]  # (B, 1, 1, 1): a face left where it is stays exactly as it is
+    return before, before + torch.where(moved, constants.mask(changed) * (drawn - before), 0)
+
+
 Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
-RULES: dict[str, Rule] = {"paper": paper, "latent": latent}
+RULES: dict[str, Rule] = {"paper": paper, "latent": latent, "regress": regress}
+
+
+def has_constants(model: JMVAE) -> bool:
+    return getattr(model, "edit_constants", None) is not None
+
+
+def default_method(model: JMVAE) -> str:
+    """regress where the model carries its constants (`jmvae calibrate`), else the paper's rule."""
+    return "regress" if has_constants(model) else PAPER
+
+
+def strengths(model: JMVAE, method: str | None, strength: float | None) -> attributes.Strengths:
+    """The strength of each change whose spec names none: `strength` for every attribute, or where it is None
+    (`--strength auto`) the strengths calibrated for the regress rule when that is the rule and the model has
+    them (attributes without one: attributes.DEFAULT_STRENGTH), else attributes.DEFAULT_STRENGTH, the paper's."""
+    if strength is not None:
+        return attributes.Strengths(strength)
+    if (method or default_method(model)) == "regress" and has_constants(model):
+        return attributes.Strengths(calibrated=model.edit_constants.strengths)
+    return attributes.Strengths()
 
 
 @dataclass
@@ -121,14 +174,15 @@ def edit(
     changes: Mapping[int, float] | Sequence[Mapping[int, float]],
     *,
     soft: bool = False,
-    method: str = DEFAULT_METHOD,
+    method: str | None = DEFAULT_METHOD,
     probs: torch.Tensor | None = None,
 ) -> Edit:
     """Edit faces x (B, 3, H, W) in [-1, 1]: `changes` {attribute index: coded value} for every face, or one such
     mapping per face; `probs` (B, A), when given, are p(w|z) already inferred for x (evaluate infers them once for
-    many edits). `method` names the rule in RULES."""
+    many edits). `method` names the rule in RULES (None: default_method)."""
     import torch
 
+    method = method or default_method(model)
     if method not in RULES:
         raise ValueError(f"unknown edit method {method!r}: one of {', '.join(RULES)}")
     x = x.float()
@@ -145,5 +199,34 @@ def edit(
             for i, v in face_changes.items():
                 w_new[row, i] = v
         before, after = RULES[method](model, x, w, w_new)  # (B, 3, H, W) each
-        result = (x + after - before).clamp(-1, 1)
+        result = (x + (after - before)).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
     return Edit(probs, w, w_new, x, before, after, result)
+
+
+@dataclass(frozen=True)
+class Weak:
+    """A requested change the model does not see in its own edit."""
+
+    face: int  # row of the edit
+    index: int  # the attribute
+    on: bool  # which way it was asked to go
+    p: float  # the model's probability of the attribute on the edited face
+
+
+def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[Weak]:
+    """The changes (as given to edit, the same for every face) that the model, reading the edited faces as written
+    (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD."""
+    import torch
+
+    from jmvae_cli.model import output_to_pixels, pixels_to_input
+
+    with torch.inference_mode():
+        probs = model.attrs_from_images(pixels_to_input(output_to_pixels(edited.result))).float().cpu()  # (B, A)
+    weak = []
+    for face in range(len(probs)):
+        for i, v in changes.items():
+            on = v > attributes.THRESHOLD
+            p = float(probs[face, i])
+            if bool(attributes.present(p)) != on:
+                weak.append(Weak(face, i, on, p))
+    return weak

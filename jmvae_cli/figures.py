@@ -287,7 +287,7 @@ def edit_figure(
     strength: float = attributes.DEFAULT_STRENGTH,
     tile: int = 64,
     top: int = 8,
-    method: str = editing.DEFAULT_METHOD,
+    method: str = editing.PAPER,  # Figure 2 is the paper's rule, whatever edit's default
 ) -> tuple[Image.Image, np.ndarray]:
     """original | one edit per column, of a (S, S, 3) uint8 face crop. A bare attribute name flips what was
     inferred for the face (a smiling face gets "Not Smiling"), '+Name' / '-Name' set it on / off whatever it was.

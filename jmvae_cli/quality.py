@@ -8,9 +8,13 @@ JMVAE-GAN comparison uses.
                by the separately trained attribute classifier (baselines.AttributeClassifier); coherence is the
                agreement between requested and recognised attributes. The classifier's own scores on the real
                faces are the ceiling: coherence above them would mean nothing
-    edit       the paper's x' = x + x'_mean - x_mean on the crops (editing.edit, as `jmvae edit` does it), for faces
-               whose label is not yet the target; the classifier says whether the edit reached the target and
-               whether the other attributes stayed as it saw them before
+    edit       x' = x + after - before on the crops (editing.edit, as `jmvae edit` does it: by default its rule and
+               strengths, auto), for faces whose label is not yet the target; the classifier says whether the edit
+               reached the target (on all those faces, and on the "strict" ones it also read as lacking the
+               target before) and whether the other attributes stayed as it saw them before; |delta| is the mean
+               absolute change per 8-bit pixel value of the crop. By default the 13 attributes AttGAN and STGAN
+               edit, both directions; Mustache and Bald are also split by the face's Male label (the data holds no
+               bald women nor women with a moustache)
 
 Scores per attribute are accuracy, balanced accuracy (mean of the true-positive and true-negative rates: on
 CelebA's lopsided attributes accuracy alone rewards always saying "no") and F1 of the positive class.
@@ -42,12 +46,15 @@ from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision
 
 CLASSIFIER_WEIGHTS_NAME = "classifier.safetensors"
-# The single-attribute edits scored by default: (attribute, target); the last turns eyeglasses off.
-DEFAULT_EDITS = (
-    ("Smiling", 1), ("Eyeglasses", 1), ("Male", 1), ("Blond_Hair", 1), ("Black_Hair", 1), ("Mustache", 1),
-    ("Bangs", 1), ("Wearing_Hat", 1), ("Young", 1), ("Bald", 1), ("Pale_Skin", 1), ("Mouth_Slightly_Open", 1),
-    ("Eyeglasses", 0),
+# The attributes whose single-attribute edits are scored by default, both directions: the 13 AttGAN and STGAN edit.
+EDITED = (
+    "Bald", "Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Bushy_Eyebrows", "Eyeglasses", "Male",
+    "Mouth_Slightly_Open", "Mustache", "No_Beard", "Pale_Skin", "Young",
 )  # fmt: skip
+DEFAULT_EDITS = tuple((n, t) for n in EDITED for t in (1, 0))
+# Edits also reported per value of the face's Male label: the combinations the data lacks do not move
+SPLIT_BY = "Male"
+SPLIT_EDITS = ("Mustache", "Bald")
 BATCH_SIZE = 128
 
 
@@ -191,7 +198,7 @@ def _progress(enabled: bool) -> Progress:
     return Progress(*columns, console=console, transient=True, disable=not enabled)
 
 
-def _as_written(x: torch.Tensor) -> torch.Tensor:
+def as_written(x: torch.Tensor) -> torch.Tensor:
     """Round model output to 8-bit pixels and back: the classifier judges the faces a user would get."""
     return pixels_to_input(output_to_pixels(x))  # (B, 3, S, S)
 
@@ -207,29 +214,33 @@ def evaluate_quality(
     classifier: Classifier | None = None,
     parts: Iterable[str] = ("img2attr", "attr2img", "edit"),
     edits: list[attributes.Change] | None = None,
-    strength: float = attributes.DEFAULT_STRENGTH,
-    method: str = editing.DEFAULT_METHOD,
+    strength: float | None = None,
+    method: str | None = editing.DEFAULT_METHOD,
     batch_size: int = BATCH_SIZE,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> dict:
     """The img2attr, attr2img and edit reports of `jmvae evaluate` for faces (N, S, S, 3) uint8 with labels
     (N, A) {0, 1} in the model's attribute order; train_attrs (M, A) give the majority baseline. attr2img and
-    edit need the classifier. Edits (no flips: a label says which way) follow the rule `method` of editing.RULES.
+    edit need the classifier. Edits (no flips: a label says which way) follow the rule `method` of editing.RULES
+    (None: the model's default) at `strength` for every attribute (None: auto, editing.strengths).
     Everything runs in fp32, as attr2img and edit do."""
     parts = set(parts)
     if parts & {"attr2img", "edit"} and classifier is None:
         raise ClassifierError("attr2img coherence and edits are judged by an attribute classifier: none was given")
     edits = default_edits(attr_names) if edits is None else edits
-    values = [c.value(strength) for c in edits]  # a flip has no face's value to go against: an error here
+    method = method or editing.default_method(model)
+    strengths = editing.strengths(model, method, strength)
+    values = [c.value(strengths) for c in edits]  # a flip has no face's value to go against: an error here
+    split = attr_names.index(SPLIT_BY) if SPLIT_BY in attr_names else None
     device = torch.device(device)
     n, a = len(images), len(attr_names)
     pred_x = np.zeros((n, a), np.uint8)  # p(w|z) at the mean of q(z|x), thresholded
     pred_zero = np.zeros((n, a), np.uint8)  # the same through q(z|x, w=0)
     cls_real = np.zeros((n, a), np.uint8)  # the classifier on the real faces
     cls_gen = np.zeros((n, a), np.uint8)  # the classifier on faces generated from the labels
-    # per edit: faces edited, target seen before, target seen after, other attributes seen unchanged
-    counts = np.zeros((len(edits), 4), np.int64)
+    # per edit and group of faces (all, split label 0, split label 1): COUNTS
+    counts = np.zeros((len(edits), 3, len(COUNTS)), np.float64)
 
     with _progress(progress) as bar:
         task = bar.add_task("evaluating", total=n)
@@ -246,7 +257,7 @@ def evaluate_quality(
                 seen = attributes.present(classifier.probs(x))  # (b, A)
                 cls_real[sl] = seen.cpu().numpy()
             if "attr2img" in parts:
-                gen = _as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, S, S)
+                gen = as_written(model.images_from_z(model.q_w(w).mu))  # (b, 3, S, S)
                 cls_gen[sl] = attributes.present(classifier.probs(gen)).cpu().numpy()
             if "edit" in parts:
                 for e, (change, value) in enumerate(zip(edits, values)):
@@ -255,16 +266,30 @@ def evaluate_quality(
                     if not todo.any():
                         continue
                     edit = editing.edit(model, x[todo], {i: value}, method=method, probs=probs[todo])
-                    after = attributes.present(classifier.probs(_as_written(edit.result)))  # (t, A)
+                    written = as_written(edit.result)  # (t, 3, S, S)
+                    after = attributes.present(classifier.probs(written))  # (t, A)
                     before = seen[todo]  # (t, A)
                     others = torch.ones(a, dtype=torch.bool, device=device)
                     others[i] = False
-                    counts[e] += [
-                        int(todo.sum()),
-                        int((before[:, i] == bool(target)).sum()),
-                        int((after[:, i] == bool(target)).sum()),
-                        int((after[:, others] == before[:, others]).sum()),
-                    ]
+                    was = before[:, i] == bool(target)  # (t,)
+                    now = after[:, i] == bool(target)
+                    per_face = torch.stack(
+                        [
+                            torch.ones_like(now, dtype=torch.float64),
+                            was.double(),
+                            now.double(),
+                            (after[:, others] == before[:, others]).sum(1).double(),
+                            ((written - x[todo]).abs() * 127.5).mean((1, 2, 3)).double(),
+                            (~was).double(),
+                            (now & ~was).double(),
+                        ],
+                        1,
+                    ).cpu()  # (t, COUNTS)
+                    counts[e, 0] += per_face.sum(0).numpy()
+                    if split is not None:
+                        male = w[todo, split].bool().cpu()
+                        counts[e, 1] += per_face[~male].sum(0).numpy()
+                        counts[e, 2] += per_face[male].sum(0).numpy()
             bar.advance(task, len(u8))
 
     report: dict = {}
@@ -280,36 +305,65 @@ def evaluate_quality(
             "classifier_on_real": summary(binary_scores(cls_real, attrs), attr_names),
         }
     if "edit" in parts:
-        report["edit"] = edit_report(counts, edits, attr_names, strength, method)
+        report["edit"] = edit_report(counts, edits, attr_names, strengths, strength, method)
     return report
 
 
+# per edit and group of faces, summed over the faces: edited, target seen before, target seen after, other
+# attributes seen unchanged, |delta| per 8-bit value, strict faces (target not seen before), strict faces flipped
+COUNTS = ("faces", "before", "after", "kept", "delta", "strict", "strict_after")
+MEANS = ("target_before", "flipped", "flipped_strict", "others_unchanged", "abs_delta")
+
+
+def _rates(c: np.ndarray, n_attrs: int) -> dict:
+    faces, before, after, kept, delta, strict, strict_after = c
+    share = lambda v, n: float(v / n) if n else None  # noqa: E731
+    return {
+        "faces": int(faces),
+        # the classifier already sees the target on some unedited faces (its errors, or label noise)
+        "target_before": share(before, faces),
+        "flipped": share(after, faces),
+        "flipped_strict": share(strict_after, strict),
+        "others_unchanged": share(kept, faces * (n_attrs - 1)),
+        "abs_delta": share(delta, faces),
+    }
+
+
 def edit_report(
-    counts: np.ndarray, edits: list[attributes.Change], attr_names: list[str], strength: float, method: str
+    counts: np.ndarray,
+    edits: list[attributes.Change],
+    attr_names: list[str],
+    strengths: attributes.Strengths,
+    strength: float | None,
+    method: str,
 ) -> dict:
-    """counts (E, 4): faces edited, target seen before, target seen after, other attributes seen unchanged. An edit
-    given its own strength (+Name=S) says so in its row."""
+    """counts (E, 3, COUNTS): per edit, for all its faces and for those whose SPLIT_BY label is 0 and 1. Every row
+    says the strength it was made at. The means are over attributes, each the mean of its directions."""
     rows = []
-    for change, (faces, before, after, kept) in zip(edits, counts):
-        others = faces * (len(attr_names) - 1)
-        own = {"strength": change.strength} if change.strength is not None else {}
-        rows.append(
-            {
-                "attribute": attr_names[change.index],
-                "target": int(change.direction()),
-                **own,
-                "faces": int(faces),
-                # the classifier already sees the target on some unedited faces (its errors, or label noise)
-                "target_before": float(before / faces) if faces else None,
-                "flipped": float(after / faces) if faces else None,
-                "others_unchanged": float(kept / others) if others else None,
-            }
-        )
-    done = [r for r in rows if r["faces"]]
-    mean = {k: float(np.mean([r[k] for r in done])) if done else None for k in ("target_before", "flipped")}
-    kept = [r["others_unchanged"] for r in done if r["others_unchanged"] is not None]
-    mean["others_unchanged"] = float(np.mean(kept)) if kept else None
-    return {"method": method, "strength": strength, "edits": rows, "mean": mean}
+    for change, c in zip(edits, counts):
+        on = change.direction()
+        row = {"attribute": attr_names[change.index], "target": int(on), "strength": change.strength_of(strengths, on)}
+        rows.append(row | _rates(c[0], len(attr_names)))
+        if row["attribute"] in SPLIT_EDITS and SPLIT_BY in attr_names:
+            for value in (1, 0):
+                if c[1 + value][0]:
+                    by = {"split": f"{SPLIT_BY}={value}"}
+                    rows.append(row | by | _rates(c[1 + value], len(attr_names)))
+    done = [r for r in rows if r["faces"] and "split" not in r]
+    per_attr: dict[str, list[dict]] = {}
+    for r in done:
+        per_attr.setdefault(r["attribute"], []).append(r)
+
+    def mean_of(key: str) -> float | None:
+        means = [np.mean(v) for rs in per_attr.values() if (v := [r[key] for r in rs if r[key] is not None])]
+        return float(np.mean(means)) if means else None
+
+    return {
+        "method": method,
+        "strength": "auto" if strength is None else strength,
+        "edits": rows,
+        "mean": {k: mean_of(k) for k in MEANS},
+    }
 
 
 def align_attributes(data: FaceData, attr_names: list[str]) -> FaceData:

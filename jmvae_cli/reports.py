@@ -59,18 +59,24 @@ def print_evaluation(report: dict, out: Console) -> None:
 
     if "edit" in report:
         e = report["edit"]
-        table = Table("edit", "faces", "target before", "flipped", "others unchanged", box=box.SIMPLE_HEAD,
-                      title=f"single-attribute edits ({e['method']} rule, strength {e['strength']:g})", title_justify="left",
-                      caption="as the classifier sees the faces; only faces not labelled with the target are edited",
-                      caption_justify="left")  # fmt: skip
+        strength = e["strength"] if isinstance(e["strength"], str) else f"{e['strength']:g}"
+        table = Table("edit", "strength", "faces", "target before", "flipped", "flipped (strict)", "others unchanged",
+                      "|Δ|", box=box.SIMPLE_HEAD, title=f"single-attribute edits ({e['method']} rule, strength {strength})",
+                      title_justify="left", caption="as the classifier sees the faces; only faces not labelled with the "
+                      "target are edited; strict: those it also read as lacking the target; |Δ|: mean change per "
+                      "8-bit pixel value; the mean is over attributes", caption_justify="left")  # fmt: skip
         for col in table.columns[1:]:
             col.justify = "right"
         for r in e["edits"]:
-            table.add_row(f"{'+' if r['target'] else '-'}{r['attribute']}", str(r["faces"]), pct(r["target_before"]),
-                          pct(r["flipped"]), pct(r["others_unchanged"]))  # fmt: skip
+            name = f"{'+' if r['target'] else '-'}{r['attribute']}" + (f" ({r['split']})" if "split" in r else "")
+            delta = "-" if r["abs_delta"] is None else f"{r['abs_delta']:.1f}"
+            table.add_row(name, f"{r['strength']:g}", str(r["faces"]), pct(r["target_before"]), pct(r["flipped"]),
+                          pct(r["flipped_strict"]), pct(r["others_unchanged"]), delta)  # fmt: skip
         m = e["mean"]
+        delta = "-" if m["abs_delta"] is None else f"{m['abs_delta']:.1f}"
         table.add_section()
-        table.add_row("[bold]mean", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["others_unchanged"]))
+        table.add_row("[bold]mean", "", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["flipped_strict"]),
+                      pct(m["others_unchanged"]), delta)  # fmt: skip
         out.print(table)
     if "likelihood" in report:
         table = Table("likelihood", "nats", "± se", "bits/dim", box=box.SIMPLE_HEAD, title="log-likelihoods",

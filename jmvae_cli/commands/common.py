@@ -59,14 +59,42 @@ StrengthOpt = Annotated[
         help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
     ),
 ]
+EditStrengthOpt = Annotated[
+    str,
+    typer.Option(
+        "--strength",
+        metavar="auto|S",
+        help="auto: each attribute's strength as calibrated in the weights (`jmvae calibrate`) for the regress "
+        "rule, else 2; a number from 0 to 10 sets every chosen attribute to 0.5 +- S/2 (1 is plain on/off, 2 the "
+        "paper's +-2). Name=S in --set / --unset overrides it for one attribute.",
+    ),
+]
 MethodOpt = Annotated[
-    Method,
+    Method | None,
     typer.Option(
         "--method",
         help="How the change is made (editing.py): paper is x + x'_mean - x_mean (Suzuki et al.); latent moves the "
-        "face's own latent mean of q(z|x) by mu_w(w') - mu_w(w).",
+        "face's own latent mean of q(z|x) by mu_w(w') - mu_w(w); regress moves it along the attribute's own "
+        "direction, only where the attribute shows. Default: regress where the weights carry its constants "
+        "(`jmvae calibrate`), else paper.",
+        show_default=False,
     ),
 ]
+
+
+def parse_strength(text: str) -> float | None:
+    """--strength auto -> None; a number from 0 to MAX_STRENGTH -> itself; anything else is a usage error."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither auto nor a number", param_hint="'--strength'") from None
+    if not 0 <= value <= MAX_STRENGTH:
+        raise typer.BadParameter(f"{text} is not from 0 to {MAX_STRENGTH:g}", param_hint="'--strength'")
+    return value
+
+
 SoftOpt = Annotated[
     bool,
     typer.Option("--soft", help="Feed inferred attribute probabilities to q(z|w) as they are, not thresholded at 0.5."),

@@ -21,9 +21,9 @@ def edit(
     ],
     set_: common.SetOpt = [],
     unset: common.UnsetOpt = [],
-    strength: common.StrengthOpt = 2.0,
+    strength: common.EditStrengthOpt = "auto",
     soft: common.SoftOpt = False,
-    method: common.MethodOpt = common.Method(editing.DEFAULT_METHOD),
+    method: common.MethodOpt = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -59,9 +59,10 @@ def edit(
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
 ):
-    """Change attributes of the face in each photo: x' = x + x'_mean - x_mean (Suzuki et al. 2016).
+    """Change attributes of the face in each photo: x' = x + after - before, the rule's two drawings of the face.
 
-    The change is made at the photo's own resolution and the rest of the photo is left untouched. Writes
+    The change is made at the photo's own resolution and the rest of the photo is left untouched. The model then
+    reads each edited face back and warns, on stderr, of every requested change it does not see. Writes
     NAME-edited.png beside each photo NAME.jpg, or DIR/NAME.png with --out-dir, or the file -o names (one photo
     only). Never overwrites a file without --force, nor an input photo even with it; two photos whose edits would
     get the same name fail, the later one. A photo that fails is reported and the others are still edited.
@@ -80,6 +81,7 @@ def edit(
     if inputs == ["-"] and output is None:
         raise typer.BadParameter("an image from stdin needs -o", param_hint="'-o'")
     common.check_image_output(output)
+    fixed_strength = common.parse_strength(strength)
 
     from jmvae_cli import attributes, translate
 
@@ -100,13 +102,19 @@ def edit(
         targets = translate.check_edit_outputs(sources, paths, force)
 
     tr = common.load_translator(weights, device, verbose)
-    values = attributes.values(attributes.parse_set_unset(set_, unset, tr.attr_names), strength)
+    rule = method.value if method is not None else editing.default_method(tr.model)
+    if rule == "regress":
+        from jmvae_cli.edit_directions import constants_of
+
+        constants_of(tr.model)  # before any photo is read: one error line naming `jmvae calibrate`
+    changes = attributes.parse_set_unset(set_, unset, tr.attr_names)
+    values = attributes.values(changes, editing.strengths(tr.model, rule, fixed_strength))
     view = translate.EditView("strip" if show else "crops" if crop_only else "photo", size, feather)
     stdin = common.read_stdin_bytes() if sources == ["-"] else None
     failed = 0
     with common.progress("edit", len(sources)) as advance:
         results = translate.edit_photos(
-            tr, sources, targets, values, view=view, soft=soft, method=method.value,
+            tr, sources, targets, values, view=view, soft=soft, method=rule,
             all_faces=all_faces, detect=not no_detect, stdin=stdin,
         )  # fmt: skip
         for r in results:
@@ -119,6 +127,7 @@ def edit(
                 common.note_face_choice(r.file, r.crops[0])
             if print_attrs:
                 _print_attrs(r, tr.attr_names, values)
+            _warn_weak(r, tr, values)
             if r.image is not None:
                 common.write_output_image(r.image, "-")
             elif len(sources) == 1:
@@ -130,6 +139,25 @@ def edit(
             console.print(f"{failed} of {len(sources)} photos failed", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _warn_weak(r, tr, values: dict[int, float]) -> None:
+    """One line on stderr for each requested change the model does not see in its own edit of the face."""
+    from jmvae_cli import attributes
+
+    name = "<stdin>" if r.file == "-" else r.file
+    for weak in editing.read_back(tr.model, r.edit, values):
+        attr = tr.attr_names[weak.index]
+        face = f" (face {r.crops[weak.face].face})" if len(r.crops) > 1 else ""
+        used = abs(2 * values[weak.index] - 1)
+        stronger = min(attributes.MAX_STRENGTH, max(4.0, 2 * used))
+        option = "--set" if weak.on else "--unset"
+        hint = f"; try {option} {attr}={stronger:g}" if stronger > used else ""
+        console.print(
+            f"[yellow]warning:[/] {name}{face}: {attr} looks weak after the edit (the model reads p={weak.p:.2f}){hint}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _print_attrs(r, attr_names: list[str], values: dict[int, float]) -> None:

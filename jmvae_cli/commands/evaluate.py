@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from jmvae_cli import editing
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.data import VAL_FRACTION
@@ -51,12 +50,13 @@ def evaluate(
         list[str],
         typer.Option(
             "--edit",
-            help="An edit to score, +Name or -Name (repeatable; default: 13 single-attribute edits).",
+            help="An edit to score, +Name or -Name (repeatable; default: both directions of the 13 attributes AttGAN "
+            "and STGAN edit).",
             show_default=False,
         ),
     ] = [],
-    strength: common.StrengthOpt = 2.0,
-    method: common.MethodOpt = common.Method(editing.DEFAULT_METHOD),
+    strength: common.EditStrengthOpt = "auto",
+    method: common.MethodOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     val_fraction: Annotated[
         float,
@@ -76,6 +76,7 @@ def evaluate(
     if fmt not in (common.Format.table, common.Format.json):
         raise typer.BadParameter("evaluate writes a table or json", param_hint="'--format'")
     parts = [p.value for p in Part if p not in skip]
+    fixed_strength = common.parse_strength(strength)
     if not parts:
         raise typer.BadParameter("every part is skipped: nothing to evaluate", param_hint="'--skip'")
 
@@ -114,8 +115,8 @@ def evaluate(
                 classifier=cls,
                 parts=parts,
                 edits=[attributes.parse_change(e, names) for e in edits] if edits else None,
-                strength=strength,
-                method=method.value,
+                strength=fixed_strength,
+                method=None if method is None else method.value,
                 batch_size=batch_size,
                 device=tr.device,
                 progress=console.is_terminal,

@@ -1,0 +1,56 @@
+"""`jmvae calibrate`: add the regress edit's constants and per-attribute strengths to a model file."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jmvae_cli.commands import common
+from jmvae_cli.console import console
+
+
+def calibrate(
+    weights: Annotated[Path, typer.Option("--weights", help="The model file to calibrate.", show_default=False)],
+    data: Annotated[
+        list[Path],
+        typer.Option("--data", help="A data folder, as for train (repeat for several).", show_default=False),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write the calibrated model (.safetensors).", show_default=False)
+    ],
+    classifier: Annotated[
+        Path | None,
+        typer.Option("--classifier", help="The attribute classifier that judges the edits (default: the bundled one)."),
+    ] = None,
+    goal: Annotated[
+        float,
+        typer.Option("--goal", min=0.05, max=1.0, help="Share of training faces on which the edit must show."),
+    ] = 0.6,
+    faces: Annotated[
+        int, typer.Option("--faces", min=10, help="Training faces per attribute and direction to calibrate on.")
+    ] = 100,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    device: common.DeviceOpt = common.Device.auto,
+    seed: common.SeedOpt = 0,
+):
+    """Fit the regress edit's constants on the training split and calibrate each attribute's strength.
+
+    For every attribute and direction: the smallest strength (of 0.5 1 1.5 2 3 4) at which the classifier sees
+    the change on --goal of the training faces that lack it; `jmvae edit --strength auto` (the default) uses
+    them. Validation faces are never used. Writes --out with the model's own tensors unchanged.
+    """
+    from jmvae_cli import edit_directions
+    from jmvae_cli.runtime import pick_device
+
+    def report(name: str, on: bool, cell: edit_directions.Cell) -> None:
+        seen = "too few faces" if cell.seen is None else f"seen on {cell.seen:.0%} of {cell.faces}"
+        console.print(
+            f"{'+' if on else '-'}{name}: strength {cell.strength:g} ({seen})", highlight=False, soft_wrap=True
+        )
+
+    cfg = edit_directions.CalibrateConfig(goal=goal, faces=faces, seed=seed)
+    edit_directions.calibrate_weights(
+        weights, data, out, classifier=classifier, cfg=cfg, force=force, device=pick_device(device.value),
+        progress=console.is_terminal, on_cell=report,
+    )  # fmt: skip
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)

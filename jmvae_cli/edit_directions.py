@@ -1,0 +1,325 @@
+"""The constants of the `regress` edit rule (editing.py) and its per-attribute strengths: fitted on training faces,
+stored inside the weights file (tensors under EDIT_PREFIX, strengths in the metadata's "edit" entry), read back
+with the model (checkpoint.load_model attaches them as `model.edit_constants`). `jmvae calibrate` makes them.
+
+With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels, ridge regressions (penalty
+`ridge`, an intercept column appended) give
+
+    directions  B (A, Z)      z on [Y, 1]: row i is attribute i's latent change per unit of its label with the
+                              other labels held fixed (a moustache without the rest of "male")
+    readout     P (A, Z + 1)  Y on [z, 1]: r_i(z) = a_i . z + b_i, a linear reading of attribute i from z
+    means       (A, 2)        the mean read-out of training faces without / with attribute i (off_i, on_i)
+    footprints  F (A, S, S)   X on [Y, 1]: |coefficient| averaged over colour, scaled so the strongest tenth of
+                              the crop is 1, clipped to [0, 1], lightly blurred: where attribute i shows in photos
+
+An edit of attribute i to target t at strength s (editing.regress) moves z along B_i until r_i reaches
+goal = off_i + s (on_i - off_i) (mirrored, on_i - s (on_i - off_i), for t = 0): s = 1 is where the average
+training face with the target reads, 2 as far again. Faces already past the goal do not move; no face moves more
+than CAP_SPREADS * s spreads |on_i - off_i|, so that a face read far off the training range is not thrown out of
+it. Several attributes move at once by the sum of their steps, and the decoded change is kept only inside the
+union of their footprints, 1 - prod_i (1 - F_i).
+
+Strengths. Per attribute and direction, the smallest strength of a grid at which the bundled attribute classifier
+sees the target on at least `goal` of the training faces that do not yet have it (label and classifier agree
+they lack it: true flips); a cell that never gets there gets the grid's largest strength. Only training faces are
+used, split as training splits them (data.py), so the validation faces stay unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jmvae_cli import attributes
+from jmvae_cli.errors import JmvaeError
+
+if TYPE_CHECKING:
+    from jmvae_cli.model import JMVAE
+    from jmvae_cli.quality import Classifier
+
+EDIT_PREFIX = "edit."  # the constants' tensors in the weights file: edit.directions, edit.readout, ...
+METHOD = "regress"
+CAP_SPREADS = 2.0
+FOOTPRINT_QUANTILE = 0.9  # the strongest tenth of a footprint is 1
+BATCH = 256
+
+
+class NoEditConstantsError(JmvaeError):
+    pass
+
+
+@dataclass
+class EditConstants:
+    directions: torch.Tensor  # (A, Z) B
+    readout: torch.Tensor  # (A, Z + 1) [a_i, b_i]
+    means: torch.Tensor  # (A, 2) mean read-out without, with the attribute
+    footprints: torch.Tensor  # (A, S, S) in [0, 1]
+    strengths: dict[str, dict[str, float]] = field(default_factory=dict)  # {name: {"on": s, "off": s}}
+
+    TENSORS = ("directions", "readout", "means", "footprints")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """As stored in the weights file, fp32, under EDIT_PREFIX."""
+        return {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in self.TENSORS}
+
+    @classmethod
+    def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict) -> EditConstants | None:
+        """The constants among a weights file's tensors (None where it has none) and its metadata's strengths."""
+        if not all(EDIT_PREFIX + k in tensors for k in cls.TENSORS):
+            return None
+        strengths = (meta.get("edit") or {}).get("strengths") or {}
+        return cls(**{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS}, strengths=strengths)
+
+    def to(self, device: torch.device | str) -> EditConstants:
+        return EditConstants(**{k: getattr(self, k).to(device) for k in self.TENSORS}, strengths=self.strengths)
+
+    def needed(self, z: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """How far each attribute's read-out must move to reach its goal, (B, A) for z (B, Z) and targets (B, A)
+        bool at strengths s (B, A): 0 where the face reads past the goal already, capped at CAP_SPREADS * s
+        spreads."""
+        a, b = self.readout[:, :-1], self.readout[:, -1]  # (A, Z), (A,)
+        off, on = self.means[:, 0], self.means[:, 1]  # (A,)
+        spread = on - off  # (A,)
+        goal = torch.where(target, off + s * spread, on - s * spread)  # (B, A)
+        need = goal - (z @ a.T + b)  # (B, A)
+        need = torch.where(target, need.clamp_min(0), need.clamp_max(0))  # (B, A)
+        cap = CAP_SPREADS * s * spread.abs()  # (B, A)
+        return torch.maximum(torch.minimum(need, cap), -cap)
+
+    def move(self, z: torch.Tensor, changed: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """z (B, Z) moved along B_i for every attribute `changed` (B, A) bool, each read-out to its goal."""
+        a = self.readout[:, :-1]  # (A, Z)
+        gain = (a * self.directions).sum(1)  # (A,) the read-out's change per unit step along B_i
+        step = torch.where(changed, self.needed(z, target, s) / gain, 0)  # (B, A)
+        return z + step @ self.directions  # (B, Z)
+
+    def mask(self, changed: torch.Tensor) -> torch.Tensor:
+        """The union of the changed attributes' footprints, (B, 1, S, S) for `changed` (B, A) bool."""
+        kept = 1 - self.footprints[None] * changed[:, :, None, None]  # (B, A, S, S)
+        return 1 - kept.prod(1, keepdim=True)  # (B, 1, S, S)
+
+    def strength(self, name: str, on: bool) -> float | None:
+        return self.strengths.get(name, {}).get("on" if on else "off")
+
+
+def constants_of(model: JMVAE) -> EditConstants:
+    """The model's edit constants; NoEditConstantsError (one line, naming the command that adds them) if none."""
+    constants = getattr(model, "edit_constants", None)
+    if constants is None:
+        raise NoEditConstantsError(
+            f"these weights carry no constants for the {METHOD} edit: add them with `jmvae calibrate` "
+            "(or use --method paper or latent)"
+        )
+    return constants
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _ridge(design: torch.Tensor, target: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_C |[design, 1] C - target|^2 + ridge |C|^2 (intercept included): (D + 1, T), float64 inside."""
+    d = torch.cat([design, torch.ones(len(design), 1, dtype=design.dtype)], 1).double()  # (n, D + 1)
+    gram = d.T @ d + ridge * torch.eye(d.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(gram, d.T @ target.double()).float()
+
+
+def regression_directions(z: torch.Tensor, labels: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:
+    """B (A, Z): z (n, Z) regressed on the labels (n, A), the intercept dropped."""
+    return _ridge(labels.float(), z.float(), ridge)[:-1]
+
+
+def readout(z: torch.Tensor, labels: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:
+    """P (A, Z + 1): the labels (n, A) regressed on z (n, Z); r_i(z) = P[i, :Z] . z + P[i, Z]."""
+    return _ridge(z.float(), labels.float(), ridge).T
+
+
+def class_means(z: torch.Tensor, labels: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """(A, 2): the mean read-out of the faces without, with each attribute (a class with no face reads 0)."""
+    scores = z.float() @ read[:, :-1].T + read[:, -1]  # (n, A)
+    has = labels.bool()  # (n, A)
+    off = (scores * ~has).sum(0) / (~has).sum(0).clamp_min(1)
+    on = (scores * has).sum(0) / has.sum(0).clamp_min(1)
+    return torch.stack([off, on], 1)
+
+
+def footprints(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, ridge: float = 1.0) -> torch.Tensor:
+    """(A, S, S) in [0, 1]: where each attribute shows in the photos `images` (N, S, S, 3) uint8 at `rows`,
+    from the photos alone (no model): each pixel regressed on the labels (N, A), so attribute i's map is its own
+    change with the others held fixed (blond hair lights the hair, not the lighter faces blond people's photos
+    also tend to have)."""
+    design = np.concatenate([labels[rows].astype(np.float64), np.ones((len(rows), 1))], 1)  # (n, A + 1)
+    xty = np.zeros((design.shape[1], images[0].size))
+    for k in range(0, len(rows), 4096):
+        pixels = images[rows[k : k + 4096]].reshape(-1, images[0].size).astype(np.float64)  # (b, S * S * 3)
+        xty += design[k : k + 4096].T @ pixels
+    coef = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), xty)[:-1]  # (A, S * S * 3)
+    size = images.shape[1]
+    mag = torch.from_numpy(np.abs(coef).reshape(len(coef), size, size, 3).mean(-1)).float()[:, None]  # (A, 1, S, S)
+    scale = torch.quantile(mag.flatten(1), FOOTPRINT_QUANTILE, dim=1).clamp_min(1e-12)[:, None, None, None]
+    return F.avg_pool2d((mag / scale).clamp(0, 1), 3, 1, 1, count_include_pad=False)[:, 0]  # (A, S, S)
+
+
+def encode(model: JMVAE, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The means of q(z|x) of (N, S, S, 3) uint8 faces, (N, Z) on the CPU."""
+    from jmvae_cli.model import pixels_to_input
+
+    out = []
+    with torch.inference_mode():
+        for k in range(0, len(images), BATCH):
+            u8 = torch.from_numpy(np.ascontiguousarray(images[k : k + BATCH])).to(device)
+            out.append(model.q_x(pixels_to_input(u8)).mu.float().cpu())  # (b, Z)
+    return torch.cat(out)
+
+
+@dataclass
+class CalibrateConfig:
+    goal: float = 0.6  # share of the strict training faces that must show the target
+    faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
+    grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    latent_faces: int = 3000  # training faces B, the read-out and the means are fitted on
+    ridge: float = 1.0
+    seed: int = 0
+    min_faces: int = 10  # fewer strict faces than this: the cell keeps FALLBACK_STRENGTH
+    # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
+    fallback_strength: float = attributes.DEFAULT_STRENGTH
+
+
+def fit(
+    model: JMVAE,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    cfg: CalibrateConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> EditConstants:
+    """B, the read-out and its class means from cfg.latent_faces random training faces; the footprints from all
+    of them. labels (N, A) {0, 1} in the model's attribute order."""
+    cfg = cfg or CalibrateConfig()
+    rng = np.random.default_rng(cfg.seed + 1)
+    rows = np.sort(rng.choice(train_rows, min(cfg.latent_faces, len(train_rows)), replace=False))
+    z = encode(model, images[rows], device)  # (n, Z)
+    y = torch.from_numpy(np.asarray(labels[rows], np.float32))  # (n, A)
+    read = readout(z, y, cfg.ridge)
+    return EditConstants(
+        directions=regression_directions(z, y, cfg.ridge),
+        readout=read,
+        means=class_means(z, y, read),
+        footprints=footprints(images, labels, np.sort(train_rows), cfg.ridge),
+    ).to(device)
+
+
+@dataclass
+class Cell:
+    strength: float
+    faces: int  # strict faces it was calibrated on
+    seen: float | None  # share of them showing the target at that strength (None: too few faces)
+
+
+def calibrate_strengths(
+    model: JMVAE,
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    attr_names: list[str],
+    cfg: CalibrateConfig | None = None,
+    device: torch.device | str = "cpu",
+    on_cell: Callable[[str, bool, Cell], None] | None = None,
+) -> dict[str, dict[str, Cell]]:
+    """{name: {"on": Cell, "off": Cell}}: the smallest strength of cfg.grid at which the classifier sees the
+    target on cfg.goal of the strict training faces, edited with the model's constants (model.edit_constants)."""
+    cfg = cfg or CalibrateConfig()
+    from jmvae_cli import editing
+    from jmvae_cli.model import pixels_to_input
+    from jmvae_cli.quality import as_written
+
+    order = np.random.default_rng(cfg.seed).permutation(train_rows)
+    out: dict[str, dict[str, Cell]] = {}
+    for i, name in enumerate(attr_names):
+        for on in (True, False):
+            rows = np.sort(order[labels[order, i] != on][: cfg.faces])
+            u8 = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device)
+            x = pixels_to_input(u8)  # (n, 3, S, S)
+            with torch.inference_mode():
+                strict = attributes.present(classifier.probs(x)[:, i]) != on  # (n,)
+                x = x[strict]
+                probs = model.attrs_from_images(x)  # (m, A)
+            cell = Cell(cfg.fallback_strength, len(x), None)
+            if len(x) >= cfg.min_faces:
+                for s in cfg.grid:
+                    e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=METHOD, probs=probs)
+                    seen = float(
+                        (attributes.present(classifier.probs(as_written(e.result))[:, i]) == on).float().mean()
+                    )
+                    cell = Cell(s, len(x), seen)
+                    if seen >= cfg.goal:
+                        break
+            out.setdefault(name, {})["on" if on else "off"] = cell
+            if on_cell:
+                on_cell(name, on, cell)
+    return out
+
+
+def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: str) -> dict:
+    """The weights' metadata "edit" entry: the rule, its strengths per attribute and direction, and how they were
+    made."""
+    return {
+        "method": METHOD,
+        "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
+        "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
+        "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},
+        "config": asdict(cfg),
+        "how": how,
+    }
+
+
+def calibrate_weights(
+    weights: Path,
+    data: list[Path],
+    out: Path,
+    *,
+    classifier: Path | None = None,
+    cfg: CalibrateConfig | None = None,
+    force: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    on_cell: Callable[[str, bool, Cell], None] | None = None,
+) -> dict:
+    """`jmvae calibrate`: fit the constants on the training split of `data` (as training splits it), calibrate
+    every attribute's strengths, and write the weights with both to `out` (atomically; an existing file only with
+    `force`). Returns the metadata's "edit" entry."""
+    cfg = cfg or CalibrateConfig()
+    from jmvae_cli import quality
+    from jmvae_cli.checkpoint import WeightsError, load_model, save_edit_constants
+    from jmvae_cli.data import Preprocess, load_data
+    from jmvae_cli.model import JMVAE
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise JmvaeError(f"{out} exists: --force overwrites it")
+    loaded = load_model(weights, device)
+    model, names = loaded.model, loaded.attr_names
+    if not isinstance(model, JMVAE):
+        raise WeightsError(f"{weights} holds a {model.cfg.model} model; edits need a JMVAE")
+    pre = Preprocess.from_dict(loaded.meta.get("preprocess") or {"size": model.cfg.image_size})
+    faces = quality.align_attributes(load_data(data, preprocess=pre, progress=progress), names)
+    train_rows = faces.indices("train")
+    if len(train_rows) == 0:
+        raise JmvaeError("the data has no training faces to calibrate on")
+    judge = quality.load_classifier(classifier, names, torch.device(device))
+    constants = fit(model, faces.images, faces.attrs, train_rows, cfg, device)
+    model.edit_constants = constants
+    cells = calibrate_strengths(model, judge, faces.images, faces.attrs, train_rows, names, cfg, device, on_cell)
+    how = (
+        f"jmvae calibrate on the training split of {', '.join(Path(d).name for d in data)} "
+        f"({len(train_rows)} faces), judged by {judge.path.name}"
+    )
+    meta = edit_metadata(cells, cfg, how)
+    save_edit_constants(Path(weights), out, constants.tensors(), meta)
+    return meta

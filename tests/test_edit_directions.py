@@ -1,0 +1,226 @@
+"""The regress edit rule, its constants in the weights file, `jmvae calibrate`, `--strength auto` and the read-back
+warning of `jmvae edit`."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jmvae_cli import attributes, checkpoint, edit_directions, editing, translate
+from jmvae_cli.edit_directions import EditConstants
+from tests.conftest import fails, run
+from tests.model_fixtures import ATTRS, photo_array, save_tiny, tiny_model, write_photo
+from tests.test_quality import save_classifier
+
+Z, S = 4, 64  # the tiny model's latent size and image size
+
+
+def constants(seed: int = 0, off: float = 0.0, on: float = 1.0, footprints=None, strengths=None) -> EditConstants:
+    g = torch.Generator().manual_seed(seed)
+    a = len(ATTRS)
+    return EditConstants(
+        directions=torch.randn(a, Z, generator=g),
+        readout=torch.randn(a, Z + 1, generator=g),
+        means=torch.tensor([[off, on]] * a),
+        footprints=torch.ones(a, S, S) if footprints is None else footprints,
+        strengths=strengths or {},
+    )
+
+
+def model_with(c: EditConstants | None):
+    model = tiny_model()
+    model.edit_constants = c
+    return model
+
+
+def faces(n: int) -> torch.Tensor:
+    return editing.to_input(np.stack([photo_array(64, 64, seed=s) for s in range(n)]))  # (n, 3, 64, 64)
+
+
+def readout(c: EditConstants, z: torch.Tensor) -> torch.Tensor:
+    return z @ c.readout[:, :-1].T + c.readout[:, -1]  # (B, A)
+
+
+def test_the_move_reaches_the_goal_and_leaves_faces_there_alone():
+    c = constants()
+    z = torch.randn(6, Z, generator=torch.Generator().manual_seed(1)) * 3
+    changed = torch.zeros(6, len(ATTRS), dtype=torch.bool)
+    changed[:, 1] = True
+    target = torch.ones(6, len(ATTRS), dtype=torch.bool)
+    s = torch.full((6, len(ATTRS)), 1.5)
+    moved = c.move(z, changed, target, s)
+    before, after = readout(c, z)[:, 1], readout(c, moved)[:, 1]
+    goal = 1.5  # off + s (on - off)
+    below = before < goal
+    assert below.any() and (~below).any()  # both kinds of face in the batch
+    # within the cap (2 s spreads) a face below the goal lands on it; one already past it does not move
+    near = below & (goal - before <= 2 * 1.5)
+    assert torch.allclose(after[near], torch.full_like(after[near], goal), atol=1e-4)
+    assert torch.equal(moved[~below], z[~below])
+    far = below & ~near
+    assert torch.allclose(after[far] - before[far], torch.full_like(after[far], 3.0), atol=1e-4)
+    # unset mirrors it: the goal is on - s (on - off) = -0.5, and faces already below it stay
+    down = c.move(z, changed, ~target, s)
+    r = readout(c, down)[:, 1]
+    above = before > -0.5
+    assert torch.equal(down[~above], z[~above]) and (r[above] < before[above]).all()
+
+
+def test_regress_rule_is_the_decoded_move_inside_the_footprint():
+    c = constants()
+    model = model_with(c)
+    x = faces(3)
+    r = editing.edit(model, x, {1: attributes.coded(True, 1.5)}, method="regress")
+    with torch.no_grad():
+        z = model.q_x(x).mu
+        changed = r.w_new != r.w
+        z_new = c.move(z, changed, r.w_new > 0.5, (2 * r.w_new - 1).abs())
+        before, drawn = model.images_from_z(z), model.images_from_z(z_new)
+    assert torch.allclose(r.before, before, atol=1e-5) and torch.allclose(r.after, drawn, atol=1e-5)
+    assert torch.allclose(r.result, (x + drawn - before).clamp(-1, 1), atol=1e-5)
+
+
+def test_faces_already_past_the_goal_are_returned_unchanged():
+    model = model_with(constants(off=-100.0, on=-99.0))  # every face reads far above the goal of "on"
+    x = faces(3)
+    r = editing.edit(model, x, {1: attributes.coded(True, 2.0)}, method="regress")
+    assert torch.equal(r.before, r.after) and torch.equal(r.result, x)
+
+
+def test_pixels_outside_the_footprint_do_not_change():
+    foot = torch.zeros(len(ATTRS), S, S)
+    foot[1, 20:40, 10:30] = 1.0
+    model = model_with(constants(off=50.0, on=51.0, footprints=foot))  # every face has far to go
+    x = faces(2)
+    r = editing.edit(model, x, {1: attributes.coded(True, 1.5)}, method="regress")
+    outside = torch.ones(S, S, dtype=torch.bool)
+    outside[20:40, 10:30] = False
+    assert torch.equal(r.result[:, :, outside], x[:, :, outside])
+    assert (r.result[:, :, ~outside] - x[:, :, ~outside]).abs().max() > 0.01
+    # what the photo gets pasted (after - before) carries the mask too
+    assert not r.delta_pixels[:, outside.numpy()].any()
+    # two attributes changed: the union of their footprints
+    both = constants(off=50.0, on=51.0, footprints=foot.clone())
+    both.footprints[3, 0:5, 0:5] = 1.0
+    mask = both.mask(torch.tensor([[False, True, False, True, False]]))[0, 0]
+    assert mask[25, 15] == 1 and mask[2, 2] == 1 and mask[60, 60] == 0
+
+
+def test_the_constants_travel_in_the_weights_file(tmp_path):
+    old = save_tiny(tmp_path / "old.safetensors")
+    assert checkpoint.load_model(old).model.edit_constants is None  # a file without them still loads
+    c = constants(strengths={"Smiling": {"on": 3.0, "off": 1.5}})
+    new = tmp_path / "new.safetensors"
+    checkpoint.save_edit_constants(old, new, c.tensors(), {"method": "regress", "strengths": c.strengths})
+    loaded = checkpoint.load_model(new)
+    got = loaded.model.edit_constants
+    for k in EditConstants.TENSORS:
+        assert torch.equal(getattr(got, k), getattr(c, k))
+    assert got.strengths == c.strengths and loaded.meta["edit"]["method"] == "regress"
+    assert checkpoint.read_meta(new)["edit"]["strengths"]["Smiling"] == {"on": 3.0, "off": 1.5}
+    for k, v in checkpoint.load_model(old).model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)  # the model itself is copied as it was
+    # written again: the old constants are replaced, not added to
+    checkpoint.save_edit_constants(new, new, constants(seed=5).tensors(), {"method": "regress"})
+    assert torch.equal(checkpoint.load_model(new).model.edit_constants.directions, constants(seed=5).directions)
+
+
+def test_default_method_and_auto_strengths():
+    plain = model_with(None)
+    assert editing.default_method(plain) == "paper"
+    assert editing.strengths(plain, None, None) == attributes.Strengths()  # the paper's 2 for everything
+    with pytest.raises(edit_directions.NoEditConstantsError, match="jmvae calibrate"):
+        editing.edit(plain, faces(1), {0: 1.5}, method="regress")
+    cal = model_with(constants(strengths={"Smiling": {"on": 3.0, "off": 1.5}}))
+    assert editing.default_method(cal) == "regress"
+    auto = editing.strengths(cal, None, None)
+    changes = attributes.parse_set_unset(["Smiling", "Male=4"], [], ATTRS)
+    assert attributes.values(changes, auto) == {0: attributes.coded(True, 3.0), 1: attributes.coded(True, 4.0)}
+    unset = attributes.parse_set_unset([], ["Smiling", "Young"], ATTRS)
+    # calibrated per direction; an attribute without a calibrated strength gets the default
+    assert attributes.values(unset, auto) == {0: attributes.coded(False, 1.5), 4: attributes.coded(False, 2.0)}
+    # --strength X overrides every calibrated one, Name=S overrides it
+    fixed = editing.strengths(cal, None, 5.0)
+    assert attributes.values(changes, fixed) == {0: attributes.coded(True, 5.0), 1: attributes.coded(True, 4.0)}
+    # other rules have no calibrated strengths: auto is the paper's 2
+    assert attributes.values(changes, editing.strengths(cal, "latent", None))[0] == attributes.coded(True, 2.0)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    return write_photo(tmp_path / "photo.png", 120, 100, seed=3)
+
+
+def test_regress_without_constants_is_one_error_line(tmp_path, photo):
+    old = save_tiny(tmp_path / "old.safetensors")
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--method", "regress", "--weights", old),
+          "jmvae calibrate")  # fmt: skip
+    r = run("edit", photo, "--no-detect", "--set", "Smiling", "--weights", old, "-o", tmp_path / "a.png")
+    assert r.exit_code == 0, r.output  # the default rule of such weights is the paper's
+    fails(run("edit", photo, "--set", "Smiling", "--strength", "lots", "--weights", old), code=2)
+
+
+def test_calibrate_writes_refuses_to_overwrite_and_edits_with_auto(tmp_path, make_generic, photo):
+    weights = save_tiny(tmp_path / "tiny.safetensors")
+    clf = save_classifier(tmp_path / "classifier.safetensors")
+    data = make_generic(tmp_path, 60, ATTRS, size=(64, 64))
+    out = tmp_path / "calibrated.safetensors"
+    args = ["calibrate", "--weights", weights, "--data", data, "--out", out, "--classifier", clf, "--faces", 10]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "" and f"wrote {out}" in r.stderr and "+Smiling: strength" in r.stderr
+    meta = checkpoint.read_meta(out)
+    assert set(meta["edit"]["strengths"]) == set(ATTRS)
+    for s in meta["edit"]["strengths"].values():
+        assert set(s) == {"on", "off"} and all(v in (0.5, 1, 1.5, 2, 3, 4) for v in s.values())
+    assert checkpoint.load_model(out).model.edit_constants is not None
+    fails(run(*args), "exists", "--force")
+    assert run(*args, "--force").exit_code == 0
+    # the calibrated model edits with its rule and strengths by default
+    crop = tmp_path / "crop.png"
+    r = run("edit", photo, "--no-detect", "--set", "Smiling", "--crop-only", "-o", crop, "--weights", out)
+    assert r.exit_code == 0, r.output
+    tr = translate.Translator.from_weights(out, "cpu", "fp32")
+    face = np.asarray(Image.open(crop))
+    s = meta["edit"]["strengths"]["Smiling"]["on"]
+    src = translate.edit_faces(tr, [_crop_of(photo, tr)], {0: attributes.coded(True, s)}, method="regress")
+    assert np.array_equal(face, src.pixels("result")[0])
+
+
+def _crop_of(photo, tr) -> np.ndarray:
+    from jmvae_cli import faces
+
+    return faces.load_faces(str(photo), str(photo), detect=False, size=tr.image_size)[1][0].crop
+
+
+def test_read_back_warns_on_stderr_for_each_change_the_model_does_not_see(tmp_path, photo, monkeypatch):
+    weights = save_tiny(tmp_path / "tiny.safetensors")
+    # a rule that changes nothing: the model reads back the face as it was, so every change against its reading
+    # of the face is weak
+    monkeypatch.setitem(editing.RULES, "paper", lambda model, x, w, w_new: (x, x))
+    sets = [a for name in ATTRS for a in ("--set", name)]
+    r = run("edit", photo, "--no-detect", *sets, "--crop-only", "-o", "-", "--weights", weights)
+    assert r.exit_code == 0, r.output
+    crop = np.asarray(Image.open(io.BytesIO(r.stdout_bytes)))  # stdout holds the image and nothing else
+    tr = translate.Translator.from_weights(weights, "cpu", "fp32")
+    probs = translate.infer_attributes(tr, crop[None])[0]
+    weak = [n for n, p in zip(ATTRS, probs) if p < 0.5]
+    assert weak and len(weak) < len(ATTRS)  # both kinds, so the test can tell them apart
+    lines = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(lines) == len(weak)
+    for name, line in zip(weak, lines):
+        assert "<stdin>" not in line and "photo.png" in line and f"{name} looks weak" in line
+        assert f"try --set {name}=4" in line
+
+
+def test_read_back_library():
+    model = model_with(None)
+    x = faces(2)
+    e = editing.edit(model, x, {0: 1.5, 1: -0.5})
+    with torch.no_grad():
+        probs = model.attrs_from_images(editing.to_input(e.pixels("result")))
+    weak = editing.read_back(model, e, {0: 1.5, 1: -0.5})
+    expected = [(f, i) for f in range(2) for i, on in ((0, True), (1, False)) if (probs[f, i] >= 0.5) != on]
+    assert [(w.face, w.index) for w in weak] == expected
