@@ -6,6 +6,7 @@ photo=astronaut.png
 jmvae img2attr "$photo" --format json > astronaut-attributes.json
 jmvae edit "$photo" --set Eyeglasses -o astronaut-eyeglasses.png --force
 jmvae edit "$photo" --set Blond_Hair -o astronaut-blond.png --force
+jmvae edit "$photo" --unset Smiling -o astronaut-not-smiling.png --force
 jmvae edit "$photo" --set Eyeglasses --show --size 128 -o strip-eyeglasses.png --force
 jmvae edit "$photo" --set Blond_Hair --show --size 128 -o strip-blond.png --force
 jmvae edit "$photo" --unset Smiling --show --size 128 -o strip-not-smiling.png --force
@@ -22,5 +23,15 @@ out = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)), "white"
 for i, s in enumerate(strips):
     out.paste(s, (0, i * s.height))
 out.save("astronaut-edits.png")
+# README's first picture: per edit, the photo's face | before-issue-10/ (the same edit by the code of commit 9699859:
+# the paper's rule at +-2, rectangle paste; kept as files since that code is gone) | the edit made now
+box = (115, 0, 335, 240)  # the astronaut's head in the 512x512 photo
+names = {"eyeglasses": "astronaut-eyeglasses.png", "blond": "astronaut-blond.png", "not-smiling": "astronaut-not-smiling.png"}
+w, h = box[2] - box[0], box[3] - box[1]
+out = Image.new("RGB", (3 * w, len(names) * h), "white")
+for row, (name, now) in enumerate(names.items()):
+    for col, im in enumerate((Image.open("astronaut.png").crop(box), Image.open(f"before-issue-10/{name}.png"), Image.open(now).crop(box))):
+        out.paste(im, (col * w, row * h))
+out.save("before-after.png")
 PY
 rm strip-*.png
