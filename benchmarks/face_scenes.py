@@ -101,9 +101,15 @@ def main():
     ap.add_argument("--weights", type=Path, help="model [default: the bundled one]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--misses", type=Path, help="folder to save the scenes whose face was missed or mistaken")
+    ap.add_argument("--only", help="run only the face set whose name starts with this (256 or 64)")
+    ap.add_argument("--tilts", default=",".join(map(str, TILTS)), help="comma-separated tilts [%(default)s]")
     args = ap.parse_args()
     tr = translate.Translator.from_weights(args.weights, "cpu", "fp32")
-    sets = face_sets(args.faces)
+    sets = {k: v for k, v in face_sets(args.faces).items() if not args.only or k.startswith(args.only)}
+    tilts = [int(t) for t in args.tilts.split(",")]
+    if args.misses:
+        args.misses.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     report, t0 = {}, time.time()
 
@@ -127,7 +133,7 @@ def main():
             "no_detect_accuracy": float(ref[ok].mean()),
             "n": len(imgs),
         }
-        for tilt in TILTS:
+        for tilt in tilts:
             for bg in BACKGROUNDS:
                 outcome, errs, crops_found, crops_true, found_rows = [], [], [], [], []
                 for i, im in enumerate(imgs):
@@ -140,6 +146,8 @@ def main():
                     except faces.NoFaceError:
                         used = None
                     outcome.append(judge(used, truth))
+                    if args.misses and outcome[-1] != "found":
+                        scene.save(args.misses / f"{set_name.split()[0]}-t{tilt}-{bg}-{i}-{outcome[-1]}.png")
                     if outcome[-1] == "found":
                         errs.append(
                             (
