@@ -47,33 +47,35 @@ LARGEST_FIRST_SHARE = 0.45
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
 ROTATIONS = (15, -15, 30, -30)
+FACE_MIN = 0.75  # the aligner's face probability below which a box is not a face
+FACE_SURE = 0.9  # ... and from which a face in focus ends the search for the best face
 
 
 @dataclass(frozen=True)
 class Scan:
     """One way of proposing boxes: an OpenCV Haar cascade (a file of cv2.data.haarcascades), how many of its
     overlapping hits a box needs (few, since the aligner's face score rejects what the cascade lets through),
-    and whether it reads the copy of evened-out contrast (_Photo.local_contrast)."""
+    whether it reads the copy of evened-out contrast (_Photo.local_contrast), and the aligner's face probability
+    a box needs to count: a box that the cascade barely supports needs the aligner to be sure."""
 
     cascade: str = "haarcascade_frontalface_default.xml"
     neighbors: int = 3
     enhanced: bool = False
+    face_min: float = FACE_MIN
 
 
 # The scans tried in turn, each upright and then turned, while no face sure and in focus has been found: the
-# default cascade, then on evened-out contrast, then the default and the two "alt" cascades taking every single
-# hit. Each later scan finds faces the ones before miss (a laughing face under a cap, a dark face on a dark
-# background), and costs only photos in which the earlier ones found no sure face.
+# default cascade, then on evened-out contrast, then the default and the two "alt" cascades taking boxes of two
+# hits. Each later scan finds faces the ones before miss (a laughing face under a cap, a dark face in noise), and
+# costs only photos in which the earlier ones found no sure face (a photo with no face pays them all).
 SCANS = (
     Scan(),
     Scan(enhanced=True),
-    Scan(neighbors=1),
-    Scan("haarcascade_frontalface_alt.xml", 1),
-    Scan("haarcascade_frontalface_alt2.xml", 1),
+    Scan(neighbors=1, face_min=FACE_SURE),
+    Scan("haarcascade_frontalface_alt.xml", 1, face_min=FACE_SURE),
+    Scan("haarcascade_frontalface_alt2.xml", 1, face_min=FACE_SURE),
 )
 MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
-FACE_MIN = 0.75  # the aligner's face probability below which a box is not a face
-FACE_SURE = 0.9  # ... and from which a face in focus ends the search for the best face
 SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
 # Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
 # ranked before the faces out of focus, and, found upright, settling the search (no turned copies are scanned).
@@ -409,7 +411,8 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
             if settled():
                 break
             for angle in angles:
-                faces = _merge(faces + photo.align(photo.scan(angle, how=how)))
+                found = [f for f in photo.align(photo.scan(angle, how=how)) if f.score >= how.face_min]
+                faces = _merge(faces + found)
     return rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED])
 
 
