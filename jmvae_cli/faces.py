@@ -4,8 +4,8 @@ The model was trained on faces framed exactly alike (CelebA-HQ resized whole, al
 148x148 square), and it reads a face framed otherwise badly: a shift of a few pixels of its 64 already costs
 img->attr accuracy (docs/results.md). So finding a face takes three steps:
 
-1. OpenCV's frontal Haar cascade proposes boxes. It finds only nearly upright faces, so when the upright scan
-   leaves doubt, turned copies of the photo are scanned too (ROTATIONS).
+1. OpenCV's frontal Haar cascades propose boxes (SCANS). They find only nearly upright faces, so when the
+   upright scan leaves doubt, turned copies of the photo are scanned too (ROTATIONS).
 2. Each box gives a rough frame (FRAME_SCALE / FRAME_DX / FRAME_DY, measured by benchmarks/calibrate_faces.py),
    which the aligner (face_aligner.py) moves, scales and turns onto the training framing in a few steps. The
    aligner also says whether the frame holds a face at all: boxes on wallpaper, leaves or hair are dropped.
@@ -33,9 +33,9 @@ from jmvae_cli.errors import JmvaeError
 # The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
 # centre in box widths (+x right, +y down: the box sits low on the face), medians over 1,500 CelebA-HQ training
 # faces (`python -m benchmarks.calibrate_faces constants`, which gives their spread). Only the aligner's start.
-FRAME_SCALE = 1.5329
-FRAME_DX = -0.0033
-FRAME_DY = -0.0843
+FRAME_SCALE = 1.5352
+FRAME_DX = -0.0042
+FRAME_DY = -0.0852
 
 # Detection runs on a grey copy whose longer side is brought into this range: big photos shrink for speed, and
 # small ones grow, since on 89x109 CelebA images the cascade misses more faces and draws its boxes wider.
@@ -47,11 +47,35 @@ LARGEST_FIRST_SHARE = 0.45
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
 ROTATIONS = (15, -15, 30, -30)
-# The cascade's own vote for a box: few, since the aligner's face score rejects what the cascade lets through
-MIN_NEIGHBORS = 3
-MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
 FACE_MIN = 0.75  # the aligner's face probability below which a box is not a face
 FACE_SURE = 0.9  # ... and from which a face in focus ends the search for the best face
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One way of proposing boxes: an OpenCV Haar cascade (a file of cv2.data.haarcascades), how many of its
+    overlapping hits a box needs (few, since the aligner's face score rejects what the cascade lets through),
+    whether it reads the copy of evened-out contrast (_Photo.local_contrast), and the aligner's face probability
+    a box needs to count: a box that the cascade barely supports needs the aligner to be sure."""
+
+    cascade: str = "haarcascade_frontalface_default.xml"
+    neighbors: int = 3
+    enhanced: bool = False
+    face_min: float = FACE_MIN
+
+
+# The scans tried in turn, each upright and then turned, while no face sure and in focus has been found: the
+# default cascade, then on evened-out contrast, then the default and the two "alt" cascades taking boxes of two
+# hits. Each later scan finds faces the ones before miss (a laughing face under a cap, a dark face in noise), and
+# costs only photos in which the earlier ones found no sure face (a photo with no face pays them all).
+SCANS = (
+    Scan(),
+    Scan(enhanced=True),
+    Scan(neighbors=1, face_min=FACE_SURE),
+    Scan("haarcascade_frontalface_alt.xml", 1, face_min=FACE_SURE),
+    Scan("haarcascade_frontalface_alt2.xml", 1, face_min=FACE_SURE),
+)
+MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
 SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
 # Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
 # ranked before the faces out of focus, and, found upright, settling the search (no turned copies are scanned).
@@ -137,24 +161,27 @@ class Face:
     frame: Frame
     score: float  # the aligner's probability that the frame holds a face
     sharpness: float  # see _sharpness
+    # some block of the face's middle shows no fine detail at all: a sharp face does not have one, a blurred face
+    # behind a sharp one (which would lend it its detail elsewhere) does
+    blurred_patch: bool = False
 
 
 _per_thread = threading.local()
 
 
-def _cascade() -> "cv2.CascadeClassifier":
+def _cascade(name: str) -> "cv2.CascadeClassifier":
     # One per thread: a CascadeClassifier keeps scratch buffers in itself, and two threads detecting with the
     # same one crash the process (img2attr detects in a thread pool).
-    cascade = getattr(_per_thread, "cascade", None)
-    if cascade is None:
-        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    cascades = _per_thread.__dict__.setdefault("cascades", {})
+    if name not in cascades:
+        path = os.path.join(cv2.data.haarcascades, name)
         # OpenCV 5 moved the Haar cascades out of the main package
         if not hasattr(cv2, "CascadeClassifier") or not os.path.exists(path):
             raise JmvaeError(
-                "face detection needs OpenCV 4's Haar cascade: pip install 'opencv-python-headless>=4.8,<5'"
+                "face detection needs OpenCV 4's Haar cascades: pip install 'opencv-python-headless>=4.8,<5'"
             )
-        cascade = _per_thread.cascade = cv2.CascadeClassifier(path)
-    return cascade
+        cascades[name] = cv2.CascadeClassifier(path)
+    return cascades[name]
 
 
 class _Photo:
@@ -197,10 +224,10 @@ class _Photo:
         of low contrast in bright surroundings, come out where the plain copy hides them."""
         return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(self.grey)
 
-    def scan(self, angle: float, min_share: float = 0.0, enhanced: bool = False) -> list[Frame]:
-        """The cascade's boxes for a copy (of local_contrast if enhanced) turned by -angle degrees (faces turned
-        by +angle come out upright), as frames turned by +angle in the photo's pixels, largest first."""
-        grey, back = (self.local_contrast if enhanced else self.grey), None
+    def scan(self, angle: float, min_share: float = 0.0, how: Scan = Scan()) -> list[Frame]:
+        """The cascade's boxes for a copy turned by -angle degrees (faces turned by +angle come out upright), as
+        frames turned by +angle in the photo's pixels, largest first."""
+        grey, back = (self.local_contrast if how.enhanced else self.grey), None
         if angle:
             h, w = grey.shape
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)  # (2, 3); cv2: + is counter-clockwise
@@ -212,11 +239,16 @@ class _Photo:
         smallest = max(24, round(min_share * min(grey.shape)))
         # scaleFactor 1.1, or 1.2 in the quick scan of big faces (fewer scales: faster), a box off by at most 10 or
         # 20% in size, which the aligner corrects
-        found = _cascade().detectMultiScale(
-            grey, scaleFactor=1.2 if min_share else 1.1, minNeighbors=MIN_NEIGHBORS, minSize=(smallest, smallest)
-        )
+        cascade = _cascade(how.cascade)
+        if min_share:
+            # the quick scan looks only for faces nearly the photo's size, which no bigger box can hold: OpenCV's
+            # own grouping (see _group) loses nothing there, and costs less
+            found = cascade.detectMultiScale(grey, 1.2, how.neighbors, minSize=(smallest, smallest))
+            boxes = [(x, y, w) for x, y, w, _ in found]
+        else:
+            boxes = _group(cascade.detectMultiScale(grey, 1.1, 0, minSize=(smallest, smallest)), how.neighbors)
         frames = []
-        for x, y, bw, _ in sorted(found, key=lambda b: -b[2])[:MAX_CANDIDATES]:
+        for x, y, bw in sorted(boxes, key=lambda b: -b[2])[:MAX_CANDIDATES]:
             centre = np.array([x + bw / 2, y + bw / 2])  # in the scanned copy
             if back is not None:  # cv2's matrices map pixel centres, which lie half a pixel off the corners
                 centre = back[:, :2] @ (centre - 0.5) + back[:, 2] + 0.5
@@ -237,18 +269,50 @@ class _Photo:
             frames = [f.moved(p) for f, p in zip(frames, aligner.pose(step, feats))]
         # scored on the view before the last step, which moves it by a pixel or so: one view and HOG less a face
         scores = aligner.face_probability(feats)
-        return [Face(f, float(s), self.sharpness(f)) for f, s in zip(frames, scores)]
+        out = []
+        for f, s in zip(frames, scores):
+            blocks = self.block_sharpness(f)
+            out.append(Face(f, float(s), _sharpness(blocks), blocks is not None and bool(blocks.min() < BLURRED)))
+        return out
 
-    def sharpness(self, frame: Frame) -> float:
-        """_sharpness of a face at most at the photo's own resolution: the detection copy of a small photo is
-        scaled up, which blurs it, and that is no blur of the photo's."""
+    def block_sharpness(self, frame: Frame) -> np.ndarray | None:
+        """_block_sharpness of a face at most at the photo's own resolution: the detection copy of a small photo
+        is scaled up, which blurs it, and that is no blur of the photo's."""
         if self.scale > 1:
-            return _sharpness(self.native_grey, frame)
-        return _sharpness(self.grey, Frame(frame.cx * self.scale, frame.cy * self.scale, frame.side * self.scale))
+            return _block_sharpness(self.native_grey, frame)
+        f = self.scale
+        return _block_sharpness(self.grey, Frame(frame.cx * f, frame.cy * f, frame.side * f))
 
     @functools.cached_property
     def native_grey(self) -> np.ndarray:
         return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _group(hits: np.ndarray, neighbors: int) -> list[tuple[float, float, float]]:
+    """(x, y, side) boxes from a cascade's (N, 4) raw hits (x, y, w, h): hits grouped as OpenCV groups them
+    (chains of hits whose edges lie within a fifth of the smaller one's side of each other's), groups of more than
+    `neighbors` hits kept, each as its mean box. OpenCV's own grouping then drops every box inside a bigger one,
+    and a face in front of a big face in the background (a poster, a screen) is such a box."""
+    if len(hits) == 0:
+        return []
+    r = np.asarray(hits, np.float64).reshape(-1, 4)
+    edges = np.concatenate([r[:, :2], r[:, :2] + r[:, 2:]], 1)  # (N, 4) x0, y0, x1, y1
+    size = r[:, 2]  # (N,) the cascade's boxes are square
+    delta = 0.2 * np.minimum(size[:, None], size[None, :])  # (N, N): OpenCV's eps 0.2 of the mean of w and h
+    near = (np.abs(edges[:, None, :] - edges[None, :, :]) <= delta[..., None]).all(-1)  # (N, N)
+    label = np.arange(len(r))
+    while True:  # connected components: every hit takes the smallest label among its neighbours until none changes
+        new = np.where(near, label[None, :], len(r)).min(1)
+        if (new == label).all():
+            break
+        label = new
+    boxes = []
+    for k in np.unique(label):
+        group = r[label == k]
+        if len(group) > neighbors:
+            x, y, w, _ = group.mean(0)
+            boxes.append((float(x), float(y), float(w)))
+    return boxes
 
 
 def rough_frame(box: Frame) -> Frame:
@@ -263,29 +327,35 @@ def rough_frame(box: Frame) -> Frame:
     )
 
 
-def _sharpness(grey: np.ndarray, frame: Frame) -> float:
-    """How sharp the middle of the face is at the photo's own scale (`grey`: the photo in grey at detection size,
-    `frame` in its pixels, angle ignored), about 1 for a sharp face and towards 0 the more it is blurred.
+def _sharpness(blocks: np.ndarray | None) -> float:
+    """How sharp a face is, about 1 for a sharp face and towards 0 the more it is blurred: the lower quartile of
+    its _block_sharpness, so that something sharp in front of part of a blurred face (another face, a pasted
+    photo) does not make the whole face look sharp. A face too small to tell is not judged blurred (1; it is too
+    small to read anyway)."""
+    return 1.0 if blocks is None else float(np.percentile(blocks, 25))
 
-    In each of a 4x4 grid of blocks: the fine detail (Laplacian energy, less what 8-bit rounding alone gives) over
-    the detail one octave coarser. Natural images hold about as much of one as of the other whatever they show,
-    while a blur takes the fine first; so this says how blurred a face is rather than how much texture it has.
-    Then the lower quartile over the blocks: something sharp in front of part of a blurred face (another face, a
-    pasted photo) does not make the whole face look sharp. At the photo's scale, not the crop's: a lens blurs a
-    face out of focus by as many pixels whatever its size, so a big face in the background shows it as plainly
-    as a small one."""
+
+def _block_sharpness(grey: np.ndarray, frame: Frame) -> np.ndarray | None:
+    """(16,) how sharp each of a 4x4 grid of blocks over the middle of the face is at the photo's own scale
+    (`grey`: the photo in grey at detection size, `frame` in its pixels, angle ignored); None where the face
+    covers too few pixels to tell.
+
+    In each block: the fine detail (Laplacian energy, less what 8-bit rounding alone gives) over the detail one
+    octave coarser. Natural images hold about as much of one as of the other whatever they show, while a blur
+    takes the fine first; so this says how blurred a face is rather than how much texture it has. At the photo's
+    scale, not the crop's: a lens blurs a face out of focus by as many pixels whatever its size, so a big face in
+    the background shows it as plainly as a small one."""
     h, w = grey.shape
     r = frame.side / 4  # the middle half of the frame: eyes, nose and mouth
     x0, x1 = max(0, round(frame.cx - r)), min(w, round(frame.cx + r))
     y0, y1 = max(0, round(frame.cy - r)), min(h, round(frame.cy + r))
     if x1 - x0 < 16 or y1 - y0 < 16:
-        return 1.0  # too few pixels to tell: not judged blurred (a face this small is too small to read anyway)
+        return None
     mid = grey[y0:y1, x0:x1].astype(np.float32)
     fine, coarse = _block_detail(mid), _block_detail(cv2.pyrDown(mid))  # (16,) each
     # rounding to 8 bits puts about 20/12 grey levels squared into the Laplacian of even a flat patch; the
     # variance term keeps a patch with hardly any detail at either scale from passing for sharp
-    per_block = np.maximum(fine - 2.0, 0.0) / (coarse + 0.01 * float(mid.var()) + 1.0)
-    return float(np.percentile(per_block, 25))
+    return np.maximum(fine - 2.0, 0.0) / (coarse + 0.01 * float(mid.var()) + 1.0)
 
 
 def _block_detail(a: np.ndarray) -> np.ndarray:
@@ -310,11 +380,15 @@ def _same(a: Frame, b: Frame) -> bool:
 
 
 def _behind(face: Face, faces: list[Face]) -> bool:
-    """Whether a smaller face lies over the middle of this one: then this one is behind it (a poster, a screen),
-    since nothing sits on a face in front."""
+    """Whether a smaller face, surely one (FACE_SURE), lies over the middle of this one: then this one is behind
+    it (a poster, a screen), since nothing sits on a face in front. Surely: a box on a face's own mouth and nose
+    can pass for a small face, less surely."""
     f = face.frame
     return any(
-        max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4 and g.frame.side * 1.5 < f.side for g in faces
+        max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4
+        and g.frame.side * 1.5 < f.side
+        and g.score >= FACE_SURE
+        for g in faces
     )
 
 
@@ -322,28 +396,37 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
     are dropped; faces too small to read are kept (the caller decides).
 
-    Scans go from the cheap to the thorough: big upright faces, all upright faces, turned copies, then the same
-    on a copy of evened-out contrast. Without all_faces the search stops at the first face sure and in focus, so
-    faces elsewhere may be missing from the list."""
+    Scans go from the cheap to the thorough: big upright faces, then each of SCANS upright and then on all the
+    turned copies. Without all_faces the search stops after the first of these that finds a face sure and in
+    focus, so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
+    found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
+    first (rank)."""
     photo = _Photo(img)
     faces: list[Face] = []
 
     def settled() -> bool:
-        return not all_faces and any(f.score >= FACE_SURE and f.sharpness >= IN_FOCUS for f in faces)
+        return not all_faces and any(
+            f.score >= FACE_SURE and f.sharpness >= IN_FOCUS and not f.blurred_patch for f in faces
+        )
 
     if not all_faces:
         faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE))
-    for enhanced in (False, True):
-        for angle in (0, *ROTATIONS):
+    for how in SCANS:
+        for angles in ((0,), ROTATIONS):
             if settled():
                 break
-            faces = _merge(faces + photo.align(photo.scan(angle, enhanced=enhanced)))
+            for angle in angles:
+                found = [f for f in photo.align(photo.scan(angle, how=how)) if f.score >= how.face_min]
+                faces = _merge(faces + found)
     return rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED])
 
 
 def rank(faces: list[Face]) -> list[Face]:
-    """Best first: the faces in focus and not behind another, largest first, then the others largest first."""
-    return sorted(faces, key=lambda f: (f.sharpness < IN_FOCUS or _behind(f, faces), -f.frame.side))
+    """Best first: the faces in focus and not behind another, then the others; within each, the sure faces
+    (FACE_SURE) before the less sure (a box half on clutter beside a face), then the largest first."""
+    return sorted(
+        faces, key=lambda f: (f.sharpness < IN_FOCUS or _behind(f, faces), f.score < FACE_SURE, -f.frame.side)
+    )
 
 
 def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True) -> list[Frame]:
@@ -494,9 +577,13 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
         flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    ys, xs = np.mgrid[0 : y1 - y0, 0 : x1 - x0]  # (h, w) each
-    u = np.stack([xs, ys], -1) @ m[:, :2].T + m[:, 2]  # (h, w, 2) crop pixel coordinates
-    w = _mask((2 * u + 1) / n - 1, feather)  # (h, w)
+    # each region pixel's normalised crop coordinates: affine in x and y, so summed from a row and a column
+    a = (2 * m / n).astype(np.float32)  # (2, 3)
+    a[:, 2] += 1 / n - 1
+    xs, ys = np.arange(x1 - x0, dtype=np.float32), np.arange(y1 - y0, dtype=np.float32)
+    nx = (a[0, 0] * xs)[None, :] + (a[0, 1] * ys + a[0, 2])[:, None]  # (h, w)
+    ny = (a[1, 0] * xs)[None, :] + (a[1, 1] * ys + a[1, 2])[:, None]  # (h, w)
+    w = _mask(np.stack([nx, ny], -1), feather)  # (h, w)
     region = out[y0:y1, x0:x1].astype(np.float32) + d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")
