@@ -59,15 +59,12 @@ from jmvae_cli import edit_directions, quality
 from jmvae_cli.checkpoint import load_model
 from jmvae_cli.data import load_data
 from jmvae_cli.edit_directions import EditConstants
-from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
+from jmvae_cli.model import JMVAE, Gaussian, output_to_pixels, pixels_to_input
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ["../shared/datasets/celeba-hq-64", "../shared/datasets/celeba"]
 OUT = ROOT / "out" / "edit_rules"  # --out changes it
-EDITED = (
-    "Bald", "Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Bushy_Eyebrows", "Eyeglasses", "Male",
-    "Mouth_Slightly_Open", "Mustache", "No_Beard", "Pale_Skin", "Young",
-)  # fmt: skip
+EDITED = quality.EDITED  # the 13 attributes AttGAN and STGAN edit
 STRENGTHS = {
     "paper": (1, 2, 3, 4, 6),
     "joint": (2, 4, 8),
@@ -140,7 +137,7 @@ def prepare(model: JMVAE, classifier: quality.Classifier, images: np.ndarray, la
     u8 = torch.from_numpy(np.ascontiguousarray(images[rows]))  # (N, 64, 64, 3)
     x = pixels_to_input(u8)  # (N, 3, 64, 64)
     feats = batched(model.image_features, x)  # (N, F)
-    z = model._gaussian(model.enc_x(feats)).mu  # (N, Z) q_x from the shared trunk
+    z = Gaussian.from_head(model.enc_x(feats)).mu  # (N, Z) q_x from the shared trunk
     w = (torch.sigmoid(model.decode_w(z)) >= 0.5).float()  # (N, A)
     zw = model.q_w(w).mu  # (N, Z)
     return Faces(

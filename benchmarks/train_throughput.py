@@ -23,7 +23,8 @@ import torch
 from jmvae_cli.data import Preprocess, decode_face, load_data, read_source
 from jmvae_cli.model import JMVAE, JMVAEConfig, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
-from jmvae_cli.train import TRAINED_PARTS, batch_source, batch_tensors
+from jmvae_cli.train import batch_source, batch_tensors
+from jmvae_cli.train_options import TRAINED_PARTS
 
 SOURCES = ("cache", "resident", "jpeg")
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jmvae_cli import attributes
+from jmvae_cli import attributes, editing
 from jmvae_cli.errors import JmvaeError
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from jmvae_cli.quality import Classifier
 
 EDIT_PREFIX = "edit."  # the constants' tensors in the weights file: edit.directions, edit.readout, ...
-METHOD = "regress"
 CAP_SPREADS = 2.0
 FOOTPRINT_QUANTILE = 0.9  # the strongest tenth of a footprint is 1
 BATCH = 256
@@ -113,7 +112,7 @@ def constants_of(model: JMVAE) -> EditConstants:
     constants = getattr(model, "edit_constants", None)
     if constants is None:
         raise NoEditConstantsError(
-            f"these weights carry no constants for the {METHOD} edit: add them with `jmvae calibrate` "
+            f"these weights carry no constants for the {editing.REGRESS} edit: add them with `jmvae calibrate` "
             "(or use --method paper or latent)"
         )
     return constants
@@ -235,7 +234,6 @@ def calibrate_strengths(
     """{name: {"on": Cell, "off": Cell}}: the smallest strength of cfg.grid at which the classifier sees the
     target on cfg.goal of the strict training faces, edited with the model's constants (model.edit_constants)."""
     cfg = cfg or CalibrateConfig()
-    from jmvae_cli import editing
     from jmvae_cli.model import pixels_to_input
     from jmvae_cli.quality import as_written
 
@@ -253,7 +251,7 @@ def calibrate_strengths(
             cell = Cell(cfg.fallback_strength, len(x), None)
             if len(x) >= cfg.min_faces:
                 for s in cfg.grid:
-                    e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=METHOD, probs=probs)
+                    e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
                     seen = float(
                         (attributes.present(classifier.probs(as_written(e.result))[:, i]) == on).float().mean()
                     )
@@ -270,7 +268,7 @@ def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: 
     """The weights' metadata "edit" entry: the rule, its strengths per attribute and direction, and how they were
     made."""
     return {
-        "method": METHOD,
+        "method": editing.REGRESS,
         "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
         "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
         "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},

@@ -53,8 +53,7 @@ if TYPE_CHECKING:  # torch loads only where it is used: the CLI reads RULES' nam
     from jmvae_cli.model import JMVAE
 
 PAPER = "paper"
-# None: default_method(model) decides, per model
-DEFAULT_METHOD: str | None = None
+REGRESS = "regress"
 
 
 def paper(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +93,7 @@ def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor)
 
 
 Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
-RULES: dict[str, Rule] = {"paper": paper, "latent": latent, "regress": regress}
+RULES: dict[str, Rule] = {PAPER: paper, "latent": latent, REGRESS: regress}
 
 
 def has_constants(model: JMVAE) -> bool:
@@ -103,7 +102,7 @@ def has_constants(model: JMVAE) -> bool:
 
 def default_method(model: JMVAE) -> str:
     """regress where the model carries its constants (`jmvae calibrate`), else the paper's rule."""
-    return "regress" if has_constants(model) else PAPER
+    return REGRESS if has_constants(model) else PAPER
 
 
 def strengths(model: JMVAE, method: str | None, strength: float | None) -> attributes.Strengths:
@@ -112,7 +111,7 @@ def strengths(model: JMVAE, method: str | None, strength: float | None) -> attri
     them (attributes without one: attributes.DEFAULT_STRENGTH), else attributes.DEFAULT_STRENGTH, the paper's."""
     if strength is not None:
         return attributes.Strengths(strength)
-    if (method or default_method(model)) == "regress" and has_constants(model):
+    if (method or default_method(model)) == REGRESS and has_constants(model):
         return attributes.Strengths(calibrated=model.edit_constants.strengths)
     return attributes.Strengths()
 
@@ -174,7 +173,7 @@ def edit(
     changes: Mapping[int, float] | Sequence[Mapping[int, float]],
     *,
     soft: bool = False,
-    method: str | None = DEFAULT_METHOD,
+    method: str | None = None,
     probs: torch.Tensor | None = None,
 ) -> Edit:
     """Edit faces x (B, 3, H, W) in [-1, 1]: `changes` {attribute index: coded value} for every face, or one such

@@ -215,7 +215,7 @@ def evaluate_quality(
     parts: Iterable[str] = ("img2attr", "attr2img", "edit"),
     edits: list[attributes.Change] | None = None,
     strength: float | None = None,
-    method: str | None = editing.DEFAULT_METHOD,
+    method: str | None = None,
     batch_size: int = BATCH_SIZE,
     device: torch.device | str = "cpu",
     progress: bool = False,

@@ -397,7 +397,7 @@ def edit_faces(
     changes: Mapping[int, float],
     *,
     soft: bool = False,
-    method: str = editing.DEFAULT_METHOD,
+    method: str | None = None,
 ) -> editing.Edit:
     """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK."""
     x = editing.to_input(crops, tr.device)  # (N, 3, S, S)
@@ -418,7 +418,7 @@ def edit_photos(
     *,
     view: EditView = EditView(),
     soft: bool = False,
-    method: str = editing.DEFAULT_METHOD,
+    method: str | None = None,
     all_faces: bool = False,
     detect: bool = True,
     stdin: bytes | None = None,

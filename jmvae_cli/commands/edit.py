@@ -103,7 +103,7 @@ def edit(
 
     tr = common.load_translator(weights, device, verbose)
     rule = method.value if method is not None else editing.default_method(tr.model)
-    if rule == "regress":
+    if rule == editing.REGRESS:
         from jmvae_cli.edit_directions import constants_of
 
         constants_of(tr.model)  # before any photo is read: one error line naming `jmvae calibrate`
