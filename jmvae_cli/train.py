@@ -271,7 +271,8 @@ def batch_source(data: FaceData, device: torch.device) -> Callable[[np.ndarray],
     once, and each step indexes them there rather than waiting for its batch to be copied from host memory."""
     if device.type != "cuda" or data.images.nbytes > RESIDENT_SHARE * torch.cuda.mem_get_info(device)[0]:
         return lambda idx: batch_tensors(data, idx, device)
-    images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)  # (N, S, S, 3) uint8
+    # np.array copies: torch warns on the read-only memmap
+    images = torch.from_numpy(np.array(data.images)).to(device)  # (N, S, S, 3) uint8
     attrs = torch.from_numpy(data.attrs).to(device).float()  # (N, A)
 
     def get(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
