@@ -181,7 +181,9 @@ class CalibrateConfig:
     goal: float = 0.6  # share of the strict training faces that must show the target
     faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
     grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-    latent_faces: int = 3000  # training faces B, the read-out and the means are fitted on
+    # training faces B, the read-out and the means are fitted on (None: all). Rare attributes' directions depend on
+    # which faces a sample happens to hold, so the default takes every one (encoding them is cheap beside the search)
+    latent_faces: int | None = None
     ridge: float = 1.0
     seed: int = 0
     min_faces: int = 10  # fewer strict faces than this: the cell keeps FALLBACK_STRENGTH
@@ -197,11 +199,12 @@ def fit(
     cfg: CalibrateConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> EditConstants:
-    """B, the read-out and its class means from cfg.latent_faces random training faces; the footprints from all
-    of them. labels (N, A) {0, 1} in the model's attribute order."""
+    """B, the read-out and its class means from cfg.latent_faces random training faces (None: all of them); the
+    footprints from all of them. labels (N, A) {0, 1} in the model's attribute order."""
     cfg = cfg or CalibrateConfig()
-    rng = np.random.default_rng(cfg.seed + 1)
-    rows = np.sort(rng.choice(train_rows, min(cfg.latent_faces, len(train_rows)), replace=False))
+    rows = np.sort(train_rows)
+    if cfg.latent_faces is not None and cfg.latent_faces < len(rows):
+        rows = np.sort(np.random.default_rng(cfg.seed + 1).choice(rows, cfg.latent_faces, replace=False))
     z = encode(model, images[rows], device)  # (n, Z)
     y = torch.from_numpy(np.asarray(labels[rows], np.float32))  # (n, A)
     read = readout(z, y, cfg.ridge)

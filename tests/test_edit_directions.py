@@ -224,3 +224,17 @@ def test_read_back_library():
     weak = editing.read_back(model, e, {0: 1.5, 1: -0.5})
     expected = [(f, i) for f in range(2) for i, on in ((0, True), (1, False)) if (probs[f, i] >= 0.5) != on]
     assert [(w.face, w.index) for w in weak] == expected
+
+
+def test_fit_takes_every_training_face_unless_told_to_sample():
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, S, S, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, (40, len(ATTRS))).astype(np.float32)
+    train = np.arange(5, 35)
+    z = edit_directions.encode(model, images[train])
+    every = edit_directions.regression_directions(z, torch.from_numpy(labels[train]))
+    fitted = edit_directions.fit(model, images, labels, train[::-1].copy())
+    assert torch.allclose(fitted.directions, every, atol=1e-5)
+    sampled = edit_directions.fit(model, images, labels, train, edit_directions.CalibrateConfig(latent_faces=10))
+    assert not torch.allclose(sampled.directions, every, atol=1e-3)
