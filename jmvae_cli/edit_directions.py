@@ -16,8 +16,8 @@ An edit of attribute i to target t at strength s (editing.regress) moves z along
 goal = off_i + s (on_i - off_i) (mirrored, on_i - s (on_i - off_i), for t = 0): s = 1 is where the average
 training face with the target reads, 2 as far again. Faces already past the goal do not move; no face moves more
 than CAP_SPREADS * s spreads |on_i - off_i|, so that a face read far off the training range is not thrown out of
-it. Several attributes move at once by the sum of their steps, and the decoded change is kept only inside the
-union of their footprints, 1 - prod_i (1 - F_i).
+it. With several changes, editing.regress moves and draws each attribute alone and adds up the changes, each
+kept inside its own footprint.
 
 Strengths. Per attribute and direction, the smallest strength of a grid at which the bundled attribute classifier
 sees the target on at least `goal` of the training faces that do not yet have it (label and classifier agree
@@ -97,11 +97,6 @@ class EditConstants:
         gain = (a * self.directions).sum(1)  # (A,) the read-out's change per unit step along B_i
         step = torch.where(changed, self.needed(z, target, s) / gain, 0)  # (B, A)
         return z + step @ self.directions  # (B, Z)
-
-    def mask(self, changed: torch.Tensor) -> torch.Tensor:
-        """The union of the changed attributes' footprints, (B, 1, S, S) for `changed` (B, A) bool."""
-        kept = 1 - self.footprints[None] * changed[:, :, None, None]  # (B, A, S, S)
-        return 1 - kept.prod(1, keepdim=True)  # (B, 1, S, S)
 
     def strength(self, name: str, on: bool) -> float | None:
         return self.strengths.get(name, {}).get("on" if on else "off")

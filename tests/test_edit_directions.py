@@ -82,6 +82,21 @@ def test_regress_rule_is_the_decoded_move_inside_the_footprint():
     assert torch.allclose(r.result, (x + drawn - before).clamp(-1, 1), atol=1e-5)
 
 
+def test_several_changes_are_each_drawn_alone_inside_their_own_footprint():
+    foot = torch.zeros(len(ATTRS), S, S)
+    foot[0, :32] = 1.0
+    foot[2, 16:] = 0.5
+    c = constants(off=50.0, on=51.0, footprints=foot)  # every face has far to go
+    model = model_with(c)
+    x = faces(2)
+    both = editing.edit(model, x, {0: attributes.coded(True, 1.0), 2: attributes.coded(False, 2.0)}, method="regress")
+    first = editing.edit(model, x, {0: attributes.coded(True, 1.0)}, method="regress")
+    second = editing.edit(model, x, {2: attributes.coded(False, 2.0)}, method="regress")
+    change = (first.after - first.before) + (second.after - second.before)
+    assert change.abs().amax() > 0.01
+    assert torch.allclose(both.after - both.before, change, atol=1e-5)
+
+
 def test_faces_already_past_the_goal_are_returned_unchanged():
     model = model_with(constants(off=-100.0, on=-99.0))  # every face reads far above the goal of "on"
     x = faces(3)
@@ -101,11 +116,12 @@ def test_pixels_outside_the_footprint_do_not_change():
     assert (r.result[:, :, ~outside] - x[:, :, ~outside]).abs().max() > 0.01
     # what the photo gets pasted (after - before) carries the mask too
     assert not r.delta_pixels[:, outside.numpy()].any()
-    # two attributes changed: the union of their footprints
-    both = constants(off=50.0, on=51.0, footprints=foot.clone())
-    both.footprints[3, 0:5, 0:5] = 1.0
-    mask = both.mask(torch.tensor([[False, True, False, True, False]]))[0, 0]
-    assert mask[25, 15] == 1 and mask[2, 2] == 1 and mask[60, 60] == 0
+    # two attributes changed: only inside one footprint or the other
+    foot[3, 0:5, 0:5] = 1.0
+    two = editing.edit(model, x, {1: attributes.coded(True, 1.5), 3: attributes.coded(True, 1.5)}, method="regress")
+    outside[0:5, 0:5] = False
+    assert torch.equal(two.result[:, :, outside], x[:, :, outside])
+    assert (two.result[:, :, 0:5, 0:5] - x[:, :, 0:5, 0:5]).abs().max() > 0.01
 
 
 def test_the_constants_travel_in_the_weights_file(tmp_path):
