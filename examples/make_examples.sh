@@ -7,6 +7,7 @@ jmvae img2attr "$photo" --format json > astronaut-attributes.json
 jmvae edit "$photo" --set Eyeglasses -o astronaut-eyeglasses.png --force
 jmvae edit "$photo" --set Blond_Hair -o astronaut-blond.png --force
 jmvae edit "$photo" --unset Smiling -o astronaut-not-smiling.png --force
+jmvae edit "$photo" --set Eyeglasses --set Blond_Hair -o astronaut-eyeglasses-blond.png --force
 jmvae edit "$photo" --set Eyeglasses --show --size 128 -o strip-eyeglasses.png --force
 jmvae edit "$photo" --set Blond_Hair --show --size 128 -o strip-blond.png --force
 jmvae edit "$photo" --unset Smiling --show --size 128 -o strip-not-smiling.png --force

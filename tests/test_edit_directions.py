@@ -82,19 +82,39 @@ def test_regress_rule_is_the_decoded_move_inside_the_footprint():
     assert torch.allclose(r.result, (x + drawn - before).clamp(-1, 1), atol=1e-5)
 
 
-def test_several_changes_are_each_drawn_alone_inside_their_own_footprint():
+def test_several_changes_take_the_way_the_model_reads_more_of_them_on():
     foot = torch.zeros(len(ATTRS), S, S)
     foot[0, :32] = 1.0
     foot[2, 16:] = 0.5
     c = constants(off=50.0, on=51.0, footprints=foot)  # every face has far to go
     model = model_with(c)
-    x = faces(2)
-    both = editing.edit(model, x, {0: attributes.coded(True, 1.0), 2: attributes.coded(False, 2.0)}, method="regress")
-    first = editing.edit(model, x, {0: attributes.coded(True, 1.0)}, method="regress")
-    second = editing.edit(model, x, {2: attributes.coded(False, 2.0)}, method="regress")
-    change = (first.after - first.before) + (second.after - second.before)
-    assert change.abs().amax() > 0.01
-    assert torch.allclose(both.after - both.before, change, atol=1e-5)
+    x = faces(4)
+    changes = {0: attributes.coded(True, 1.0), 2: attributes.coded(False, 2.0)}
+    both = editing.edit(model, x, changes, method="regress")
+    # apart: each change drawn alone inside its own footprint, added up
+    first = editing.edit(model, x, {0: changes[0]}, method="regress")
+    second = editing.edit(model, x, {2: changes[2]}, method="regress")
+    apart = (first.after - first.before) + (second.after - second.before)
+    # together: one move for both, inside the union of the footprints
+    with torch.no_grad():
+        z = model.q_x(x).mu
+        target = both.w_new > 0.5
+        moved = c.move(z, both.w_new != both.w, target, (2 * both.w_new - 1).abs())
+        union = 1 - (1 - foot[0]) * (1 - foot[2])
+        together = union * (model.images_from_z(moved) - both.before)
+    assert apart.abs().amax() > 0.01 and (apart - together).abs().amax() > 0.01
+
+    def done(delta):
+        with torch.no_grad():
+            read = model.attrs_from_images((x + delta).clamp(-1, 1)) > 0.5
+        return ((read == target) & (both.w_new != both.w)).sum(1)
+
+    got = both.after - both.before
+    for face in range(len(x)):
+        is_apart = torch.allclose(got[face], apart[face], atol=1e-5)
+        is_together = torch.allclose(got[face], together[face], atol=1e-5)
+        assert is_apart or is_together
+        assert is_together == bool(done(together)[face] > done(apart)[face])
 
 
 def test_faces_already_past_the_goal_are_returned_unchanged():
