@@ -21,8 +21,11 @@ kept inside its own footprint.
 
 Strengths. Per attribute and direction, the smallest strength of a grid at which the bundled attribute classifier
 sees the target on at least `goal` of the training faces that do not yet have it (label and classifier agree
-they lack it: true flips); a cell that never gets there gets the grid's largest strength. Only training faces are
-used, split as training splits them (data.py), so the validation faces stay unseen.
+they lack it: true flips); a cell that never gets there gets the grid's largest strength. Or, with a trade-off
+L, the strength of the grid with the most target seen less L times the share of the other attributes the classifier
+reads changed on those faces: a goal asks every attribute for the same share whatever it costs, a trade-off buys
+more where it is cheap. Only training faces are used, split as training splits them (data.py), so the validation
+faces stay unseen.
 """
 
 from __future__ import annotations
@@ -174,6 +177,9 @@ def encode(model: JMVAE, images: np.ndarray, device: torch.device | str = "cpu")
 @dataclass
 class CalibrateConfig:
     goal: float = 0.6  # share of the strict training faces that must show the target
+    # instead of a goal: every strength of the grid is tried, and the one with the most target seen less `trade`
+    # times the share of the other attributes the classifier reads changed is kept (None: goal)
+    trade: float | None = None
     faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
     grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
     # training faces B, the read-out and the means are fitted on (None: all). Rare attributes' directions depend on
@@ -216,6 +222,10 @@ class Cell:
     strength: float
     faces: int  # strict faces it was calibrated on
     seen: float | None  # share of them showing the target at that strength (None: too few faces)
+    kept: float | None = None  # share of the other attributes the classifier reads as before
+
+    def score(self, trade: float) -> float:
+        return self.seen - trade * (1 - self.kept)
 
 
 def calibrate_strengths(
@@ -230,7 +240,8 @@ def calibrate_strengths(
     on_cell: Callable[[str, bool, Cell], None] | None = None,
 ) -> dict[str, dict[str, Cell]]:
     """{name: {"on": Cell, "off": Cell}}: the smallest strength of cfg.grid at which the classifier sees the
-    target on cfg.goal of the strict training faces, edited with the model's constants (model.edit_constants)."""
+    target on cfg.goal of the strict training faces, edited with the model's constants (model.edit_constants); or
+    with cfg.trade, the strength with the best Cell.score."""
     cfg = cfg or CalibrateConfig()
     from jmvae_cli.model import pixels_to_input
     from jmvae_cli.quality import as_written
@@ -243,19 +254,24 @@ def calibrate_strengths(
             u8 = torch.from_numpy(np.ascontiguousarray(images[rows])).to(device)
             x = pixels_to_input(u8)  # (n, 3, S, S)
             with torch.inference_mode():
-                strict = attributes.present(classifier.probs(x)[:, i]) != on  # (n,)
-                x = x[strict]
+                read = attributes.present(classifier.probs(x))  # (n, A)
+                strict = read[:, i] != on  # (n,)
+                x, read = x[strict], read[strict]
                 probs = model.attrs_from_images(x)  # (m, A)
+            others = torch.arange(len(attr_names), device=x.device) != i  # (A,)
             cell = Cell(cfg.fallback_strength, len(x), None)
             if len(x) >= cfg.min_faces:
+                tried = []
                 for s in cfg.grid:
                     e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
-                    seen = float(
-                        (attributes.present(classifier.probs(as_written(e.result))[:, i]) == on).float().mean()
-                    )
-                    cell = Cell(s, len(x), seen)
-                    if seen >= cfg.goal:
+                    after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
+                    seen = float((after[:, i] == on).float().mean())
+                    kept = float((after[:, others] == read[:, others]).float().mean())
+                    tried.append(cell := Cell(s, len(x), seen, kept))
+                    if cfg.trade is None and seen >= cfg.goal:
                         break
+                if cfg.trade is not None:
+                    cell = max(tried, key=lambda c: c.score(cfg.trade))
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)
@@ -269,6 +285,7 @@ def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: 
         "method": editing.REGRESS,
         "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
         "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
+        "kept": {a: {d: c.kept for d, c in dirs.items()} for a, dirs in cells.items()},
         "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},
         "config": asdict(cfg),
         "how": how,

@@ -274,3 +274,35 @@ def test_fit_takes_every_training_face_unless_told_to_sample():
     assert torch.allclose(fitted.directions, every, atol=1e-5)
     sampled = edit_directions.fit(model, images, labels, train, edit_directions.CalibrateConfig(latent_faces=10))
     assert not torch.allclose(sampled.directions, every, atol=1e-3)
+
+
+def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
+    from jmvae_cli import quality
+
+    judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, S, S, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, (60, len(ATTRS))).astype(np.float32)
+    train = np.arange(60)
+    model = model_with(constants(off=0.0, on=1.0))
+    model.edit_constants = edit_directions.fit(model, images, labels, train)
+    grid = (0.5, 1.0, 2.0, 4.0)
+
+    def cells(**cfg):
+        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, **cfg)
+        return edit_directions.calibrate_strengths(model, judge, images, labels, train, ATTRS, config)
+
+    alone = {s: cells(grid=(s,)) for s in grid}  # every strength scored on its own, the same faces
+    tried = 0
+    for trade in (0.0, 2.0, 1e6):
+        chosen = cells(grid=grid, trade=trade)
+        for name in ATTRS:
+            for way in ("on", "off"):
+                c = chosen[name][way]
+                if alone[grid[0]][name][way].seen is None:  # no face the classifier reads as lacking the target
+                    assert c.seen is None and c.strength == edit_directions.CalibrateConfig().fallback_strength
+                    continue
+                scores = [alone[s][name][way].score(trade) for s in grid]
+                assert c.strength == grid[scores.index(max(scores))]
+                tried += 1
+    assert tried >= 6

@@ -26,6 +26,16 @@ def calibrate(
         float,
         typer.Option("--goal", min=0.05, max=1.0, help="Share of training faces on which the edit must show."),
     ] = 0.6,
+    trade_off: Annotated[
+        float | None,
+        typer.Option(
+            "--trade-off",
+            min=0.0,
+            help="Instead of --goal: the strength with the most target seen less this times the share of other "
+            "attributes changed.",
+            show_default=False,
+        ),
+    ] = None,
     faces: Annotated[
         int, typer.Option("--faces", min=10, help="Training faces per attribute and direction to calibrate on.")
     ] = 100,
@@ -36,7 +46,8 @@ def calibrate(
     """Fit the regress edit's constants on the training split and calibrate each attribute's strength.
 
     For every attribute and direction: the smallest strength (of 0.5 1 1.5 2 3 4) at which the classifier sees
-    the change on --goal of the training faces that lack it; `jmvae edit --strength auto` (the default) uses
+    the change on --goal of the training faces that lack it, or with --trade-off L the one with the most target
+    seen less L times the share of the other attributes changed; `jmvae edit --strength auto` (the default) uses
     them. Validation faces are never used. Writes --out with the model's own tensors unchanged.
     """
     from jmvae_cli import edit_directions
@@ -44,11 +55,13 @@ def calibrate(
 
     def report(name: str, on: bool, cell: edit_directions.Cell) -> None:
         seen = "too few faces" if cell.seen is None else f"seen on {cell.seen:.0%} of {cell.faces}"
+        if cell.kept is not None:
+            seen += f", others kept {cell.kept:.0%}"
         console.print(
             f"{'+' if on else '-'}{name}: strength {cell.strength:g} ({seen})", highlight=False, soft_wrap=True
         )
 
-    cfg = edit_directions.CalibrateConfig(goal=goal, faces=faces, seed=seed)
+    cfg = edit_directions.CalibrateConfig(goal=goal, trade=trade_off, faces=faces, seed=seed)
     edit_directions.calibrate_weights(
         weights, data, out, classifier=classifier, cfg=cfg, force=force, device=pick_device(device.value),
         progress=console.is_terminal, on_cell=report,
