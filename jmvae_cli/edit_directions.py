@@ -22,9 +22,9 @@ kept inside its own footprint.
 Strengths. Per attribute and direction, the smallest strength of a grid at which the bundled attribute classifier
 sees the target on at least `goal` of the training faces that do not yet have it (label and classifier agree
 they lack it: true flips); a cell that never gets there gets the grid's largest strength. Or, with a trade-off
-L, the strength of the grid with the most target seen less L times the share of the other attributes the classifier
-reads changed on those faces: a goal asks every attribute for the same share whatever it costs, a trade-off buys
-more where it is cheap. Only training faces are used, split as training splits them (data.py), so the validation
+L, of the strengths that reach the goal the one with the most target seen less L times the share of the other
+attributes the classifier reads changed on those faces: the goal alone asks every attribute for the same share
+whatever it costs, the trade-off buys more where it is cheap. Only training faces are used, split as training splits them (data.py), so the validation
 faces stay unseen.
 """
 
@@ -177,8 +177,9 @@ def encode(model: JMVAE, images: np.ndarray, device: torch.device | str = "cpu")
 @dataclass
 class CalibrateConfig:
     goal: float = 0.6  # share of the strict training faces that must show the target
-    # instead of a goal: every strength of the grid is tried, and the one with the most target seen less `trade`
-    # times the share of the other attributes the classifier reads changed is kept (None: goal)
+    # with a trade-off: every strength of the grid is tried, and of those that reach the goal (or, where none does,
+    # the largest) the one with the most target seen less `trade` times the share of the other attributes the
+    # classifier reads changed is kept (None: the smallest that reaches the goal)
     trade: float | None = None
     faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
     grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -270,8 +271,9 @@ def calibrate_strengths(
                     tried.append(cell := Cell(s, len(x), seen, kept))
                     if cfg.trade is None and seen >= cfg.goal:
                         break
-                if cfg.trade is not None:
-                    cell = max(tried, key=lambda c: c.score(cfg.trade))
+                if cfg.trade is not None:  # among the strengths that reach the goal, where some do
+                    reach = [c for c in tried if c.seen >= cfg.goal] or tried[-1:]
+                    cell = max(reach, key=lambda c: c.score(cfg.trade))
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)

@@ -294,15 +294,17 @@ def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
 
     alone = {s: cells(grid=(s,)) for s in grid}  # every strength scored on its own, the same faces
     tried = 0
-    for trade in (0.0, 2.0, 1e6):
-        chosen = cells(grid=grid, trade=trade)
+    for trade, goal in ((0.0, 0.0), (2.0, 0.0), (1e6, 0.0), (2.0, 0.5)):
+        chosen = cells(grid=grid, trade=trade, goal=goal)
         for name in ATTRS:
             for way in ("on", "off"):
                 c = chosen[name][way]
                 if alone[grid[0]][name][way].seen is None:  # no face the classifier reads as lacking the target
                     assert c.seen is None and c.strength == edit_directions.CalibrateConfig().fallback_strength
                     continue
-                scores = [alone[s][name][way].score(trade) for s in grid]
-                assert c.strength == grid[scores.index(max(scores))]
+                # of the strengths that reach the goal (none: the largest), the best score
+                reach = [s for s in grid if alone[s][name][way].seen >= goal] or [grid[-1]]
+                scores = [alone[s][name][way].score(trade) for s in reach]
+                assert c.strength == reach[scores.index(max(scores))]
                 tried += 1
     assert tried >= 6

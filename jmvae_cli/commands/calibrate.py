@@ -31,8 +31,8 @@ def calibrate(
         typer.Option(
             "--trade-off",
             min=0.0,
-            help="Instead of --goal: the strength with the most target seen less this times the share of other "
-            "attributes changed.",
+            help="Of the strengths that reach --goal, the one with the most target seen less this times the share "
+            "of other attributes changed (default: the smallest).",
             show_default=False,
         ),
     ] = None,
@@ -46,8 +46,8 @@ def calibrate(
     """Fit the regress edit's constants on the training split and calibrate each attribute's strength.
 
     For every attribute and direction: the smallest strength (of 0.5 1 1.5 2 3 4) at which the classifier sees
-    the change on --goal of the training faces that lack it, or with --trade-off L the one with the most target
-    seen less L times the share of the other attributes changed; `jmvae edit --strength auto` (the default) uses
+    the change on --goal of the training faces that lack it, or with --trade-off L, of those that do, the one with
+    the most target seen less L times the share of the other attributes changed; `jmvae edit --strength auto` (the default) uses
     them. Validation faces are never used. Writes --out with the model's own tensors unchanged.
     """
     from jmvae_cli import edit_directions
