@@ -294,7 +294,7 @@ def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
 
     alone = {s: cells(grid=(s,)) for s in grid}  # every strength scored on its own, the same faces
     tried = 0
-    for trade, goal in ((0.0, 0.0), (2.0, 0.0), (1e6, 0.0), (2.0, 0.5)):
+    for trade, goal in ((0.0, 0.0), (2.0, 0.0), (1e6, 0.0), (2.0, 0.5), (None, 0.5)):
         chosen = cells(grid=grid, trade=trade, goal=goal)
         for name in ATTRS:
             for way in ("on", "off"):
@@ -304,6 +304,9 @@ def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
                     continue
                 # of the strengths that reach the goal (none: the largest), the best score
                 reach = [s for s in grid if alone[s][name][way].seen >= goal] or [grid[-1]]
+                if trade is None:  # the goal alone: the smallest strength that reaches it
+                    assert c.strength == reach[0]
+                    continue
                 scores = [alone[s][name][way].score(trade) for s in reach]
                 assert c.strength == reach[scores.index(max(scores))]
                 tried += 1

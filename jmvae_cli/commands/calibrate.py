@@ -27,15 +27,14 @@ def calibrate(
         typer.Option("--goal", min=0.05, max=1.0, help="Share of training faces on which the edit must show."),
     ] = 0.6,
     trade_off: Annotated[
-        float | None,
+        float,
         typer.Option(
             "--trade-off",
             min=0.0,
             help="Of the strengths that reach --goal, the one with the most target seen less this times the share "
-            "of other attributes changed (default: the smallest).",
-            show_default=False,
+            "of other attributes changed (5: the bundled model's).",
         ),
-    ] = None,
+    ] = 5.0,
     faces: Annotated[
         int, typer.Option("--faces", min=10, help="Training faces per attribute and direction to calibrate on.")
     ] = 100,
@@ -45,9 +44,9 @@ def calibrate(
 ):
     """Fit the regress edit's constants on the training split and calibrate each attribute's strength.
 
-    For every attribute and direction: the smallest strength (of 0.5 1 1.5 2 3 4) at which the classifier sees
-    the change on --goal of the training faces that lack it, or with --trade-off L, of those that do, the one with
-    the most target seen less L times the share of the other attributes changed; `jmvae edit --strength auto` (the default) uses
+    For every attribute and direction, of the strengths 0.5 1 1.5 2 3 4 at which the classifier sees the change
+    on --goal of the training faces that lack it (where none does, 4), the one with the most target seen less
+    --trade-off times the share of the other attributes changed; `jmvae edit --strength auto` (the default) uses
     them. Validation faces are never used. Writes --out with the model's own tensors unchanged.
     """
     from jmvae_cli import edit_directions
