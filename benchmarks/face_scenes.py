@@ -114,6 +114,7 @@ def main():
     ap.add_argument("--misses", type=Path, help="folder to save the scenes whose face was missed or mistaken")
     ap.add_argument("--only", help="run only the face set whose name starts with this (256 or 64)")
     ap.add_argument("--tilts", default=",".join(map(str, TILTS)), help="comma-separated tilts [%(default)s]")
+    ap.add_argument("--refine", action="store_true", help="frame found faces as `--refine` does (refine_frames)")
     args = ap.parse_args()
     tr = translate.Translator.from_weights(args.weights, "cpu", "fp32")
     sets = {k: v for k, v in face_sets(args.faces).items() if not args.only or k.startswith(args.only)}
@@ -122,6 +123,14 @@ def main():
         args.misses.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     report, t0 = {}, time.time()
+
+    def find(img: Image.Image) -> faces.Frame:
+        """The frame of the face img2attr would use (faces.NoFaceError if none)."""
+        frame = faces.find_faces(img)[0]
+        if not args.refine:
+            return frame
+        crop = faces.FaceCrop(0, frame, np.asarray(faces.crop_face(img, frame, tr.image_size)))
+        return translate.refine_frames(tr, img, [crop])[0].frame
 
     def accuracy(crops: list[np.ndarray], labels: np.ndarray) -> float:
         return float(((translate.infer_attributes(tr, np.stack(crops)) >= 0.5) == labels).mean()) if crops else math.nan
@@ -133,7 +142,7 @@ def main():
         detected, ok = [], []
         for i, im in enumerate(imgs):
             try:
-                detected.append(np.asarray(faces.crop_face(im, faces.find_faces(im)[0])))
+                detected.append(np.asarray(faces.crop_face(im, find(im))))
                 ok.append(i)
             except faces.NoFaceError:
                 pass
@@ -152,7 +161,7 @@ def main():
                     sign = 1 if rng.random() < 0.5 else -1
                     truth = paste(scene, im, int(rng.integers(120, 201)), sign * tilt, rng)
                     try:
-                        used = faces.find_faces(scene)[0]
+                        used = find(scene)
                     except faces.NoFaceError:
                         used = None
                     outcome.append(judge(used, truth))

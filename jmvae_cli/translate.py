@@ -35,6 +35,9 @@ DECODE_BATCH = 256
 # The largest grid drawn: Pillow's decompression-bomb limit (about 89 Mpx). images.read_image refuses larger images,
 # and other Pillow-based programs warn or refuse too: a larger grid could not even be read back.
 MAX_GRID_PIXELS = Image.MAX_IMAGE_PIXELS
+# The scales of a found face's frame that refine_frames tries: the aligner's size is off by about 3% (median), and
+# the model reads a face best at the framing it was trained on (docs/results.md, "Framing by the model itself").
+REFINE_SCALES = (0.94, 0.97, 1.0, 1.03, 1.06)
 # Image files taken from a folder; anything else in it (sidecar .json, .txt) is skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
 
@@ -110,6 +113,28 @@ class AttrResult:
     probs: np.ndarray | None = None  # (A,)
     error: str | None = None
     crop: faces.FaceCrop | None = None  # where the face was found, and how many the search saw
+
+
+def refine_frames(tr: Translator, photo: Image.Image, crops: list[faces.FaceCrop]) -> list[faces.FaceCrop]:
+    """Each face cut again at the scale of its frame (REFINE_SCALES) whose crop the model reconstructs best (mean
+    squared error of the decoded mean of q(z|x)): the framing the model reads as its training faces'. Costs an
+    encoder and a decoder pass per scale and face."""
+    out = []
+    for c in crops:
+        frames = [dataclasses.replace(c.frame, side=c.frame.side * s) for s in REFINE_SCALES]
+        cuts = np.stack([np.asarray(faces.crop_face(photo, f, tr.image_size)) for f in frames])  # (K, S, S, 3)
+        with torch.inference_mode():
+            x = pixels_to_input(torch.from_numpy(cuts).to(tr.device))  # (K, 3, S, S)
+            err = (tr.model.images_from_z(tr.model.q_x(x).mu) - x).square().mean((1, 2, 3))  # (K,)
+        best = int(err.argmin())
+        out.append(dataclasses.replace(c, frame=frames[best], crop=cuts[best]))
+    return out
+
+
+def load_faces(tr: Translator, source, name: str, *, all_faces: bool, detect: bool, refine: bool):
+    """faces.load_faces at the model's size, and with `refine` (found faces only) refine_frames."""
+    photo, crops = faces.load_faces(source, name, all_faces=all_faces, detect=detect, size=tr.image_size)
+    return photo, refine_frames(tr, photo, crops) if refine and detect else crops
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:
@@ -190,6 +215,7 @@ def img2attr(
     *,
     all_faces: bool = False,
     detect: bool = True,
+    refine: bool = False,
     stdin: bytes | None = None,
     on_file: Callable[[], None] | None = None,
 ) -> Iterator[AttrResult]:
@@ -197,14 +223,14 @@ def img2attr(
     its error and the rest go on. Decoding and detection run in a thread pool while the model takes batches."""
     workers = available_cpus() if len(sources) > 1 else 1
     with _one_thread_each(tr, workers > 1):
-        yield from _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file)
+        yield from _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file)
 
 
-def _img2attr(tr, sources, workers, all_faces, detect, stdin, on_file) -> Iterator[AttrResult]:
+def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file) -> Iterator[AttrResult]:
     def prepare(src: str):
         data = stdin if src == "-" else src
         name = "<stdin>" if src == "-" else src
-        return faces.load_faces(data, name, all_faces=all_faces, detect=detect, size=tr.image_size)[1]
+        return load_faces(tr, data, name, all_faces=all_faces, detect=detect, refine=refine)[1]
 
     waiting: list[tuple[str, object]] = []  # (file, list[faces.FaceCrop] | JmvaeError), in input order
 
@@ -421,6 +447,7 @@ def edit_photos(
     method: str | None = None,
     all_faces: bool = False,
     detect: bool = True,
+    refine: bool = False,
     stdin: bytes | None = None,
 ) -> Iterator[EditResult]:
     """Edit the face(s) of every source and write each result to its output (see check_edit_outputs); an output
@@ -429,10 +456,12 @@ def edit_photos(
     edits the faces found so far."""
     workers = available_cpus() if len(sources) > 1 else 1
     with _one_thread_each(tr, workers > 1):
-        yield from _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, stdin)
+        yield from _edit_photos(
+            tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, refine, stdin
+        )
 
 
-def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, stdin):
+def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, refine, stdin):
     # The model's blocks are small, so that it edits often and the pools' short windows (a few full-resolution
     # photos each, whatever their size) keep the other cores busy meanwhile.
     window = 4 * workers
@@ -443,7 +472,7 @@ def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all
             raise out
         data = stdin if src == "-" else src
         name = "<stdin>" if src == "-" else src
-        return faces.load_faces(data, name, all_faces=all_faces, detect=detect, size=tr.image_size)
+        return load_faces(tr, data, name, all_faces=all_faces, detect=detect, refine=refine)
 
     def edited() -> Iterator[tuple]:
         """(source, output, (photo, crops) or JmvaeError, that photo's Edit or None), in input order."""

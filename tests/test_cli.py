@@ -201,6 +201,20 @@ def test_img2attr_finds_the_face_in_a_photo(weights_env, tiny_weights, tmp_path)
     assert ok(run("img2attr", tmp_path / "face.jpg", "--all-faces", "-f", "csv")).stdout.startswith("file,face,")
 
 
+def test_refine_reads_the_face_cut_again_and_needs_detection(weights_env, tiny_weights, tmp_path):
+    photo = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    rec = json.loads(ok(run("img2attr", photo, "--refine", "-f", "json")).stdout)[0]
+    tr = translate.Translator.from_weights(tiny_weights, "cpu")
+    img, crops = faces.load_faces(photo, str(photo))
+    (crop,) = translate.refine_frames(tr, img, crops)
+    assert np.allclose(list(rec["attributes"].values()), translate.infer_attributes(tr, crop.crop[None])[0], atol=2e-4)
+    ok(run("edit", photo, "--set", "Smiling", "--refine", "-o", tmp_path / "edited.png"))
+    assert (tmp_path / "edited.png").exists()
+    for args in (("img2attr", photo), ("edit", photo, "--set", "Smiling", "-o", tmp_path / "x.png")):
+        fails(run(*args, "--refine", "--no-detect"), code=2)
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_no_face_names_the_file(weights_env, tmp_path):
     p = write_photo(tmp_path / "landscape.jpg", 300, 200)
     fails(run("img2attr", p), str(p), "no face found", "--no-detect")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jmvae_cli import translate
+from jmvae_cli import faces, translate
+from jmvae_cli.model import pixels_to_input
 from jmvae_cli.runtime import bf16_supported
 from tests.model_fixtures import ATTRS, photo_array, tiny_weights, write_photo  # noqa: F401 (fixture)
 
@@ -108,3 +109,28 @@ def test_img2attr_batches_keep_order_past_bad_files(tr, tmp_path, monkeypatch):
     crops = np.stack([np.asarray(Image.open(r.file).convert("RGB")) for r in ok])
     assert np.allclose(np.stack([r.probs for r in ok]), translate.infer_attributes(tr, crops), atol=1e-6)
     assert len({round(float(r.probs[1]), 4) for r in ok}) > 1  # different images, different answers
+
+
+# ----------------------------------------------------------------------------- framing by the model
+
+
+def test_refine_frames_cuts_each_face_at_the_scale_the_model_reconstructs_best(tr):
+    photo = Image.fromarray(photo_array(200, 160, seed=3))
+
+    def error(frame: faces.Frame) -> float:
+        cut = np.array(faces.crop_face(photo, frame, tr.image_size))  # writable, for torch
+        x = pixels_to_input(torch.from_numpy(cut[None]))
+        with torch.inference_mode():
+            return float((tr.model.images_from_z(tr.model.q_x(x).mu) - x).square().mean())
+
+    frames = [faces.Frame(100, 80, 90, 10.0), faces.Frame(60, 60, 50)]
+    crops = [faces.FaceCrop(i, f, np.asarray(faces.crop_face(photo, f, tr.image_size))) for i, f in enumerate(frames)]
+    got = translate.refine_frames(tr, photo, crops)
+    assert [c.face for c in got] == [0, 1]
+    for c, f in zip(got, frames):
+        # the same place and turn, at one of the scales tried, cut as crop_face cuts it
+        assert (c.frame.cx, c.frame.cy, c.frame.angle) == (f.cx, f.cy, f.angle)
+        assert any(np.isclose(c.frame.side, f.side * s) for s in translate.REFINE_SCALES)
+        assert np.array_equal(c.crop, np.asarray(faces.crop_face(photo, c.frame, tr.image_size)))
+        tried = [error(faces.Frame(f.cx, f.cy, f.side * s, f.angle)) for s in translate.REFINE_SCALES]
+        assert error(c.frame) <= min(tried) + 1e-6

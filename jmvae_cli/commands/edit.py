@@ -55,6 +55,7 @@ def edit(
     size: common.SizeOpt = None,
     all_faces: common.AllFacesOpt = False,
     no_detect: common.NoDetectOpt = False,
+    refine: common.RefineOpt = False,
     weights: common.WeightsOpt = None,
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
@@ -81,6 +82,7 @@ def edit(
     if inputs == ["-"] and output is None:
         raise typer.BadParameter("an image from stdin needs -o", param_hint="'-o'")
     common.check_image_output(output)
+    common.check_refine(refine, no_detect)
     fixed_strength = common.parse_strength(strength)
 
     from jmvae_cli import attributes, translate
@@ -115,7 +117,7 @@ def edit(
     with common.progress("edit", len(sources)) as advance:
         results = translate.edit_photos(
             tr, sources, targets, values, view=view, soft=soft, method=rule,
-            all_faces=all_faces, detect=not no_detect, stdin=stdin,
+            all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin,
         )  # fmt: skip
         for r in results:
             advance()

@@ -31,6 +31,7 @@ def img2attr(
     ] = False,
     all_faces: common.AllFacesOpt = False,
     no_detect: common.NoDetectOpt = False,
+    refine: common.RefineOpt = False,
     weights: common.WeightsOpt = None,
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
@@ -48,6 +49,7 @@ def img2attr(
         )
     if inputs.count("-") > 1:
         raise typer.BadParameter("stdin (-) can be read only once", param_hint="IMAGE")
+    common.check_refine(refine, no_detect)
 
     from jmvae_cli import translate
 
@@ -61,7 +63,7 @@ def img2attr(
 
     with common.progress("img2attr", len(sources)) as advance:
         results = translate.img2attr(
-            tr, sources, all_faces=all_faces, detect=not no_detect, stdin=stdin, on_file=advance
+            tr, sources, all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin, on_file=advance
         )
         for r in results:
             if r.error is not None:
