@@ -24,9 +24,9 @@ the target on at least `goal` of the training faces that do not yet have it (lab
 it: true flips; where none does, the grid's largest), the one with the most target seen less a trade-off L times
 the share of the other attributes the classifier reads changed on those faces. The goal alone (the smallest
 strength that reaches it, L = None) asks every attribute for the same share whatever it costs; the trade-off buys
-more where it is cheap, and the goal keeps it from giving up on the hard cells (without it Mustache on got
-strength 0.5 and was seen on 2% of validation faces). Only training faces are used, split as training splits them (data.py), so the validation
-faces stay unseen.
+more where it is cheap, and the goal keeps it from giving up on the hard cells (a moustache asked for and none
+drawn). Only training faces are used, split as training splits them (data.py), so the validation faces stay
+unseen.
 """
 
 from __future__ import annotations
@@ -180,8 +180,7 @@ class CalibrateConfig:
     goal: float = 0.6  # share of the strict training faces that must show the target
     # every strength of the grid is tried, and of those that reach the goal (or, where none does, the largest) the
     # one with the most target seen less `trade` times the share of the other attributes the classifier reads
-    # changed is kept; None keeps the smallest that reaches the goal, the calibration before the trade-off (5 sees
-    # 6.7 points more of the targets on validation faces for 1.1 points of the others: docs/results.md)
+    # changed is kept; None keeps the smallest that reaches the goal (the calibrations compared: docs/results.md)
     trade: float | None = 5.0
     faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
     grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
