@@ -122,7 +122,13 @@ def refine_frames(tr: Translator, photo: Image.Image, crops: list[faces.FaceCrop
     out = []
     for c in crops:
         frames = [dataclasses.replace(c.frame, side=c.frame.side * s) for s in REFINE_SCALES]
-        cuts = np.stack([np.asarray(faces.crop_face(photo, f, tr.image_size)) for f in frames])  # (K, S, S, 3)
+        # (K, S, S, 3); the aligner's own frame is cut already
+        cuts = np.stack(
+            [
+                c.crop if s == 1 else np.asarray(faces.crop_face(photo, f, tr.image_size))
+                for s, f in zip(REFINE_SCALES, frames)
+            ]
+        )
         with torch.inference_mode():
             x = pixels_to_input(torch.from_numpy(cuts).to(tr.device))  # (K, 3, S, S)
             err = (tr.model.images_from_z(tr.model.q_x(x).mu) - x).square().mean((1, 2, 3))  # (K,)
