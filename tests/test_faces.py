@@ -175,6 +175,35 @@ def test_the_face_in_front_and_in_focus_comes_first():
     assert faces.rank([beside, person]) == [person, beside]
 
 
+def test_among_sure_faces_in_focus_those_with_eyes_come_first():
+    def face(cx, side):
+        return faces.Face(Frame(cx, 240, side), 0.95, 0.5)
+
+    clutter, person, other = face(150, 300), face(450, 150), face(600, 100)
+    asked = []
+
+    def shows_eyes(frame):
+        asked.append(frame)
+        return frame != clutter.frame
+
+    assert faces.rank([clutter, person, other], shows_eyes) == [person, other, clutter]
+    assert len(asked) == 3
+    asked.clear()
+    # one face in the lead: nothing to decide, nothing asked; an unsure box stays behind a sure one
+    unsure = faces.Face(Frame(150, 240, 300), 0.8, 0.5)
+    assert faces.rank([unsure, person], shows_eyes) == [person, unsure] and asked == []
+    # every face shows eyes: the largest first, as without the check
+    assert faces.rank([other, person], lambda frame: True) == [person, other]
+
+
+def test_the_eye_check_sees_a_face_and_not_clutter():
+    photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "astronaut.png").convert("RGB")
+    found = faces.search_faces(photo)[0]
+    clutter = Image.fromarray(photo_array(400, 400, seed=3))
+    assert faces._Photo(photo).shows_eyes(found.frame)
+    assert not faces._Photo(clutter).shows_eyes(Frame(200, 200, 200))
+
+
 def test_no_face():
     with pytest.raises(NoFaceError, match="no face found"):
         find_faces(Image.new("RGB", (320, 240), (128, 128, 128)))
