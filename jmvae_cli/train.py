@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from rich.progress import (
     BarColumn,
@@ -280,6 +281,25 @@ def batch_source(data: FaceData, device: torch.device) -> Callable[[np.ndarray],
         return pixels_to_input(images[rows]), attrs[rows]  # (B, 3, S, S), (B, A)
 
     return get
+
+
+def reframe(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """Half the faces of a batch x (B, 3, S, S), at random, framed a little otherwise: shifted by up to `amount`
+    of the side along each axis, scaled by up to exp(+-amount) and turned by up to +-amount radians, the image
+    mirrored at its edges; the other half exactly as they were. A photo's face comes framed by the aligner, which
+    misses the training framing by a few percent (docs/results.md), and a model that has seen each training face
+    only at its exact framing reads it as a stranger off it."""
+    b = len(x)
+    uniform = lambda *shape: torch.rand(*shape, device=x.device) * 2 - 1  # noqa: E731
+    moved = torch.rand(b, device=x.device) < 0.5  # (B,)
+    a, scale = uniform(b) * amount, torch.exp(uniform(b) * amount)  # (B,) each
+    shift = uniform(b, 2) * 2 * amount  # (B, 2): normalised coordinates span 2 per side
+    rot = torch.stack([torch.stack([a.cos(), -a.sin()], -1), torch.stack([a.sin(), a.cos()], -1)], -2)  # (B, 2, 2)
+    theta = torch.cat([scale[:, None, None] * rot, shift[:, :, None]], 2).to(x.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, S, S, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    out = pixels_to_input(output_to_pixels(out))  # back on the 8-bit values the likelihood is of
+    return torch.where(moved[:, None, None, None], out, x)
 
 
 def epoch_batches(train_idx: np.ndarray, batch_size: int, seed: int, epoch: int, d: Dist) -> list[np.ndarray]:
@@ -629,6 +649,8 @@ class Trainer:
             if self.opts.flip:
                 flip = torch.rand(len(x), device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            if self.opts.jitter:
+                x = reframe(x, self.opts.jitter)
             terms = self.train_step(x, w)
             if terms is None:
                 continue

@@ -98,6 +98,13 @@ class TrainOptions:
         1.0, "KL warm-up: the prior KL's weight rises from 0 to 1 over this many epochs.", min=0.0
     )
     flip: bool = option(True, "Random horizontal flips (no CelebA attribute is left/right).")
+    jitter: float = option(
+        0.0,
+        "Reframe half of each batch at random: shifted up to this share of the side, scaled up to this share "
+        "and turned up to this many radians (0: off), so the model reads faces as the aligner frames them.",
+        min=0.0,
+        max=0.2,
+    )
     ema: float = option(
         0.0,
         "Validate and save a moving average of the weights with this decay per step, e.g. 0.999 (0: off).",

@@ -197,6 +197,38 @@ def test_train_only_needs_a_trained_model_to_start_from(data, tmp_path):
         train(options(data, tmp_path / "a", epochs=1, train_only="image-decoder"))
 
 
+def test_reframe_moves_half_the_faces_by_at_most_the_amount():
+    from jmvae_cli.model import pixels_to_input
+    from jmvae_cli.train import reframe
+
+    torch.manual_seed(0)
+    u8 = torch.zeros(64, 32, 32, 3, dtype=torch.uint8)
+    u8[:, 15:17, 15:17] = 255  # a bright dot in the middle of each face
+    x = pixels_to_input(u8)  # (64, 3, 32, 32)
+    out = reframe(x, 0.1)
+    moved = (out != x).flatten(1).any(1)  # (64,)
+    assert 16 < int(moved.sum()) < 48  # about half
+    assert torch.equal(out[~moved], x[~moved])
+    assert torch.equal(out, pixels_to_input(((out + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)))
+    # the dot's centre of mass stays within the shift (0.1 of 32 px) plus what scale and turn move the middle
+    grey = (out[moved].mean(1) + 1).clamp_min(0)  # (m, 32, 32)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    cy, cx = (grey * ys).sum((1, 2)) / grey.sum((1, 2)), (grey * xs).sum((1, 2)) / grey.sum((1, 2))
+    off = torch.stack([cy - 15.5, cx - 15.5], 1).abs()
+    assert off.max() <= 0.1 * 32 * 1.2 and off.max() > 0.5
+    assert torch.equal(reframe(x, 0.0), x)
+
+
+def test_jitter_trains_through_the_cli_and_is_kept_on_resume(data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "16", "--jitter", "0.05"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert load_model(out / "model.safetensors").meta["train"]["jitter"] == 0.05
+    result = CliRunner().invoke(app, [*args[:6], "2", "--resume", "--jitter", "0.1"])
+    assert result.exit_code != 0 and "jitter" in result.stderr
+
+
 def test_update_ema_averages_weights_and_batch_norm_statistics():
     model, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
