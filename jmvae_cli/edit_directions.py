@@ -11,6 +11,9 @@ With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels
     means       (A, 2)        the mean read-out of training faces without / with attribute i (off_i, on_i)
     footprints  F (A, S, S)   X on [Y, 1]: |coefficient| averaged over colour, scaled so the strongest tenth of
                               the crop is 1, clipped to [0, 1], lightly blurred: where attribute i shows in photos
+    powers      (A, 2)        the power each footprint is raised to when attribute i is turned off / on, chosen
+                              with the strengths (1 where not calibrated): F_i^3 keeps a moustache on the upper
+                              lip where F_i darkens the whole lower face
 
 An edit of attribute i to target t at strength s (editing.regress) moves z along B_i until r_i reaches
 goal = off_i + s (on_i - off_i) (mirrored, on_i - s (on_i - off_i), for t = 0): s = 1 is where the average
@@ -19,7 +22,8 @@ than CAP_SPREADS * s spreads |on_i - off_i|, so that a face read far off the tra
 it. With several changes, editing.regress moves and draws each attribute alone and adds up the changes, each
 kept inside its own footprint.
 
-Strengths. Per attribute and direction, of the strengths of a grid at which the bundled attribute classifier sees
+Strengths. Per attribute and direction, of the strengths of a grid (each tried with every footprint power of
+cfg.powers) at which the bundled attribute classifier sees
 the target on at least `goal` of the training faces that do not yet have it (label and classifier agree they lack
 it: true flips; where none does, the grid's largest), the one with the most target seen less a trade-off L times
 the share of the other attributes the classifier reads changed on those faces. The goal alone (the smallest
@@ -64,12 +68,17 @@ class EditConstants:
     means: torch.Tensor  # (A, 2) mean read-out without, with the attribute
     footprints: torch.Tensor  # (A, S, S) in [0, 1]
     strengths: dict[str, dict[str, float]] = field(default_factory=dict)  # {name: {"on": s, "off": s}}
+    powers: torch.Tensor | None = None  # (A, 2) each footprint's power turning the attribute off, on (None: all 1)
 
     TENSORS = ("directions", "readout", "means", "footprints")
 
+    def __post_init__(self):
+        if self.powers is None:  # files calibrated before the powers: every footprint as fitted
+            self.powers = torch.ones(len(self.footprints), 2, device=self.footprints.device)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """As stored in the weights file, fp32, under EDIT_PREFIX."""
-        return {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in self.TENSORS}
+        return {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in (*self.TENSORS, "powers")}
 
     @classmethod
     def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict) -> EditConstants | None:
@@ -77,10 +86,22 @@ class EditConstants:
         if not all(EDIT_PREFIX + k in tensors for k in cls.TENSORS):
             return None
         strengths = (meta.get("edit") or {}).get("strengths") or {}
-        return cls(**{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS}, strengths=strengths)
+        powers = tensors.get(EDIT_PREFIX + "powers")
+        return cls(
+            **{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS},
+            strengths=strengths,
+            powers=None if powers is None else powers.float(),
+        )
 
     def to(self, device: torch.device | str) -> EditConstants:
-        return EditConstants(**{k: getattr(self, k).to(device) for k in self.TENSORS}, strengths=self.strengths)
+        moved = {k: getattr(self, k).to(device) for k in (*self.TENSORS, "powers")}
+        return EditConstants(**moved, strengths=self.strengths)
+
+    def footprint(self, i: int, target: torch.Tensor) -> torch.Tensor:
+        """(b, 1, S, S): attribute i's footprint for faces turning it on (target (b,) True) or off, each raised to
+        the power calibrated for its direction."""
+        power = self.powers[i, target.long()]  # (b,)
+        return self.footprints[i][None, None] ** power[:, None, None, None]
 
     def needed(self, z: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """How far each attribute's read-out must move to reach its goal, (B, A) for z (B, Z) and targets (B, A)
@@ -184,6 +205,9 @@ class CalibrateConfig:
     trade: float | None = 5.0
     faces: int = 100  # training faces drawn per attribute and direction (before the strict filter)
     grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+    # footprint powers each strength is tried with: a higher one keeps the change nearer where the attribute shows
+    # most (docs/results.md, "Footprint powers")
+    powers: tuple[float, ...] = (1.0, 3.0)
     # training faces B, the read-out and the means are fitted on (None: all). Rare attributes' directions depend on
     # which faces a sample happens to hold, so the default takes every one (encoding them is cheap beside the search)
     latent_faces: int | None = None
@@ -225,6 +249,7 @@ class Cell:
     faces: int  # strict faces it was calibrated on
     seen: float | None  # share of them showing the target at that strength (None: too few faces)
     kept: float | None = None  # share of the other attributes the classifier reads as before
+    power: float = 1.0  # the footprint's power it was tried with
 
     def score(self, trade: float) -> float:
         return self.seen - trade * (1 - self.kept)
@@ -241,14 +266,16 @@ def calibrate_strengths(
     device: torch.device | str = "cpu",
     on_cell: Callable[[str, bool, Cell], None] | None = None,
 ) -> dict[str, dict[str, Cell]]:
-    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid at which the classifier sees the target
-    on cfg.goal of the strict training faces, edited with the model's constants (model.edit_constants), the one
-    with the best Cell.score(cfg.trade); with cfg.trade None, the smallest."""
+    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid, each with every footprint power of
+    cfg.powers, at which the classifier sees the target on cfg.goal of the strict training faces, edited with the
+    model's constants (model.edit_constants), the one with the best Cell.score(cfg.trade); with cfg.trade None,
+    the smallest (the better kept of equal ones). The chosen powers are left in the constants."""
     cfg = cfg or CalibrateConfig()
     from jmvae_cli.model import pixels_to_input
     from jmvae_cli.quality import as_written
 
     order = np.random.default_rng(cfg.seed).permutation(train_rows)
+    constants = constants_of(model)
     out: dict[str, dict[str, Cell]] = {}
     for i, name in enumerate(attr_names):
         for on in (True, False):
@@ -264,17 +291,26 @@ def calibrate_strengths(
             cell = Cell(cfg.fallback_strength, len(x), None)
             if len(x) >= cfg.min_faces:
                 tried = []
-                for s in cfg.grid:
-                    e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
-                    after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
-                    seen = float((after[:, i] == on).float().mean())
-                    kept = float((after[:, others] == read[:, others]).float().mean())
-                    tried.append(cell := Cell(s, len(x), seen, kept))
-                    if cfg.trade is None and seen >= cfg.goal:
-                        break
-                if cfg.trade is not None:  # among the strengths that reach the goal, where some do
-                    reach = [c for c in tried if c.seen >= cfg.goal] or tried[-1:]
+                for power in cfg.powers:
+                    constants.powers[i, int(on)] = power
+                    for s in cfg.grid:
+                        e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
+                        after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
+                        seen = float((after[:, i] == on).float().mean())
+                        kept = float((after[:, others] == read[:, others]).float().mean())
+                        tried.append(Cell(s, len(x), seen, kept, power))
+                        if cfg.trade is None and seen >= cfg.goal:
+                            break
+                # among the strengths that reach the goal, where some do (else the largest, its best power)
+                reach = [c for c in tried if c.seen >= cfg.goal]
+                if not reach:
+                    largest = [c for c in tried if c.strength == cfg.grid[-1]]
+                    reach = [max(largest, key=lambda c: c.score(cfg.trade if cfg.trade is not None else 0.0))]
+                if cfg.trade is None:
+                    cell = min(reach, key=lambda c: (c.strength, -c.kept))
+                else:
                     cell = max(reach, key=lambda c: c.score(cfg.trade))
+            constants.powers[i, int(on)] = cell.power
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)
@@ -287,6 +323,7 @@ def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: 
     return {
         "method": editing.REGRESS,
         "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
+        "powers": {a: {d: c.power for d, c in dirs.items()} for a, dirs in cells.items()},
         "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
         "kept": {a: {d: c.kept for d, c in dirs.items()} for a, dirs in cells.items()},
         "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},

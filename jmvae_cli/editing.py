@@ -13,7 +13,8 @@ the pixel range, and the photo at full resolution gets the same after - before (
     regress the face's own latent z = mu_x moved along each changed attribute's regression direction until a linear
             read-out of that attribute reaches a goal set by the strength (edit_directions.py: the constants,
             fitted on training faces and stored with the weights by `jmvae calibrate`); before = D(z), after =
-            D(z) + sum_i F_i (D(z_i') - D(z)), z_i' the move of changed attribute i alone and F_i its footprint, so
+            D(z) + sum_i F_i (D(z_i') - D(z)), z_i' the move of changed attribute i alone and F_i its footprint
+            (raised to the power calibrated for the attribute and direction), so
             that each change lands only where the attribute shows in photos (blond hair, not a blond tint over the
             face). A face with several changes also gets them in one move inside the union of their footprints,
             and keeps whichever of the two the model, reading the results, sees more of the changes on. Measured
@@ -99,7 +100,7 @@ def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor)
         z_new = constants.move(z[rows], only, target[rows], s[rows])  # (b, Z)
         moved = (z_new != z[rows]).any(1)[:, None, None, None]  # (b, 1, 1, 1): a face left where it is stays so
         drawn = model.images_from_z(z_new)  # (b, 3, H, W)
-        after[rows] += torch.where(moved, constants.footprints[i] * (drawn - before[rows]), 0)
+        after[rows] += torch.where(moved, constants.footprint(i, target[rows, i]) * (drawn - before[rows]), 0)
     rows = (changed.sum(1) > 1).nonzero()[:, 0]  # the faces with several changes
     if len(rows) == 0:
         return before, after
@@ -109,7 +110,10 @@ def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor)
     # (blond bangs, not a dark fringe over blond hair). Each face keeps whichever the model reads as doing more.
     c = changed[rows]  # (b, A)
     drawn = model.images_from_z(constants.move(z[rows], c, target[rows], s[rows]))  # (b, 3, H, W)
-    union = 1 - (1 - constants.footprints[None] * c[:, :, None, None]).prod(1, keepdim=True)  # (b, 1, H, W)
+    outside = torch.ones_like(before[rows, :1])  # (b, 1, H, W): outside every changed footprint
+    for i in c.any(0).nonzero()[:, 0].tolist():
+        outside = outside * (1 - constants.footprint(i, target[rows, i]) * c[:, i, None, None, None])
+    union = 1 - outside
     together = before[rows] + union * (drawn - before[rows])  # (b, 3, H, W)
 
     def done(candidate: torch.Tensor) -> torch.Tensor:

@@ -148,11 +148,12 @@ def test_the_constants_travel_in_the_weights_file(tmp_path):
     old = save_tiny(tmp_path / "old.safetensors")
     assert checkpoint.load_model(old).model.edit_constants is None  # a file without them still loads
     c = constants(strengths={"Smiling": {"on": 3.0, "off": 1.5}})
+    c.powers[2] = torch.tensor([1.0, 3.0])
     new = tmp_path / "new.safetensors"
     checkpoint.save_edit_constants(old, new, c.tensors(), {"method": "regress", "strengths": c.strengths})
     loaded = checkpoint.load_model(new)
     got = loaded.model.edit_constants
-    for k in EditConstants.TENSORS:
+    for k in (*EditConstants.TENSORS, "powers"):
         assert torch.equal(getattr(got, k), getattr(c, k))
     assert got.strengths == c.strengths and loaded.meta["edit"]["method"] == "regress"
     assert checkpoint.read_meta(new)["edit"]["strengths"]["Smiling"] == {"on": 3.0, "off": 1.5}
@@ -276,7 +277,7 @@ def test_fit_takes_every_training_face_unless_told_to_sample():
     assert not torch.allclose(sampled.directions, every, atol=1e-3)
 
 
-def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
+def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
     from jmvae_cli import quality
 
     judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
@@ -286,28 +287,58 @@ def test_a_trade_off_keeps_the_strength_with_the_best_score(tmp_path):
     train = np.arange(60)
     model = model_with(constants(off=0.0, on=1.0))
     model.edit_constants = edit_directions.fit(model, images, labels, train)
-    grid = (0.5, 1.0, 2.0, 4.0)
+    grid, powers = (0.5, 1.0, 2.0, 4.0), (1.0, 3.0)
 
     def cells(**cfg):
         config = edit_directions.CalibrateConfig(faces=30, min_faces=1, **cfg)
         return edit_directions.calibrate_strengths(model, judge, images, labels, train, ATTRS, config)
 
-    alone = {s: cells(grid=(s,)) for s in grid}  # every strength scored on its own, the same faces
+    # every strength and power scored on its own, the same faces
+    alone = {(s, p): cells(grid=(s,), powers=(p,)) for s in grid for p in powers}
     tried = 0
     for trade, goal in ((0.0, 0.0), (2.0, 0.0), (1e6, 0.0), (2.0, 0.5), (None, 0.5)):
-        chosen = cells(grid=grid, trade=trade, goal=goal)
+        chosen = cells(grid=grid, powers=powers, trade=trade, goal=goal)
         for name in ATTRS:
             for way in ("on", "off"):
                 c = chosen[name][way]
-                if alone[grid[0]][name][way].seen is None:  # no face the classifier reads as lacking the target
+                if alone[grid[0], 1.0][name][way].seen is None:  # no face the classifier reads as lacking the target
                     assert c.seen is None and c.strength == edit_directions.CalibrateConfig().fallback_strength
                     continue
-                # of the strengths that reach the goal (none: the largest), the best score
-                reach = [s for s in grid if alone[s][name][way].seen >= goal] or [grid[-1]]
-                if trade is None:  # the goal alone: the smallest strength that reaches it
-                    assert c.strength == reach[0]
+                got = alone[c.strength, c.power][name][way]
+                assert (c.seen, c.kept) == (got.seen, got.kept)
+                assert model.edit_constants.powers[ATTRS.index(name), int(way == "on")] == c.power
+                reach = [k for k in alone if alone[k][name][way].seen >= goal]
+                if trade is None:  # the goal alone: the smallest strength that reaches it, the better kept
+                    if reach:
+                        assert c.strength == min(s for s, _ in reach)
+                        assert c.kept == max(alone[k][name][way].kept for k in reach if k[0] == c.strength)
                     continue
-                scores = [alone[s][name][way].score(trade) for s in reach]
-                assert c.strength == reach[scores.index(max(scores))]
+                # of the cells that reach the goal (none: the largest strength's), the best score
+                reach = reach or [k for k in alone if k[0] == grid[-1]]
+                assert c.score(trade) == max(alone[k][name][way].score(trade) for k in reach)
                 tried += 1
     assert tried >= 6
+
+
+def test_a_footprint_power_keeps_the_change_nearer_its_middle():
+    foot = torch.zeros(len(ATTRS), S, S)
+    foot[1, 10:50, 10:50] = 0.5
+    foot[1, 25:35, 25:35] = 1.0
+    cubed = constants(off=50.0, on=51.0, footprints=foot)  # every face has far to go
+    cubed.powers[1, 1] = 3.0  # turning attribute 1 on
+    x = faces(2)
+    plain = editing.edit(model_with(constants(off=50.0, on=51.0, footprints=foot)), x, {1: attributes.coded(True, 1.5)})
+    model = model_with(cubed)
+    sharp = editing.edit(model, x, {1: attributes.coded(True, 1.5)})
+    ring = (plain.after - plain.before)[:, :, 10:20, 10:20]
+    assert torch.allclose((sharp.after - sharp.before)[:, :, 10:20, 10:20], ring / 4, atol=1e-6)
+    middle = slice(25, 35)
+    assert torch.allclose(sharp.after[:, :, middle, middle], plain.after[:, :, middle, middle], atol=1e-6)
+    # turning it off keeps power 1 (faces far above the goal of "off" this time)
+    down = constants(off=-50.0, on=-49.0, footprints=foot)
+    down_cubed = constants(off=-50.0, on=-49.0, footprints=foot)
+    down_cubed.powers[1, 1] = 3.0
+    change = {1: attributes.coded(False, 1.5)}
+    a, b = (editing.edit(model_with(c), x, change) for c in (down, down_cubed))
+    assert (a.after - a.before)[:, :, 10:20, 10:20].abs().amax() > 0.01
+    assert torch.equal(a.after, b.after)
