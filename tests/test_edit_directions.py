@@ -159,6 +159,11 @@ def test_the_constants_travel_in_the_weights_file(tmp_path):
     assert checkpoint.read_meta(new)["edit"]["strengths"]["Smiling"] == {"on": 3.0, "off": 1.5}
     for k, v in checkpoint.load_model(old).model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v)  # the model itself is copied as it was
+    # a file calibrated before the footprint powers edits with every footprint as fitted
+    earlier = tmp_path / "earlier.safetensors"
+    tensors = {k: v for k, v in c.tensors().items() if not k.endswith("powers")}
+    checkpoint.save_edit_constants(old, earlier, tensors, {"method": "regress"})
+    assert torch.equal(checkpoint.load_model(earlier).model.edit_constants.powers, torch.ones(len(ATTRS), 2))
     # written again: the old constants are replaced, not added to
     checkpoint.save_edit_constants(new, new, constants(seed=5).tensors(), {"method": "regress"})
     assert torch.equal(checkpoint.load_model(new).model.edit_constants.directions, constants(seed=5).directions)
