@@ -50,6 +50,8 @@ MAX_STRENGTH = 10.0
 class AttributeSpecError(JmvaeError):
     """A change that cannot be read: a bad strength, a flip where there is no face, a conflict."""
 
+    exit_code = 2  # a usage error, as Typer's own for a bad option
+
 
 class AttributeNameError(AttributeSpecError):
     pass

@@ -237,29 +237,40 @@ def edit(
 
 
 @dataclass(frozen=True)
-class Weak:
-    """A requested change the model does not see in its own edit."""
+class Reading:
+    """How the model reads one requested change on one face."""
 
     face: int  # row of the edit
     index: int  # the attribute
     on: bool  # which way it was asked to go
-    p: float  # the model's probability of the attribute on the edited face
+    p: float  # the model's probability of the attribute on the face
 
 
-def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[Weak]:
+def _readings(probs: torch.Tensor, changes: Mapping[int, float], seen: bool) -> list[Reading]:
+    """The changes whose target the model reads (seen) or does not read (not seen) in probs (B, A)."""
+    out = []
+    for face in range(len(probs)):
+        for i, v in changes.items():
+            on = v > attributes.THRESHOLD
+            p = float(probs[face, i])
+            if (bool(attributes.present(p)) == on) == seen:
+                out.append(Reading(face, i, on, p))
+    return out
+
+
+def already(edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
+    """The changes (as given to edit, the same for every face) whose target the model saw on the face before the
+    edit: asked for what is there."""
+    return _readings(edited.probs.float().cpu(), changes, seen=True)
+
+
+def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
     """The changes (as given to edit, the same for every face) that the model, reading the edited faces as written
-    (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD."""
+    (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD: changes that look weak."""
     import torch
 
     from jmvae_cli.model import output_to_pixels, pixels_to_input
 
     with torch.inference_mode():
         probs = model.attrs_from_images(pixels_to_input(output_to_pixels(edited.result))).float().cpu()  # (B, A)
-    weak = []
-    for face in range(len(probs)):
-        for i, v in changes.items():
-            on = v > attributes.THRESHOLD
-            p = float(probs[face, i])
-            if bool(attributes.present(p)) != on:
-                weak.append(Weak(face, i, on, p))
-    return weak
+    return _readings(probs, changes, seen=False)

@@ -28,13 +28,14 @@ def run(*args, input=None):
     return CliRunner().invoke(cli.app, [str(a) for a in args], input=input)
 
 
-def fails(result, *words, code=1, after_report=False):
-    """An expected error: no traceback, and (exit 1) one "error:" line on stderr naming what went wrong, with
-    nothing else on stdout or stderr; after_report: that line comes below what the command reported before it."""
+def fails(result, *words, code=1, after_report=False, one_line=None):
+    """An expected error: no traceback, and (exit 1, or one_line) one "error:" line on stderr naming what went wrong,
+    with nothing else on stdout or stderr; after_report: that line comes below what the command reported before it.
+    Exit 2 is a usage error: Typer's own box, or (one_line) ours, as for a change the model cannot read."""
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    if code == 1:
+    if code == 1 if one_line is None else one_line:
         lines = result.stderr.strip().splitlines()
         assert lines and lines[-1].startswith("error: "), result.stderr
         assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr

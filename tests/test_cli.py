@@ -32,6 +32,9 @@ from tests.model_fixtures import (  # noqa: F401 (fixtures)
     write_photo,
 )
 
+# a change the model cannot read (an unknown name, a bad strength): a usage error, one "error:" line
+USAGE = {"code": 2, "one_line": True}
+
 
 def ok(result):
     assert result.exit_code == 0, result.output
@@ -280,7 +283,11 @@ def test_weights_errors(tmp_path, monkeypatch, photo):
     fails(run("edit", photo, "--set", "Smiling", "--weights", other), "not a jmvae model")
     # a model without the asked attribute
     names = save_tiny(tmp_path / "names.safetensors", ["Bald", "Bangs", "Big_Lips", "Chubby", "Goatee"])
-    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--weights", names), "unknown attribute 'Smiling'")
+    fails(
+        run("edit", photo, "--no-detect", "--set", "Smiling", "--weights", names),
+        "unknown attribute 'Smiling'",
+        **USAGE,
+    )
     monkeypatch.setenv("JMVAE_WEIGHTS", str(tmp_path / "gone.safetensors"))
     fails(run("attributes"), "gone.safetensors", "not found")
 
@@ -316,8 +323,12 @@ def test_attr2img_to_stdout_never_to_a_terminal(weights_env, monkeypatch):
 
 def test_attr2img_errors(weights_env, tmp_path):
     fails(run("attr2img", "--set", "Smiling"), code=2)  # no -o
-    fails(run("attr2img", "--set", "Smilin", "-o", tmp_path / "a.png"), "did you mean Smiling")
-    fails(run("attr2img", "--set", "Young", "--unset", "young", "-o", tmp_path / "a.png"), "both --set and --unset")
+    fails(run("attr2img", "--set", "Smilin", "-o", tmp_path / "a.png"), "did you mean Smiling", **USAGE)
+    fails(
+        run("attr2img", "--set", "Young", "--unset", "young", "-o", tmp_path / "a.png"),
+        "both --set and --unset",
+        **USAGE,
+    )
     fails(run("attr2img", "-o", tmp_path / "no" / "dir" / "a.png"), "does not exist")
     fails(run("attr2img", "-o", tmp_path / "a.png", "--base", "zeros", "--attrs", "-"), code=2)
     fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", tmp_path / "none.json"), "none.json")
@@ -415,8 +426,10 @@ def test_edit_stdin_and_stdout(weights_env, photo, monkeypatch):
 def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
     fails(run("edit", photo), code=2)  # nothing to change
     fails(run("edit", photo, "--set", "Smiling", "--crop-only", "--show"), code=2)
-    fails(run("edit", photo, "--no-detect", "--set", "Eyeglases"), "did you mean Eyeglasses")
-    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "smiling"), "both --set and --unset")
+    fails(run("edit", photo, "--no-detect", "--set", "Eyeglases"), "did you mean Eyeglasses", **USAGE)
+    fails(
+        run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "smiling"), "both --set and --unset", **USAGE
+    )
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "nodir" / "x.png"), "does not exist")
     fails(
         run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension"

@@ -268,6 +268,31 @@ def test_read_back_library():
     assert [(w.face, w.index) for w in weak] == expected
 
 
+def test_a_change_already_there_is_noted_on_stderr(tmp_path, photo):
+    weights = save_tiny(tmp_path / "tiny.safetensors")
+    tr = translate.Translator.from_weights(weights, "cpu", "fp32")
+    probs = translate.infer_attributes(tr, _crop_of(photo, tr)[None])[0]
+    on = [n for n, p in zip(ATTRS, probs) if p >= 0.5]
+    off = [n for n, p in zip(ATTRS, probs) if p < 0.5]
+    assert on and off
+    asked = ["--set", on[0], "--unset", off[0], "--set", off[-1]]
+    r = run("edit", photo, "--no-detect", *asked, "-o", tmp_path / "e.png", "--weights", weights)
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2, r.stderr
+    assert f"{on[0]} is already on" in notes[0] and f"{off[0]} is already off" in notes[1]
+    assert all("photo.png" in line for line in notes)
+
+
+def test_already_library():
+    model = model_with(None)
+    e = editing.edit(model, faces(2), {0: 1.5, 1: -0.5})
+    seen = editing.already(e, {0: 1.5, 1: -0.5})
+    expected = [(f, i) for f in range(2) for i, on in ((0, True), (1, False)) if (e.probs[f, i] >= 0.5) == on]
+    assert [(s.face, s.index) for s in seen] == expected
+    assert all(s.p == pytest.approx(float(e.probs[s.face, s.index])) for s in seen)
+
+
 def test_fit_takes_every_training_face_unless_told_to_sample():
     model = tiny_model()
     rng = np.random.default_rng(0)

@@ -133,5 +133,5 @@ def test_figure_errors(weights_env, tmp_path):
     assert run("figure", "faces", "photo.png", "-o", tmp_path / "x.png").exit_code == 2
     assert run("figure", "faces").exit_code == 2  # no -o
     r = run("figure", "faces", "-o", tmp_path / "x.png", "--attr", "Bald")
-    assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "Bald" in r.stderr and not (tmp_path / "x.png").exists()

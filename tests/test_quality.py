@@ -205,8 +205,8 @@ def test_evaluate_table(tiny_weights, classifier_weights, data_dir):
     assert "coherence" in r.stdout and "+Male" in r.stdout and "-Smiling" in r.stdout and "mean" in r.stdout
 
 
-def one_line_error(r, *words):
-    assert r.exit_code == 1, r.output
+def one_line_error(r, *words, code=1):
+    assert r.exit_code == code, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "Traceback" not in r.output and r.stdout == ""
@@ -219,7 +219,7 @@ def test_evaluate_errors(tiny_weights, classifier_weights, data_dir, tmp_path):
     other = save_classifier(tmp_path / "other.safetensors", ["Smiling", "Male", "Bald", "Blond_Hair", "Young"])
     one_line_error(run(*base, "--classifier", other), "Eyeglasses")
     one_line_error(run(*base, "--classifier", classifier_weights, "--split", "test"), "no test images")
-    one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Bald"), "Bald")
+    one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Bald"), "Bald", code=2)
     one_line_error(run(*base, "--classifier", tmp_path / "missing.safetensors"), "not found")
     assert run(*base, "--skip", "img2attr", "--skip", "attr2img", "--skip", "edit").exit_code == 2
     assert run(*base, "-f", "csv").exit_code == 2

@@ -98,8 +98,8 @@ def test_zeta_must_be_finite(weights_env, tmp_path, value):
 
 @pytest.mark.parametrize("spec", ["Smiling=inf", "Smiling=nan", "Smiling=1e400", "Smiling=-2", "Smiling=12"])
 def test_own_strengths_are_checked_too(weights_env, photo, tmp_path, spec):
-    fails(run("attr2img", "--set", spec, "-o", tmp_path / "a.png"), spec)
-    fails(run("edit", photo, "--no-detect", "--set", spec, "-o", tmp_path / "e.png"), spec)
+    fails(run("attr2img", "--set", spec, "-o", tmp_path / "a.png"), spec, code=2, one_line=True)
+    fails(run("edit", photo, "--no-detect", "--set", spec, "-o", tmp_path / "e.png"), spec, code=2, one_line=True)
 
 
 @pytest.mark.parametrize("soft", [[], ["--soft"]])

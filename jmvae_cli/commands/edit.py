@@ -129,6 +129,7 @@ def edit(
                 common.note_face_choice(r.file, r.crops[0])
             if print_attrs:
                 _print_attrs(r, tr.attr_names, values)
+            _note_already(r, tr, values)
             _warn_weak(r, tr, values)
             if r.image is not None:
                 common.write_output_image(r.image, "-")
@@ -143,20 +144,36 @@ def edit(
         raise typer.Exit(1)
 
 
+def _where(r, face: int) -> str:
+    """The photo, and the face in it where it has several, as stderr names them."""
+    name = "<stdin>" if r.file == "-" else r.file
+    return name + (f" (face {r.crops[face].face})" if len(r.crops) > 1 else "")
+
+
+def _note_already(r, tr, values: dict[int, float]) -> None:
+    """One line on stderr for each requested change the model already saw on the face before the edit: asked to
+    add what is there (or take away what is not), the user should not wait for a change to show."""
+    for seen in editing.already(r.edit, values):
+        console.print(
+            f"note: {_where(r, seen.face)}: {tr.attr_names[seen.index]} is already {'on' if seen.on else 'off'} "
+            f"(the model reads p={seen.p:.2f})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _warn_weak(r, tr, values: dict[int, float]) -> None:
     """One line on stderr for each requested change the model does not see in its own edit of the face."""
     from jmvae_cli import attributes
 
-    name = "<stdin>" if r.file == "-" else r.file
     for weak in editing.read_back(tr.model, r.edit, values):
         attr = tr.attr_names[weak.index]
-        face = f" (face {r.crops[weak.face].face})" if len(r.crops) > 1 else ""
         used = abs(2 * values[weak.index] - 1)
         stronger = min(attributes.MAX_STRENGTH, max(4.0, 2 * used))
         option = "--set" if weak.on else "--unset"
         hint = f"; try {option} {attr}={stronger:g}" if stronger > used else ""
         console.print(
-            f"[yellow]warning:[/] {name}{face}: {attr} looks weak after the edit (the model reads p={weak.p:.2f}){hint}",
+            f"[yellow]warning:[/] {_where(r, weak.face)}: {attr} looks weak after the edit (the model reads p={weak.p:.2f}){hint}",
             highlight=False,
             soft_wrap=True,
         )
