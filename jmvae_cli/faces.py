@@ -478,9 +478,11 @@ def _usable(found: list[Face], all_faces: bool) -> list[Frame]:
 
 def crop_face(img: Image.Image, frame: Frame, size: int = 64) -> Image.Image:
     """Cut `frame` out of `img` as a size x size RGB image, upright; outside the photo, its edge pixels repeat.
+    An RGBA image is cut as it shows on the page (images.flatten).
 
     An upright frame is cut and resized as the training images were (bicubic, antialiased); a turned one is
     first shrunk to twice the size by area averaging, then turned (bicubic) and halved the same way."""
+    img = images.flatten(img)
     if frame.angle == 0:
         return _cut(img, frame.box).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     box = frame.box
@@ -540,8 +542,10 @@ def load_faces(
     source: str | Path | bytes, name: str, *, all_faces: bool = False, detect: bool = True, size: int = 64
 ) -> tuple[Image.Image, list[FaceCrop]]:
     """Read a photo and cut out its face(s) as the model's input, size x size. Raises JmvaeError naming the file:
-    NoFaceError, or its subclass FaceTooSmallError."""
-    img = images.read_image(source, name)
+    NoFaceError, or its subclass FaceTooSmallError. The photo comes back with its transparency (RGBA), if it has
+    any, for an edit to keep; faces are found and cut in it as it shows on the page (images.flatten)."""
+    photo = images.read_image(source, name, keep_alpha=True)
+    img = images.flatten(photo)
     if not detect:
         frames, found = find_faces(img, detect=False), 1
     else:
@@ -553,7 +557,7 @@ def load_faces(
         except NoFaceError:
             raise NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
         found = len(faces)
-    return img, [FaceCrop(i, f, np.asarray(crop_face(img, f, size)), found) for i, f in enumerate(frames)]
+    return photo, [FaceCrop(i, f, np.asarray(crop_face(img, f, size)), found) for i, f in enumerate(frames)]
 
 
 # ----------------------------------------------------------------------------- pasting an edit back
@@ -581,7 +585,7 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
 
     The change goes back through the inverse of the crop's transform (smoothly, bicubically upscaled, and turned
     back with the face) and through a soft face-shaped mask (face_mask); every pixel outside that mask is left
-    exactly as it was."""
+    exactly as it was. An RGBA photo keeps its alpha, and the change goes into its colours as stored."""
     frame, n = face.frame, len(delta)
     W, H = photo.size
     b = frame.box
@@ -589,7 +593,7 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
     x1, y1 = min(math.ceil(b.x + b.w), W), min(math.ceil(b.y + b.h), H)
     out = np.array(photo.convert("RGB"))  # (H, W, 3) uint8, a copy
     if x0 >= x1 or y0 >= y1:  # the frame lies wholly outside the photo
-        return Image.fromarray(out, "RGB")
+        return _like(photo, out)
     m = frame.from_photo(n)  # photo pixel -> crop pixel
     m[:, 2] += m[:, :2] @ (x0, y0)  # from the region's pixels instead
     d = cv2.warpAffine(
@@ -608,4 +612,12 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
     w = _mask(np.stack([nx, ny], -1), feather)  # (h, w)
     region = out[y0:y1, x0:x1].astype(np.float32) + d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
-    return Image.fromarray(out, "RGB")
+    return _like(photo, out)
+
+
+def _like(photo: Image.Image, rgb: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 colours as an image of the photo's kind: RGB, or RGBA with the photo's alpha."""
+    out = Image.fromarray(rgb, "RGB")
+    if photo.mode == "RGBA":
+        out.putalpha(photo.getchannel("A"))
+    return out

@@ -1,4 +1,5 @@
-"""Reading and writing user images: any file Pillow can open comes back as plain 8-bit RGB, or as one clear error."""
+"""Reading and writing user images: any file Pillow can open comes back as plain 8-bit RGB (or, asked to keep its
+transparency, RGBA), or as one clear error."""
 
 import io
 import warnings
@@ -18,14 +19,19 @@ from jmvae_cli.files import replacing
 # store any colour (often black or leftovers of an edit), which dropping the alpha would expose; white is what
 # the picture looked like on the page it came from.
 BACKGROUND = (255, 255, 255)
+# Formats that store an alpha channel; an RGBA image written to any other is flattened on BACKGROUND first.
+ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
 
 
 class ImageError(JmvaeError):
     pass
 
 
-def read_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Image.Image:
-    """Decode an image file, bytes or binary stream to an upright RGB image; `name` labels it in errors."""
+def read_image(
+    source: str | Path | bytes | BinaryIO, name: str | None = None, *, keep_alpha: bool = False
+) -> Image.Image:
+    """Decode an image file, bytes or binary stream to an upright RGB image; `name` labels it in errors. With
+    keep_alpha an image with transparency comes back as RGBA, its colours as stored (flatten shows it as seen)."""
     if isinstance(source, (str, Path)):
         name = name or str(source)
         try:
@@ -54,10 +60,22 @@ def read_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
             raise ImageError(f"{name}: image too large to decode safely ({e})") from None
         except Exception as e:  # decoders of untrusted bytes raise OSError, SyntaxError, ValueError, EOFError, ...
             raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
-    return _to_rgb(img)
+    img = _to_8_bit(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return img.convert("RGBA") if keep_alpha else flatten(img.convert("RGBA"))
+    return img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def flatten(img: Image.Image) -> Image.Image:
+    """An RGBA image as it shows on the page, composited on BACKGROUND: RGB. Any other image as it is."""
+    if img.mode != "RGBA":
+        return img
+    out = Image.new("RGBA", img.size, BACKGROUND + (255,))
+    out.alpha_composite(img)
+    return out.convert("RGB")
+
+
+def _to_8_bit(img: Image.Image) -> Image.Image:
     if img.mode.startswith("I;16"):
         # 16-bit grey: convert("L") would clip everything above 255 to white; rescale the range instead
         a = np.asarray(img).astype(np.float32) / 257  # (H, W) 0..65535 -> 0..255
@@ -69,11 +87,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if a.max() > 255:
             a = a / 257
         img = Image.fromarray(np.rint(np.clip(a, 0, 255)).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        img.alpha_composite(rgba)
-    return img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
+    return img
 
 
 def write_image(img: Image.Image, dest: str | Path | BinaryIO, *, fast: bool = False) -> None:
@@ -118,6 +132,8 @@ def _format_for(suffix: str, name: str) -> str:
 def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False) -> None:
     # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1} if fast and fmt == "PNG" else {}
+    if fmt not in ALPHA_FORMATS:
+        img = flatten(img)
     try:
         img.save(f, format=fmt, **options)
     except OSError as e:

@@ -385,6 +385,31 @@ def test_edit_real_photo_leaves_pixels_outside_the_face_alone(weights_env, tmp_p
     assert (after != before).any()
 
 
+def test_edit_keeps_a_cutouts_transparency(weights_env, tmp_path):
+    # a cut-out portrait (as background removers write them): the face opaque, the rest transparent, with
+    # whatever colour the file stores under alpha 0
+    rgba = np.zeros((120, 200, 4), np.uint8)
+    rgba[..., :3] = np.asarray(Image.open(write_photo(tmp_path / "p.png", 200, 120, seed=3)).convert("RGB"))
+    rgba[:, 50:150, 3] = 255
+    rgba[:, 45:50, 3] = rgba[:, 150:155, 3] = 100  # soft edges
+    src = tmp_path / "cutout.png"
+    Image.fromarray(rgba, "RGBA").save(src)
+    ok(run("edit", src, "--no-detect", "--set", "Smiling", "--unset", "Young", "-o", tmp_path / "out.png"))
+    after = np.asarray(Image.open(tmp_path / "out.png"))
+    assert after.shape == rgba.shape and np.array_equal(after[..., 3], rgba[..., 3])
+    assert np.array_equal(after[:, :40], rgba[:, :40]) and np.array_equal(after[:, 160:], rgba[:, 160:])
+    # the change is the one made to the photo as it shows (on white), added to the colours as stored
+    flat = tmp_path / "flat.png"
+    images.flatten(Image.fromarray(rgba, "RGBA")).save(flat)
+    ok(run("edit", flat, "--no-detect", "--set", "Smiling", "--unset", "Young", "-o", tmp_path / "flat-out.png"))
+    flat_after = np.asarray(Image.open(tmp_path / "flat-out.png")).astype(int)
+    opaque = rgba[..., 3] == 255
+    assert np.array_equal(after[..., :3][opaque], flat_after[opaque])
+    assert (after[..., :3] != rgba[..., :3]).any()
+    ok(run("edit", src, "--no-detect", "--set", "Smiling", "--unset", "Young", "-o", tmp_path / "out.jpg"))
+    assert Image.open(tmp_path / "out.jpg").mode == "RGB"  # JPEG has no alpha: as it shows
+
+
 def test_edit_never_clobbers(weights_env, photo):
     out = photo.with_name("photo-edited.png")
     ok(run("edit", photo, "--no-detect", "--set", "Smiling"))

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.images import ImageError, from_uint8_array, read_image, write_image
+from jmvae_cli.images import ImageError, flatten, from_uint8_array, read_image, write_image
 
 
 def saved(img: Image.Image, fmt: str, **options) -> bytes:
@@ -61,6 +61,23 @@ def test_alpha_is_composited_on_white(mode, clear, solid):
     assert img.mode == "RGB" and img.size == (6, 4)
     assert img.getpixel((5, 1)) == (255, 255, 255)
     assert img.getpixel((1, 1)) == ((255, 0, 0) if mode == "RGBA" else (60, 60, 60))
+
+
+def test_alpha_kept_when_asked_and_flattened_where_the_format_has_none(tmp_path):
+    src = Image.new("RGBA", (6, 4), (10, 20, 30, 0))  # a colour stored under alpha 0
+    src.paste((255, 0, 0, 128), (0, 0, 3, 4))
+    img = read_image(saved(src, "PNG"), keep_alpha=True)
+    assert img.mode == "RGBA" and np.array_equal(np.asarray(img), np.asarray(src))  # colours as stored
+    assert read_image(saved(Image.new("RGB", (3, 3), "red"), "PNG"), keep_alpha=True).mode == "RGB"
+    seen = flatten(img)
+    assert seen.mode == "RGB" and seen.getpixel((5, 1)) == (255, 255, 255) and seen.getpixel((1, 1)) == (255, 127, 127)
+    assert np.array_equal(np.asarray(seen), np.asarray(read_image(saved(src, "PNG"))))  # as read without alpha
+    write_image(img, tmp_path / "a.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(src))
+    write_image(img, tmp_path / "a.jpg")  # JPEG has no alpha: written as it shows, on white
+    assert Image.open(tmp_path / "a.jpg").mode == "RGB"
+    jpeg = np.asarray(Image.open(tmp_path / "a.jpg")).astype(int)  # away from the edge JPEG blurs
+    assert np.abs(jpeg[1, [0, 5]] - np.asarray(seen)[1, [0, 5]]).max() < 12
 
 
 def test_exif_orientation_is_applied():
@@ -134,7 +151,7 @@ def test_write_is_atomic(tmp_path):
     write_image(Image.new("RGB", (8, 8), "blue"), dest)
     before = dest.read_bytes()
     with pytest.raises(ImageError, match="keep.jpg: cannot write"):
-        write_image(Image.new("RGBA", (8, 8)), dest)  # JPEG has no alpha: fails midway
+        write_image(Image.new("F", (8, 8)), dest)  # JPEG has no float pixels: fails midway
     assert dest.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.jpg"]
 
