@@ -80,6 +80,7 @@ SCANS = (
 )
 MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
 SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
+OVER_SIZE = 1.5  # ... and a frame over another, this many times larger or smaller, is not another face beside it
 # Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
 # ranked before the faces out of focus, and, found upright, settling the search (no turned copies are scanned).
 IN_FOCUS = 0.03
@@ -392,7 +393,7 @@ def _merge(faces: list[Face]) -> list[Face]:
 
 def _same(a: Frame, b: Frame) -> bool:
     near = math.hypot(a.cx - b.cx, a.cy - b.cy) < SAME_FACE * max(a.side, b.side)
-    return near and abs(math.log(a.side / b.side)) < math.log(1.5)  # a small face on a big one is another face
+    return near and abs(math.log(a.side / b.side)) < math.log(OVER_SIZE)  # a small face on a big one is another face
 
 
 def _behind(face: Face, faces: list[Face]) -> bool:
@@ -416,7 +417,7 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     turned copies. Without all_faces the search stops after the first of these that finds a face sure and in
     focus, so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
     found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
-    first (rank)."""
+    first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face)."""
     photo = _Photo(img)
     faces: list[Face] = []
 
@@ -434,7 +435,8 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
             for angle in angles:
                 found = [f for f in photo.align(photo.scan(angle, how=how)) if f.score >= how.face_min]
                 faces = _merge(faces + found)
-    return rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
+    ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
+    return every_face(ranked, photo.shows_eyes) if all_faces else ranked
 
 
 def rank(faces: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: True) -> list[Face]:
@@ -449,6 +451,26 @@ def rank(faces: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: 
     leading = [f for f in faces if tier(f) == (False, False)]
     eyeless = {id(f) for f in leading if not shows_eyes(f.frame)} if len(leading) > 1 else set()
     return sorted(faces, key=lambda f: (*tier(f), id(f) in eyeless, -f.frame.side))
+
+
+def every_face(ranked: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: True) -> list[Face]:
+    """The faces of a ranked list that `--all-faces` edits, best first, each once. Dropped: a less sure box
+    (under FACE_SURE) in which `shows_eyes` finds no eye, unless nothing better was found; and a box lying over a
+    better face at another size (its centre within half the larger side, the sides OVER_SIZE or more apart),
+    which is a box on part of that face or around it, or a face behind it: an edit there would paste a second
+    change over the first face. Faces side by side, of about one size, are all kept."""
+    kept: list[Face] = []
+    for f in ranked:
+        if kept and f.score < FACE_SURE and not shows_eyes(f.frame):
+            continue
+        if not any(_over(f.frame, k.frame) for k in kept):
+            kept.append(f)
+    return kept
+
+
+def _over(a: Frame, b: Frame) -> bool:
+    big, small = max(a.side, b.side), min(a.side, b.side)
+    return math.hypot(a.cx - b.cx, a.cy - b.cy) < big / 2 and big >= OVER_SIZE * small
 
 
 def find_faces(img: Image.Image, *, all_faces: bool = False, detect: bool = True) -> list[Frame]:

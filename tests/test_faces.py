@@ -196,6 +196,29 @@ def test_among_sure_faces_in_focus_those_with_eyes_come_first():
     assert faces.rank([other, person], lambda frame: True) == [person, other]
 
 
+def test_all_faces_keeps_each_face_once_and_drops_what_is_not_one():
+    def face(cx, side, score=0.95):
+        return faces.Face(Frame(cx, 240, side), score, 0.5)
+
+    person = face(300, 200)
+    part = face(300 + 0.4 * 200, 80)  # a box on the person's cheek: another size, its centre on the face
+    around = face(300 + 40, 420)  # a box round the person's head and shoulders
+    neighbour = face(300 + 0.45 * 200, 190)  # heads side by side, of about one size, frames overlapping
+    far = face(900, 150, 0.8)  # less sure, far away: kept if it shows eyes
+    eyeless = face(1200, 150, 0.8)
+    asked = []
+
+    def shows_eyes(frame):
+        asked.append(frame)
+        return frame != eyeless.frame
+
+    ranked = [person, neighbour, far, around, eyeless, part]
+    assert faces.every_face(ranked, shows_eyes) == [person, neighbour, far]
+    assert set(asked) <= {far.frame, eyeless.frame}  # sure faces are not asked
+    # nothing sure found: the best box stays, as without --all-faces
+    assert faces.every_face([eyeless], shows_eyes) == [eyeless]
+
+
 def test_the_eye_check_sees_a_face_and_not_clutter():
     photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "astronaut.png").convert("RGB")
     found = faces.search_faces(photo)[0]
