@@ -454,19 +454,18 @@ def rank(faces: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: 
 
 
 def every_face(ranked: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: True) -> list[Face]:
-    """The faces of a ranked list that `--all-faces` edits, in their order, each once. Taken in focus first and
-    surest first, a box is dropped that is less sure (under FACE_SURE) and in which `shows_eyes` finds no eye,
-    unless nothing came before it; and one lying over a face kept before it at another size (its centre within
-    half the larger side, the sides OVER_SIZE or more apart): a box on part of that face or around it, or a face
-    behind it, where an edit would paste a second change over the first face. Surest rather than rank's order,
-    since rank puts a face behind a sure box on its own eye. Faces side by side, of about one size, are all kept."""
+    """The faces of a ranked list that `--all-faces` edits, best first, each once. Dropped: a less sure box
+    (under FACE_SURE) in which `shows_eyes` finds no eye, unless nothing better was found; and a box lying over a
+    better face at another size (its centre within half the larger side, the sides OVER_SIZE or more apart),
+    which is a box on part of that face or around it, or a face behind it: an edit there would paste a second
+    change over the first face. Faces side by side, of about one size, are all kept."""
     kept: list[Face] = []
-    for f in sorted(ranked, key=lambda f: (f.sharpness < IN_FOCUS, -f.score)):
+    for f in ranked:
         if kept and f.score < FACE_SURE and not shows_eyes(f.frame):
             continue
         if not any(_over(f.frame, k.frame) for k in kept):
             kept.append(f)
-    return [f for f in ranked if any(f is k for k in kept)]
+    return kept
 
 
 def _over(a: Frame, b: Frame) -> bool:

@@ -217,13 +217,6 @@ def test_all_faces_keeps_each_face_once_and_drops_what_is_not_one():
     assert set(asked) <= {far.frame, eyeless.frame}  # sure faces are not asked
     # nothing sure found: the best box stays, as without --all-faces
     assert faces.every_face([eyeless], shows_eyes) == [eyeless]
-    # a sure box on the person's eye, which rank puts first (the face "behind" it): the surer face stays
-    eye = face(300 - 40, 45, 0.93)
-    face_behind = face(300, 200, 0.98)
-    assert faces.every_face([eye, face_behind], shows_eyes) == [face_behind]
-    # a face out of focus behind a sharp one stays behind, however sure
-    blurred = faces.Face(Frame(320, 260, 420), 0.99, faces.IN_FOCUS / 2)
-    assert faces.every_face([person, blurred], shows_eyes) == [person]
 
 
 def test_the_eye_check_sees_a_face_and_not_clutter():
