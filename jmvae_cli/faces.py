@@ -578,7 +578,7 @@ def load_faces(
             raise FaceTooSmallError(f"{name}: {e}", e.side) from None
         except NoFaceError:
             raise NoFaceError(f"{name}: no face found (--no-detect takes the whole image as the face)") from None
-        found = len(faces)
+        found = len(every_face(faces))  # a box over part of the face is not a second face to tell of
     return photo, [FaceCrop(i, f, np.asarray(crop_face(img, f, size)), found) for i, f in enumerate(frames)]
 
 

@@ -219,6 +219,17 @@ def test_all_faces_keeps_each_face_once_and_drops_what_is_not_one():
     assert faces.every_face([eyeless], shows_eyes) == [eyeless]
 
 
+def test_a_box_over_part_of_the_face_is_not_counted_as_another_face(monkeypatch):
+    person = faces.Face(Frame(160, 120, 200), 0.95, 0.5)
+    part = faces.Face(Frame(160 + 0.4 * 200, 120, 80), 0.95, 0.5)
+    beside = faces.Face(Frame(160 + 250, 120, 190), 0.95, 0.5)
+    photo = _png(Image.new("RGB", (640, 480), (90, 90, 90)))
+    for found, count in (([person, part], 1), ([person, part, beside], 2)):
+        monkeypatch.setattr(faces, "search_faces", lambda img, all_faces=False, found=found: found)
+        _, crops = faces.load_faces(photo, "p.png")
+        assert len(crops) == 1 and crops[0].frame == person.frame and crops[0].found == count
+
+
 def test_the_eye_check_sees_a_face_and_not_clutter():
     photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "astronaut.png").convert("RGB")
     found = faces.search_faces(photo)[0]
