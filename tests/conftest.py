@@ -35,7 +35,9 @@ def fails(result, *words, code=1, after_report=False, one_line=None):
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    if code == 1 if one_line is None else one_line:
+    if one_line is None:
+        one_line = code == 1
+    if one_line:
         lines = result.stderr.strip().splitlines()
         assert lines and lines[-1].startswith("error: "), result.stderr
         assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr
