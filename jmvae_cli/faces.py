@@ -638,8 +638,9 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
 
 
 def _like(photo: Image.Image, rgb: np.ndarray) -> Image.Image:
-    """(H, W, 3) uint8 colours as an image of the photo's kind: RGB, or RGBA with the photo's alpha."""
+    """(H, W, 3) uint8 colours as an image of the photo's kind: RGB, or RGBA with the photo's alpha; with its
+    colour profile and metadata (images.METADATA)."""
     out = Image.fromarray(rgb, "RGB")
     if photo.mode == "RGBA":
         out.putalpha(photo.getchannel("A"))
-    return out
+    return images.keep_metadata(photo, out)

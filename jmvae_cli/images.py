@@ -1,5 +1,6 @@
 """Reading and writing user images: any file Pillow can open comes back as plain 8-bit RGB (or, asked to keep its
-transparency, RGBA), or as one clear error."""
+transparency, RGBA), or as one clear error. A photo's colour profile and camera metadata ride along (METADATA), so
+that an edited photo is written with them."""
 
 import io
 import warnings
@@ -21,6 +22,12 @@ from jmvae_cli.files import replacing
 BACKGROUND = (255, 255, 255)
 # Formats that store an alpha channel; an RGBA image written to any other is flattened on BACKGROUND first.
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+# What of a photo's file is kept for its edit, in Image.info: the ICC colour profile (without it a wide-gamut phone
+# photo's colours shift when written back) and the EXIF metadata (camera, date, place), re-encoded without the
+# orientation (the pixels are turned upright on reading) and without the embedded thumbnail (the unedited photo).
+METADATA = ("icc_profile", "exif")
+# Formats that store both
+METADATA_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF"}
 
 
 class ImageError(JmvaeError):
@@ -54,6 +61,7 @@ def read_image(
             img = Image.open(io.BytesIO(data))
             img.load()  # decode now, so truncation shows up here and not in some later resize
             img = ImageOps.exif_transpose(img)
+            meta = _metadata(img)
         except Image.UnidentifiedImageError:
             raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -62,8 +70,29 @@ def read_image(
             raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
     img = _to_8_bit(img)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        return img.convert("RGBA") if keep_alpha else flatten(img.convert("RGBA"))
-    return img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
+        img = img.convert("RGBA") if keep_alpha else flatten(img.convert("RGBA"))
+    else:
+        img = img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
+    img.info = meta
+    return img
+
+
+def _metadata(img: Image.Image) -> dict:
+    """The METADATA of a file as opened, ready to write (see METADATA). A profile of another colour space (a CMYK
+    or grey photo's) is dropped: the pixels are converted to RGB without it."""
+    icc = img.info.get("icc_profile") or b""
+    meta = {"icc_profile": icc} if icc[16:20] == b"RGB " else {}
+    exif = img.getexif()  # the image's own: changed here only once the pixels are upright
+    exif.pop(0x0112, None)  # Orientation
+    if len(exif) or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):  # IFD0, the Exif IFD, the GPS IFD
+        meta["exif"] = exif.tobytes()  # those three only: the thumbnail's IFD is left out
+    return meta
+
+
+def keep_metadata(src: Image.Image, dst: Image.Image) -> Image.Image:
+    """dst, given src's METADATA (a new image made from src's pixels has none)."""
+    dst.info.update({k: src.info[k] for k in METADATA if k in src.info})
+    return dst
 
 
 def flatten(img: Image.Image) -> Image.Image:
@@ -72,7 +101,7 @@ def flatten(img: Image.Image) -> Image.Image:
         return img
     out = Image.new("RGBA", img.size, BACKGROUND + (255,))
     out.alpha_composite(img)
-    return out.convert("RGB")
+    return keep_metadata(img, out.convert("RGB"))
 
 
 def _to_8_bit(img: Image.Image) -> Image.Image:
@@ -132,6 +161,8 @@ def _format_for(suffix: str, name: str) -> str:
 def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False) -> None:
     # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1} if fast and fmt == "PNG" else {}
+    if fmt in METADATA_FORMATS:
+        options.update({k: img.info[k] for k in METADATA if k in img.info})
     if fmt not in ALPHA_FORMATS:
         img = flatten(img)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 from safetensors.torch import save_file
 
 from jmvae_cli import attributes, editing, faces, formats, images, runtime, translate
@@ -408,6 +408,17 @@ def test_edit_keeps_a_cutouts_transparency(weights_env, tmp_path):
     assert (after[..., :3] != rgba[..., :3]).any()
     ok(run("edit", src, "--no-detect", "--set", "Smiling", "--unset", "Young", "-o", tmp_path / "out.jpg"))
     assert Image.open(tmp_path / "out.jpg").mode == "RGB"  # JPEG has no alpha: as it shows
+
+
+def test_edit_keeps_the_photos_colour_profile_and_metadata(weights_env, tmp_path):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    src = tmp_path / "camera.jpg"
+    Image.open(write_photo(tmp_path / "p.png", 200, 120, seed=3)).save(src, exif=exif, icc_profile=icc)
+    ok(run("edit", src, "--no-detect", "--set", "Smiling", "-o", tmp_path / "out.jpg"))
+    out = Image.open(tmp_path / "out.jpg")
+    assert out.info.get("icc_profile") == icc and out.getexif()[0x010F] == "Camera maker"
 
 
 def test_edit_never_clobbers(weights_env, photo):

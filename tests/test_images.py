@@ -2,10 +2,10 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from jmvae_cli.errors import JmvaeError
-from jmvae_cli.images import ImageError, flatten, from_uint8_array, read_image, write_image
+from jmvae_cli.images import ImageError, flatten, from_uint8_array, keep_metadata, read_image, write_image
 
 
 def saved(img: Image.Image, fmt: str, **options) -> bytes:
@@ -85,6 +85,38 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
     img = read_image(saved(Image.new("RGB", (40, 20), "red"), "JPEG", exif=exif))
     assert img.size == (20, 40)
+
+
+def _camera_jpeg(icc: bytes) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: sideways
+    exif[0x010F] = "Camera maker"
+    exif[0x0132] = "2026:11:27 10:00:00"
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 24.0)  # GPS latitude
+    return saved(Image.new("RGB", (40, 20), (200, 90, 60)), "JPEG", exif=exif, icc_profile=icc)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
+def test_colour_profile_and_metadata_are_written_back(tmp_path, fmt):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = read_image(_camera_jpeg(icc))
+    assert img.size == (20, 40)
+    write_image(img, tmp_path / f"out.{fmt}")
+    out = Image.open(tmp_path / f"out.{fmt}")
+    exif = out.getexif()
+    assert out.size == (20, 40) and out.info.get("icc_profile") == icc
+    assert exif[0x010F] == "Camera maker" and exif[0x0132] == "2026:11:27 10:00:00"
+    assert exif.get_ifd(0x8825)[2] == (48.0, 51.0, 24.0)
+    assert 0x0112 not in exif  # upright now: a viewer must not turn it again
+    # what a new image made from the photo's pixels needs to carry them too
+    assert keep_metadata(img, Image.new("RGB", img.size)).info == img.info
+
+
+def test_a_colour_profile_of_another_colour_space_is_dropped():
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not an RGB profile
+    assert "icc_profile" not in read_image(_camera_jpeg(lab)).info
+    cmyk = read_image(saved(Image.new("CMYK", (8, 8)), "JPEG"))
+    assert cmyk.mode == "RGB" and "icc_profile" not in cmyk.info and "exif" not in cmyk.info
 
 
 def test_bytes_and_streams():
