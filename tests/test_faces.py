@@ -196,6 +196,20 @@ def test_among_sure_faces_in_focus_those_with_eyes_come_first():
     assert faces.rank([other, person], lambda frame: True) == [person, other]
 
 
+def test_a_box_on_a_face_does_not_win_the_eye_check_against_it():
+    # A face whose eyes the cascade misses, and a sure box on its brow where it finds an "eye" (a scene of the
+    # benchmark did this): the face stays first, so --all-faces edits the face and not the box.
+    person = faces.Face(Frame(300, 240, 200, -26), 0.98, 0.4)
+    brow = faces.Face(Frame(300 - 15, 240 - 70, 42, 29), 0.93, 0.6)
+    beside = faces.Face(Frame(700, 240, 150), 0.95, 0.5)  # a face apart still wins by its eyes
+
+    def shows_eyes(frame):
+        return frame != person.frame
+
+    assert faces.rank([brow, person, beside], shows_eyes) == [beside, person, brow]
+    assert faces.every_face(faces.rank([brow, person], shows_eyes), shows_eyes) == [person]
+
+
 def test_all_faces_keeps_each_face_once_and_drops_what_is_not_one():
     def face(cx, side, score=0.95):
         return faces.Face(Frame(cx, 240, side), score, 0.5)
