@@ -3,8 +3,12 @@
 
 Every edit starts alike. w = p(w|z) at the mean of q(z|x), thresholded at attributes.THRESHOLD (or, soft, kept as
 probabilities), and w' = w with the requested changes. A rule then says how the faces change, as two images the
-model draws for each face, `before` (for w) and `after` (for w'): the edited face is x + after - before, clipped to
-the pixel range, and the photo at full resolution gets the same after - before (faces.paste_edit).
+model draws for each face, `before` (for w) and `after` (for w'); change() says what that adds to the face, the
+edited face is x plus that, clipped to the pixel range, and the photo at full resolution gets the same change,
+upscaled (faces.paste_edit). The paper's rule adds after - before, as the paper does. The others add the change of
+lightness, and of colour where the colour changes little, but where it changes much (a and b of CIELAB, over
+COLOUR_TAKEN) the face takes the colour the model draws: added to olive-brown hair, the yellowing the model draws
+for Blond_Hair on its own reading of that hair is green, while its blond is golden.
 
     paper   Suzuki et al.'s: before = x_mean, the decoded mean of q(z|w); after = x'_mean, the same for w'
     latent  the face's own latent moved by what the change moves q(z|w)'s mean: before = D(mu_x), the decoded mean
@@ -57,6 +61,9 @@ if TYPE_CHECKING:  # torch loads only where it is used: the CLI reads RULES' nam
 
 PAPER = "paper"
 REGRESS = "regress"
+# How far (CIELAB a-b distance) a rule's two faces must differ in colour for the face to take the colour drawn
+# rather than its own plus the difference; in between, some of each (docs/results.md, "Pasting colour")
+COLOUR_TAKEN = 10.0
 
 
 def paper(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +125,8 @@ def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor)
 
     def done(candidate: torch.Tensor) -> torch.Tensor:
         """(b,) how many of each face's changes the model reads on that result."""
-        read = attributes.present(model.attrs_from_images((x[rows] + candidate - before[rows]).clamp(-1, 1)))
+        pasted = x[rows] + change(x[rows], before[rows], candidate, REGRESS)  # (b, 3, H, W)
+        read = attributes.present(model.attrs_from_images(pasted.clamp(-1, 1)))
         return ((read == target[rows]) & c).sum(1)
 
     pick = done(together) > done(after[rows])  # (b,)
@@ -150,6 +158,23 @@ def strengths(model: JMVAE, method: str | None, strength: float | None) -> attri
     return attributes.Strengths()
 
 
+def change(x: torch.Tensor, before: torch.Tensor, after: torch.Tensor, method: str) -> torch.Tensor:
+    """What an edit by `method` adds to the faces x, given the rule's two faces, (B, 3, H, W) each in [-1, 1]: the
+    paper's rule after - before; the others the change of CIELAB lightness, and of colour where the colour changes
+    little, with the colour drawn where it changes much (module doc), as an RGB difference. Not clipped; where the
+    rule changes nothing it is exactly 0."""
+
+    from jmvae_cli.colour import lab_to_srgb, srgb_to_lab
+
+    if method == PAPER:
+        return after - before
+    lab_x, lab_b, lab_a = (srgb_to_lab((t + 1) / 2) for t in (x, before, after))  # (B, 3, H, W) each
+    d = lab_a - lab_b
+    taken = (d[:, 1:].norm(dim=1, keepdim=True) / COLOUR_TAKEN).clamp(max=1)  # (B, 1, H, W)
+    d[:, 1:] += taken * (lab_b[:, 1:] - lab_x[:, 1:])  # the colour drawn, in place of the face's own, where taken
+    return 2 * (lab_to_srgb(lab_x + d) - lab_to_srgb(lab_x))
+
+
 @dataclass
 class Edit:
     """An edit of a batch of faces; images in the model's [-1, 1] range, (B, 3, H, W)."""
@@ -160,12 +185,13 @@ class Edit:
     x: torch.Tensor  # the faces
     before: torch.Tensor  # the rule's picture of the faces as they are (the paper's x_mean)
     after: torch.Tensor  # and as changed (x'_mean)
-    result: torch.Tensor  # x + after - before, clipped to the pixel range
+    change: torch.Tensor  # what is added to x (change()), not clipped
+    result: torch.Tensor  # x + change, clipped to the pixel range
 
     @property
     def delta_pixels(self) -> np.ndarray:
-        """after - before in 8-bit pixel units: (B, H, W, 3) float32, in [-255, 255]."""
-        return ((self.after - self.before) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()
+        """The change in 8-bit pixel units, as faces.paste_edit adds it to a photo: (B, H, W, 3) float32."""
+        return (self.change * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()
 
     def pixels(self, which: str) -> np.ndarray:
         """(B, H, W, 3) uint8 of 'x', 'before', 'after' or 'result'."""
@@ -232,8 +258,9 @@ def edit(
             for i, v in face_changes.items():
                 w_new[row, i] = v
         before, after = RULES[method](model, x, w, w_new)  # (B, 3, H, W) each
-        result = (x + (after - before)).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
-    return Edit(probs, w, w_new, x, before, after, result)
+        d = change(x, before, after, method)  # (B, 3, H, W)
+        result = (x + d).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
+    return Edit(probs, w, w_new, x, before, after, d, result)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,42 @@ def test_edit_is_the_papers_formula(tr):
     assert np.allclose(r.delta_pixels, (x_mean_new - x_mean).permute(0, 2, 3, 1).numpy() * 127.5, atol=1e-3)
 
 
+def _colour(r, g, b):
+    return torch.tensor([r, g, b]).view(1, 3, 1, 1).expand(1, 3, 4, 4) * 2 - 1  # (1, 3, 4, 4) in [-1, 1]
+
+
+def test_a_colour_that_changes_much_is_taken_and_lightness_added():
+    from jmvae_cli.colour import srgb_to_lab
+
+    def lab(t):
+        return srgb_to_lab((t + 1) / 2)
+
+    def onto(x, before, after, method=editing.REGRESS):
+        return x + editing.change(x, before, after, method)
+
+    olive, brown, blond = _colour(0.45, 0.40, 0.20), _colour(0.45, 0.33, 0.25), _colour(0.85, 0.70, 0.45)
+    # the model's face as drawn, edited, is the model's other face: whatever the rule, pasting is exact there
+    for method in (editing.REGRESS, editing.PAPER):
+        assert torch.allclose(onto(brown, brown, blond, method), blond, atol=1e-5)
+        assert not editing.change(olive, brown, brown, method).any()  # no change, not one bit
+    # olive hair the model reads as brown, made blond: the model's blond, at the photo's own lightness change
+    out = lab(onto(olive, brown, blond))
+    want = lab(blond)[:, 1:]
+    assert torch.allclose(out[:, 1:], want, atol=0.05)
+    assert torch.allclose(out[:, 0], (lab(olive) + lab(blond) - lab(brown))[:, 0], atol=0.05)
+    # added, as the paper's rule adds it, the same change leaves the olive's own cast: further from the blond drawn
+    assert (lab(onto(olive, brown, blond, editing.PAPER))[:, 1:] - want).norm(dim=1).min() > 3
+    # a small change of colour is added as a change (in CIELAB), pulled to the colour drawn by its share of
+    # COLOUR_TAKEN
+    slightly = _colour(0.46, 0.33, 0.24)
+    out = lab(onto(olive, brown, slightly))
+    d = lab(slightly) - lab(brown)
+    share = d[:, 1:].norm(dim=1, keepdim=True) / editing.COLOUR_TAKEN
+    assert (share < 0.3).all()
+    assert torch.allclose(out[:, 0], (lab(olive) + d)[:, 0], atol=0.05)
+    assert torch.allclose(out[:, 1:], (lab(olive) + d + share * (lab(brown) - lab(olive)))[:, 1:], atol=0.05)
+
+
 def test_soft_keeps_probabilities(tr):
     r = editing.edit(tr.model, editing.to_input(faces(1)), {0: 1.0}, soft=True)
     assert torch.allclose(r.w[0, 1:], r.probs[0, 1:]) and r.w_new[0, 0] == 1.0
@@ -96,7 +132,7 @@ def test_latent_rule_moves_the_faces_own_latent(tr):
         before = m.decode_x(mu_x)[0]  # (1, 3, 64, 64): the face's own reconstruction, not x_mean
         after = m.decode_x(mu_x + step)[0]
     assert torch.allclose(r.before, before, atol=1e-5) and torch.allclose(r.after, after, atol=1e-5)
-    assert torch.allclose(r.result, (x + after - before).clamp(-1, 1), atol=1e-5)
+    assert torch.allclose(r.result, (x + editing.change(x, before, after, "latent")).clamp(-1, 1), atol=1e-5)
     # asking for what the face already has moves nothing
     same = editing.edit(tr.model, x, {i: float(v) for i, v in enumerate(r.w[0])}, method="latent")
     assert torch.equal(same.before, same.after) and torch.allclose(same.result, x, atol=1e-6)

@@ -420,14 +420,15 @@ def tr(tiny_weights):
     return translate.Translator.from_weights(tiny_weights, "cpu", "fp32")
 
 
-def test_paste_of_a_whole_64px_frame_is_the_crop_result_on_the_face(tr):
-    """With the frame the whole 64x64 image and a hard mask, the full-resolution path is the paper's x' on the face
-    and the photo itself elsewhere."""
+@pytest.mark.parametrize("method", ["paper", "latent"])
+def test_paste_of_a_whole_64px_frame_is_the_crop_result_on_the_face(tr, method):
+    """With the frame the whole 64x64 image and a hard mask, the full-resolution path is the edit's own result on
+    the face (added, by the paper's rule; in CIELAB, by the others) and the photo itself elsewhere."""
     face = photo_array(64, 64, seed=7)
-    r = editing.edit(tr.model, editing.to_input([face]), {0: 1.5})
-    out = np.asarray(faces.paste_edit(Image.fromarray(face), crop_at(Frame(32, 32, 64)), r.delta_pixels[0], 0)).astype(
-        int
-    )
+    r = editing.edit(tr.model, editing.to_input([face]), {0: 1.5}, method=method)
+    out = faces.paste_edit(Image.fromarray(face), crop_at(Frame(32, 32, 64)), r.delta_pixels[0], 0)
+    out = np.asarray(out).astype(int)
     m = faces.face_mask(64, 0) > 0
     assert np.abs(out[m] - r.pixels("result")[0].astype(int)[m]).max() <= 1
     assert np.array_equal(out[~m], face.astype(int)[~m])
+    assert (out[m] != face[m]).any()
