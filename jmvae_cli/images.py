@@ -57,6 +57,9 @@ def read_image(
     with warnings.catch_warnings():
         # Between 1x and 2x the limit Pillow only warns; a bomb is a bomb either way
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Corrupt EXIF: the photo reads all the same, unturned where the orientation is lost, and is written
+        # without it (_metadata); a Python warning would only break the one-line messages on stderr
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
         try:
             img = Image.open(io.BytesIO(data))
             img.load()  # decode now, so truncation shows up here and not in some later resize
@@ -82,10 +85,13 @@ def _metadata(img: Image.Image) -> dict:
     or grey photo's) is dropped: the pixels are converted to RGB without it."""
     icc = img.info.get("icc_profile") or b""
     meta = {"icc_profile": icc} if icc[16:20] == b"RGB " else {}
-    exif = img.getexif()  # the image's own: changed here only once the pixels are upright
-    exif.pop(0x0112, None)  # Orientation
-    if len(exif) or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):  # IFD0, the Exif IFD, the GPS IFD
-        meta["exif"] = exif.tobytes()  # those three only: the thumbnail's IFD is left out
+    try:
+        exif = img.getexif()  # the image's own: changed here only once the pixels are upright
+        exif.pop(0x0112, None)  # Orientation
+        if len(exif) or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):  # IFD0, the Exif IFD, the GPS IFD
+            meta["exif"] = exif.tobytes()  # those three only: the thumbnail's IFD is left out
+    except Exception:  # EXIF that does not parse: the photo is read and written without it
+        meta.pop("exif", None)
     return meta
 
 

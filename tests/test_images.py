@@ -1,4 +1,5 @@
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -110,6 +111,19 @@ def test_colour_profile_and_metadata_are_written_back(tmp_path, fmt):
     assert 0x0112 not in exif  # upright now: a viewer must not turn it again
     # what a new image made from the photo's pixels needs to carry them too
     assert keep_metadata(img, Image.new("RGB", img.size)).info == img.info
+
+
+@pytest.mark.parametrize(
+    "exif",
+    [b"Exif\x00\x00garbage", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x0f\x00\x02\xff\xff\xff\xf0"],
+)
+def test_a_photo_with_broken_exif_is_read_and_written_without_it(tmp_path, exif):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing but our own one-line messages on stderr
+        img = read_image(saved(Image.new("RGB", (20, 10), "red"), "JPEG", exif=exif))
+    assert img.size == (20, 10) and "exif" not in img.info
+    write_image(img, tmp_path / "out.jpg")
+    assert not Image.open(tmp_path / "out.jpg").getexif()
 
 
 def test_a_colour_profile_of_another_colour_space_is_dropped():
