@@ -85,6 +85,8 @@ def _metadata(img: Image.Image) -> dict:
     or grey photo's) is dropped: the pixels are converted to RGB without it."""
     icc = img.info.get("icc_profile") or b""
     meta = {"icc_profile": icc} if icc[16:20] == b"RGB " else {}
+    if not img.info.get("exif"):  # no EXIF block (a TIFF's own tags describe its file, not the photo)
+        return meta
     try:
         exif = img.getexif()  # the image's own: changed here only once the pixels are upright
         exif.pop(0x0112, None)  # Orientation
