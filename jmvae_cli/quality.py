@@ -8,7 +8,7 @@ JMVAE-GAN comparison uses.
                by the separately trained attribute classifier (baselines.AttributeClassifier); coherence is the
                agreement between requested and recognised attributes. The classifier's own scores on the real
                faces are the ceiling: coherence above them would mean nothing
-    edit       x' = x + after - before on the crops (editing.edit, as `jmvae edit` does it: by default its rule and
+    edit       x' = x + the rule's change on the crops (editing.edit, as `jmvae edit` does it: by default its rule and
                strengths, auto), for faces whose label is not yet the target; the classifier says whether the edit
                reached the target (on all those faces, and on the "strict" ones it also read as lacking the
                target before) and whether the other attributes stayed as it saw them before; |delta| is the mean

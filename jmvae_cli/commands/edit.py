@@ -60,7 +60,7 @@ def edit(
     device: common.DeviceOpt = common.Device.auto,
     verbose: common.VerboseOpt = False,
 ):
-    """Change attributes of the face in each photo: x' = x + after - before, the rule's two drawings of the face.
+    """Change attributes of the face in each photo: x' = x + the change between the rule's two drawings of it.
 
     The change is made at the photo's own resolution and the rest of the photo is left untouched. The model then
     reads each edited face back and warns, on stderr, of every requested change it does not see. Writes
