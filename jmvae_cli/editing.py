@@ -163,7 +163,6 @@ def change(x: torch.Tensor, before: torch.Tensor, after: torch.Tensor, method: s
     paper's rule after - before; the others the change of CIELAB lightness, and of colour where the colour changes
     little, with the colour drawn where it changes much (module doc), as an RGB difference. Not clipped; where the
     rule changes nothing it is exactly 0."""
-
     from jmvae_cli.colour import lab_to_srgb, srgb_to_lab
 
     if method == PAPER:
