@@ -213,6 +213,10 @@ class CalibrateConfig:
     ridge: float = 1.0
     seed: int = 0
     min_faces: int = 10  # fewer strict faces than this: the cell keeps FALLBACK_STRENGTH
+    # (name, on, strength): the least strength a cell may take, where the classifier is satisfied before a person
+    # is. Eyeglasses on at 2 draws dark shadows round the eyes, which the classifier reads as glasses on 91% of the
+    # validation faces; from 3 the lenses are opaque, sunglasses (docs/results.md, "Edit rules")
+    floors: tuple[tuple[str, bool, float], ...] = (("Eyeglasses", True, 3.0),)
     # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
     fallback_strength: float = attributes.DEFAULT_STRENGTH
 
@@ -265,10 +269,11 @@ def calibrate_strengths(
     device: torch.device | str = "cpu",
     on_cell: Callable[[str, bool, Cell], None] | None = None,
 ) -> dict[str, dict[str, Cell]]:
-    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid, each with every footprint power of
-    cfg.powers, at which the classifier sees the target on cfg.goal of the strict training faces, edited with the
-    model's constants (model.edit_constants), the one with the best Cell.score(cfg.trade); with cfg.trade None,
-    the smallest (the better kept of equal ones). The chosen powers are left in the constants."""
+    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid (from the cell's floor in cfg.floors on),
+    each with every footprint power of cfg.powers, at which the classifier sees the target on cfg.goal of the strict
+    training faces, edited with the model's constants (model.edit_constants), the one with the best
+    Cell.score(cfg.trade); with cfg.trade None, the smallest (the better kept of equal ones). The chosen powers are
+    left in the constants."""
     cfg = cfg or CalibrateConfig()
     from jmvae_cli.model import pixels_to_input
     from jmvae_cli.quality import as_written
@@ -288,11 +293,13 @@ def calibrate_strengths(
                 probs = model.attrs_from_images(x)  # (m, A)
             others = torch.arange(len(attr_names), device=x.device) != i  # (A,)
             cell = Cell(cfg.fallback_strength, len(x), None)
+            floor = max([f for n, way, f in cfg.floors if (n, way) == (name, on)], default=0.0)
+            grid = [s for s in cfg.grid if s >= floor] or [max(cfg.grid)]
             if len(x) >= cfg.min_faces:
                 tried = []
                 for power in cfg.powers:
                     constants.powers[i, int(on)] = power
-                    for s in cfg.grid:
+                    for s in grid:
                         e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
                         after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
                         seen = float((after[:, i] == on).float().mean())
@@ -303,7 +310,7 @@ def calibrate_strengths(
                 # among the strengths that reach the goal, where some do (else the largest, its best power)
                 reach = [c for c in tried if c.seen >= cfg.goal]
                 if not reach:
-                    largest = [c for c in tried if c.strength == cfg.grid[-1]]
+                    largest = [c for c in tried if c.strength == grid[-1]]
                     reach = [max(largest, key=lambda c: c.score(cfg.trade if cfg.trade is not None else 0.0))]
                 if cfg.trade is None:
                     cell = min(reach, key=lambda c: (c.strength, -c.kept))
