@@ -28,7 +28,8 @@ that do not yet have it (label and classifier agree they lack it: true flips; wh
 largest), the one with the most target seen less a trade-off L times the share of the other attributes the
 classifier reads changed on those faces. The goal alone (the smallest strength that reaches it, L = None) asks
 every attribute for the same share whatever it costs; the trade-off buys more where it is cheap, and the goal
-keeps it from giving up on the hard cells (a moustache asked for and none drawn). Only training faces are used,
+keeps it from giving up on the hard cells (a moustache asked for and none drawn). A cell may have a floor
+(CalibrateConfig.floors) where the classifier is satisfied before a person is. Only training faces are used,
 split as training splits them (data.py), so the validation faces stay unseen.
 """
 
