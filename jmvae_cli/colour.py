@@ -1,4 +1,4 @@
-"""sRGB <-> CIELAB (D65), in torch, for pasting colour changes (editing.compose): lightness and colour apart, in a
+"""sRGB <-> CIELAB (D65), in torch, for pasting colour changes (editing.change): lightness and colour apart, in a
 space where a distance is about what the eye sees. Images are (..., 3, H, W) floats, sRGB in [0, 1]; L in 0..100,
 a and b about -128..127, as OpenCV's float conversion gives them."""
 

@@ -93,7 +93,7 @@ def _metadata(img: Image.Image) -> dict:
         if len(exif) or exif.get_ifd(0x8769) or exif.get_ifd(0x8825):  # IFD0, the Exif IFD, the GPS IFD
             meta["exif"] = exif.tobytes()  # those three only: the thumbnail's IFD is left out
     except Exception:  # EXIF that does not parse: the photo is read and written without it
-        return meta
+        pass
     return meta
 
 
