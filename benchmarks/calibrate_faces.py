@@ -9,8 +9,11 @@ data.read_source, so that validation faces stay unseen) this measures or fits
   aligner    the supervised-descent steps and the face score of jmvae_cli/face_aligner.py, on random views around
              each face's known frame (and views of no face), written to weights/face_aligner.safetensors; then
              their accuracy on validation faces (also alone: `check`).
+  refiner    the aligner's last step, a small network trained on the same kind of views near the frame for
+             --minutes, added to the aligner's file; then `check`. The bundled one: 25 minutes at --spread wide,
+             then 15 more at --spread near --more (2 CPU cores).
 
-    python -m benchmarks.calibrate_faces constants|aligner|check [--n N]    # from the repository root
+    python -m benchmarks.calibrate_faces constants|aligner|refiner|check [--n N]    # from the repository root
 """
 
 import argparse
@@ -204,6 +207,55 @@ def fit_aligner(n: int, n_steps: int) -> face_aligner.Aligner:
     return face_aligner.Aligner(np.stack(steps).astype(np.float32), face.astype(np.float32))
 
 
+# the refiner's training poses (standard deviations of tx, ty, log s, a): first "wide", a few pixels and degrees
+# about the frame, then "near", the spread the HOG steps leave (about half a pixel, 3-4% in size, a degree or two)
+SPREADS = {"wide": (0.04, 0.04, 0.06, math.radians(4)), "near": (0.015, 0.015, 0.05, math.radians(2))}
+
+
+def near_poses(n: int, g: torch.Generator, spread: str = "wide") -> torch.Tensor:
+    """(n, 4) poses about the frame: half at SPREADS[spread], a quarter at a quarter of it (the last pixel), a
+    quarter at twice it (misses)."""
+    spread = torch.tensor(SPREADS[spread])
+    k = torch.rand(n, 1, generator=g)
+    scale = torch.where(k < 0.5, 1.0, torch.where(k < 0.75, 0.25, 2.0))  # (n, 1)
+    return torch.randn(n, 4, generator=g) * spread * scale
+
+
+def train_refiner(
+    minutes: float, spread: str, init: torch.nn.Module | None = None, batch: int = 128, lr: float = 1e-3, seed: int = 0
+) -> torch.nn.Module:
+    """The refiner (from `init`, or new) trained on views of the training faces at near_poses(spread), fresh views
+    each step, AdamW with a cosine decay over the given time; every 500 steps its error on validation views."""
+    import time
+
+    torch.manual_seed(seed)
+    imgs, val = np.ascontiguousarray(hq_faces("train")), np.ascontiguousarray(hq_faces("val"))
+    units = torch.tensor(face_aligner.POSE_UNITS, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    net = (init or face_aligner.refiner_network()).train()
+    opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=1e-4)
+    held_pose = near_poses(2000, torch.Generator().manual_seed(seed + 1), spread)
+    held = face_aligner.view_input(views(val, held_pose, seed=seed + 2))
+    start, step = time.monotonic(), 0
+    while (done := (time.monotonic() - start) / (60 * minutes)) < 1:
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done))
+        pose = near_poses(batch, g, spread)
+        x = face_aligner.view_input(views(imgs, pose, seed=int(torch.randint(2**31, (1,), generator=g))))
+        loss = F.smooth_l1_loss(net(x), pose / units)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 500 == 0:
+            net.eval()
+            with torch.no_grad():
+                answer = torch.cat([net(held[c : c + 500]) for c in range(0, len(held), 500)]) * units
+            net.train()
+            report(f"step {step}, loss {loss.item():.3f}, validation views", compose(held_pose, answer.numpy()))
+    return net.eval()
+
+
 def report(name: str, pose: torch.Tensor) -> None:
     shift, size, angle = pose[:, :2].norm(dim=1) * 32, pose[:, 2].abs() * 100, pose[:, 3].abs() * 180 / math.pi
     q = lambda v: f"median {float(v.median()):.2f}, p90 {float(v.quantile(0.9)):.2f}"
@@ -219,6 +271,12 @@ def check_aligner(aligner: face_aligner.Aligner, n: int = 2000) -> None:
     for step in range(len(aligner.steps)):
         pose = compose(pose, aligner.pose(step, face_aligner.features(views(imgs, pose, seed=7))))
         report(f"validation views, step {step + 1}", pose)
+    if aligner.refiner is not None:
+        before = pose
+        for step in range(face_aligner.REFINE_STEPS):
+            pose = compose(pose, aligner.refine(views(imgs, pose, seed=7)))
+            report(f"validation views, refiner step {step + 1}", pose)
+        pose = before  # the face score is on the HOG steps' views, as faces.py scores them
     p_face = aligner.face_probability(face_aligner.features(views(imgs, pose, seed=7)))
     p_clutter = aligner.face_probability(face_aligner.features(clutter(imgs, n, seed=8)))
     print(
@@ -229,9 +287,12 @@ def check_aligner(aligner: face_aligner.Aligner, n: int = 2000) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["constants", "aligner", "check"])
+    ap.add_argument("part", choices=["constants", "aligner", "refiner", "check"])
     ap.add_argument("--n", type=int, help="training faces for the constants [1500], views for the aligner [24000]")
     ap.add_argument("--steps", type=int, default=4, help="supervised-descent steps")
+    ap.add_argument("--minutes", type=float, default=25, help="the refiner's training time")
+    ap.add_argument("--spread", choices=list(SPREADS), default="wide", help="of the refiner's training poses")
+    ap.add_argument("--more", action="store_true", help="train the file's refiner further rather than a new one")
     ap.add_argument("--out", type=Path, default=ROOT / "weights" / face_aligner.WEIGHTS_NAME)
     args = ap.parse_args()
     if args.part == "constants":
@@ -241,6 +302,18 @@ def main():
         face_aligner.save(
             args.out, aligner, {"fitted_on": "celeba-hq-64 training split", "views": str(args.n or 24000)}
         )
+        print(f"wrote {args.out}")
+        check_aligner(aligner)
+    elif args.part == "refiner":
+        from safetensors import safe_open
+
+        aligner = face_aligner.load(args.out)
+        with safe_open(str(args.out), "np") as f:
+            meta = f.metadata() or {}
+        aligner.refiner = train_refiner(args.minutes, args.spread, aligner.refiner if args.more else None)
+        done = f"{args.minutes:g} minutes of {args.spread} views"
+        meta["refiner"] = f"{meta['refiner']}, then {done}" if args.more else f"{done}, seed 0"
+        face_aligner.save(args.out, aligner, meta)
         print(f"wrote {args.out}")
         check_aligner(aligner)
     else:

@@ -7,8 +7,9 @@ img->attr accuracy (docs/results.md). So finding a face takes three steps:
 1. OpenCV's frontal Haar cascades propose boxes (SCANS). They find only nearly upright faces, so when the
    upright scan leaves doubt, turned copies of the photo are scanned too (ROTATIONS).
 2. Each box gives a rough frame (FRAME_SCALE / FRAME_DX / FRAME_DY, measured by benchmarks/calibrate_faces.py),
-   which the aligner (face_aligner.py) moves, scales and turns onto the training framing in a few steps. The
-   aligner also says whether the frame holds a face at all: boxes on wallpaper, leaves or hair are dropped.
+   which the aligner (face_aligner.py) moves, scales and turns onto the training framing in a few steps (HOG
+   maps, then a small network for the last pixel). The aligner also says whether the frame holds a face at all:
+   boxes on wallpaper, leaves or hair are dropped.
 3. Of the faces left, the largest of those in focus is "the" face: a big blurred face in the background (a poster,
    a screen) is not picked over the sharp face in front of it. Where several sure faces in focus compete, those
    in which OpenCV's eye cascade finds an eye come first: a box of clutter that the aligner takes for a face
@@ -23,7 +24,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -283,6 +284,25 @@ class _Photo:
             out.append(Face(f, float(s), _sharpness(blocks), blocks is not None and bool(blocks.min() < BLURRED)))
         return out
 
+    def refine(self, faces: list[Face], every: bool) -> list[Face]:
+        """The aligner's last steps (its refiner, where it has one) for the faces that will be used: every face, or
+        the first one large enough to read. Only those: the refiner costs ten times a HOG step, and the search
+        needs frames only to a few pixels."""
+        from jmvae_cli.face_aligner import REFINE_STEPS, VIEW, Aligner
+
+        aligner = Aligner.bundled()
+        todo = [i for i, f in enumerate(faces) if f.frame.side >= MIN_FACE_SIDE][: None if every else 1]
+        if aligner.refiner is None or not todo:
+            return faces
+        frames = [faces[i].frame for i in todo]
+        for _ in range(REFINE_STEPS):
+            poses = aligner.refine(np.stack([self.view(f, VIEW) for f in frames]))  # (K, 4)
+            frames = [f.moved(p) for f, p in zip(frames, poses)]
+        out = list(faces)
+        for i, f in zip(todo, frames):
+            out[i] = replace(out[i], frame=f)
+        return out
+
     def block_sharpness(self, frame: Frame) -> np.ndarray | None:
         """_block_sharpness of a face at most at the photo's own resolution: the detection copy of a small photo
         is scaled up, which blurs it, and that is no blur of the photo's."""
@@ -417,7 +437,8 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     turned copies. Without all_faces the search stops after the first of these that finds a face sure and in
     focus, so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
     found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
-    first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face)."""
+    first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face). The faces
+    that will be used (every face, or the first large enough to read) get the aligner's last steps (_Photo.refine)."""
     photo = _Photo(img)
     faces: list[Face] = []
 
@@ -436,7 +457,7 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
                 found = [f for f in photo.align(photo.scan(angle, how=how)) if f.score >= how.face_min]
                 faces = _merge(faces + found)
     ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
-    return every_face(ranked, photo.shows_eyes) if all_faces else ranked
+    return photo.refine(every_face(ranked, photo.shows_eyes) if all_faces else ranked, every=all_faces)
 
 
 def rank(faces: list[Face], shows_eyes: Callable[[Frame], bool] = lambda frame: True) -> list[Face]:

@@ -275,6 +275,79 @@ def test_the_aligner_tells_faces_from_clutter():
     assert (aligner.face_probability(face_aligner.features(views)) < faces.FACE_MIN).all()
 
 
+def test_the_refiner_is_saved_and_loaded_with_the_aligner(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    hog = face_aligner.Aligner.bundled()
+    net = face_aligner.refiner_network(width=8).eval()
+    with_refiner = face_aligner.Aligner(hog.steps, hog.face, net)
+    face_aligner.save(tmp_path / "a.safetensors", with_refiner, {})
+    face_aligner.save(tmp_path / "hog.safetensors", face_aligner.Aligner(hog.steps, hog.face), {})
+    views = np.stack([photo_array(64, 64, seed=s) for s in range(3)])
+    loaded = face_aligner.load(tmp_path / "a.safetensors")
+    assert loaded.refine(views) == pytest.approx(with_refiner.refine(views))
+    # on photos it runs folded (and in bf16 where the CPU has it): the poses of the network as trained
+    with torch.inference_mode():
+        trained = net(face_aligner.view_input(views)).double().numpy()  # (3, 4) in POSE_UNITS
+    assert np.abs(loaded.refine(views) / face_aligner.POSE_UNITS - trained).max() < 0.05
+    assert face_aligner.load(tmp_path / "hog.safetensors").refiner is None
+    # a file whose refiner lacks a layer is not used half-built
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(tmp_path / "a.safetensors"))
+    del t[face_aligner.REFINER_PREFIX + "3.0.weight"]
+    save_file(t, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(JmvaeError, match="not a usable face aligner"):
+        face_aligner.load(tmp_path / "broken.safetensors")
+
+
+@needs_hq
+def test_the_refiner_frames_faces_closer_than_the_hog_steps_alone(monkeypatch):
+    bundled = face_aligner.Aligner.bundled()
+    assert bundled.refiner is not None
+
+    def errors() -> np.ndarray:
+        out = []
+        for k, tilt in enumerate((0, 10, -20, 30, 5, -15)):
+            photo, truth = scene(hq_face(k), 150 + 7 * k, tilt)
+            (frame,) = find_faces(photo)
+            out.append(
+                (
+                    math.hypot(frame.cx - truth.cx, frame.cy - truth.cy) / truth.side,
+                    abs(math.log(frame.side / truth.side)),
+                )
+            )
+        return np.array(out).mean(0)  # (2,): centre and size errors, in shares of the side
+
+    refined = errors()
+    monkeypatch.setattr(bundled, "refiner", None)
+    hog_only = errors()
+    assert (refined < hog_only).all(), (refined, hog_only)
+
+
+def test_the_refiner_moves_only_the_faces_that_will_be_used(monkeypatch):
+    calls = []
+
+    def refine(self, views):
+        calls.append(len(views))
+        return np.tile([0.1, 0.0, 0.0, 0.0], (len(views), 1))  # each step: a tenth of the half-side to the left
+
+    monkeypatch.setattr(face_aligner.Aligner.bundled(), "refiner", object())
+    monkeypatch.setattr(face_aligner.Aligner, "refine", refine)
+    tiny, first, second = (faces.Face(Frame(x, 100, side), 0.95, 0.5) for x, side in ((40, 20), (150, 100), (300, 120)))
+    photo = faces._Photo(Image.fromarray(photo_array(400, 200)))
+    one = photo.refine([tiny, first, second], every=False)
+    assert calls == [1] * face_aligner.REFINE_STEPS  # the first face large enough to read, alone
+    assert one[0] == tiny and one[2] == second
+    assert one[1].frame.cx == pytest.approx(150 - face_aligner.REFINE_STEPS * 0.1 * 50) and one[1].score == 0.95
+    calls.clear()
+    every = photo.refine([tiny, first, second], every=True)
+    assert calls == [2] * face_aligner.REFINE_STEPS and every[0] == tiny
+    steps = face_aligner.REFINE_STEPS
+    assert [f.frame.cx for f in every[1:]] == pytest.approx([150 - 0.1 * 50 * steps, 300 - 0.1 * 60 * steps])
+
+
 def test_no_detect_takes_the_centre_square():
     assert find_faces(Image.new("RGB", (100, 60)), detect=False) == [Frame(50, 30, 60)]
     assert find_faces(Image.new("RGB", (64, 64)), detect=False)[0].box == Box(0, 0, 64, 64)
