@@ -11,7 +11,7 @@ data.read_source, so that validation faces stay unseen) this measures or fits
              their accuracy on validation faces (also alone: `check`).
   refiner    the aligner's last step, a small network trained on the same kind of views near the frame for
              --minutes, added to the aligner's file; then `check`. The bundled one: 25 minutes at --spread wide,
-             then 15 more at --spread near --more (2 CPU cores).
+             then twice 15 more at --spread near --more (2 CPU cores).
 
     python -m benchmarks.calibrate_faces constants|aligner|refiner|check [--n N]    # from the repository root
 """
