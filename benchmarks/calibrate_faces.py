@@ -271,12 +271,10 @@ def check_aligner(aligner: face_aligner.Aligner, n: int = 2000) -> None:
     for step in range(len(aligner.steps)):
         pose = compose(pose, aligner.pose(step, face_aligner.features(views(imgs, pose, seed=7))))
         report(f"validation views, step {step + 1}", pose)
-    if aligner.refiner is not None:
-        before = pose
-        for step in range(face_aligner.REFINE_STEPS):
-            pose = compose(pose, aligner.refine(views(imgs, pose, seed=7)))
-            report(f"validation views, refiner step {step + 1}", pose)
-        pose = before  # the face score is on the HOG steps' views, as faces.py scores them
+    refined = pose  # the face score stays on the HOG steps' views, as faces.py scores them
+    for step in range(face_aligner.REFINE_STEPS if aligner.refiner is not None else 0):
+        refined = compose(refined, aligner.refine(views(imgs, refined, seed=7)))
+        report(f"validation views, refiner step {step + 1}", refined)
     p_face = aligner.face_probability(face_aligner.features(views(imgs, pose, seed=7)))
     p_clutter = aligner.face_probability(face_aligner.features(clutter(imgs, n, seed=8)))
     print(

@@ -11,9 +11,10 @@ Reported per tilt and background: faces found (the face used lies on the pasted 
 its side), background picked (a face was used, but elsewhere), framing error of the found faces (centre offset
 and size error in % of the side, angle error in degrees; medians), and the mean img->attr accuracy on the found
 faces beside the same faces' accuracy given as crops with --no-detect, and the same for the faces the model never
-saw and those it was trained on apart; and, for reference, the crops themselves with detection. With --all-faces, every face found is used, as `--all-faces` uses them: the face read is the one
-on the pasted face, and "others" counts the boxes beside it per scene (each one a second edit on the scene where it
-lies over the face, a false one elsewhere).
+saw and those it was trained on apart; and, for reference, the crops themselves with detection. With --all-faces,
+every face found is used, as `--all-faces` uses them: the face read is the one on the pasted face, and "others"
+counts the boxes beside it per scene (each one a second edit on the scene where it lies over the face, a false one
+elsewhere).
 
     python -m benchmarks.face_scenes [--faces 100] [--weights FILE] [--json out.json]   # from the repository root
 """
