@@ -326,6 +326,32 @@ def test_the_refiner_frames_faces_closer_than_the_hog_steps_alone(monkeypatch):
     assert (refined < hog_only).all(), (refined, hog_only)
 
 
+def test_the_refiners_training_faces_lose_the_jpeg_grid_that_lies_on_their_frame():
+    import io
+
+    from benchmarks.calibrate_faces import deblock
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = 128 + 60 * np.sin(xx / 9.0)[..., None] * np.cos(yy / 13.0)[..., None] * np.array([1.0, 0.8, 0.6])
+    img = np.clip(smooth + rng.normal(0, 6, (64, 64, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=75)
+    coded = np.asarray(Image.open(buf).convert("RGB"))
+
+    def blockiness(a: np.ndarray) -> float:
+        """Steps across the 8 px grid's lines over steps between the pixels inside the blocks."""
+        step = np.abs(np.diff(a.astype(float), axis=1)).mean(axis=(0, 2))  # (63,): between columns x and x + 1
+        on_grid = np.arange(63) % 8 == 7
+        return float(step[on_grid].mean() / step[~on_grid].mean())
+
+    smoothed = deblock(coded)
+    assert smoothed.shape == coded.shape and smoothed.dtype == np.uint8
+    assert blockiness(coded) > 1.1 * blockiness(img)  # the grid shows in the coded file
+    assert abs(blockiness(smoothed) - blockiness(img)) < 0.3 * abs(blockiness(coded) - blockiness(img))
+    assert np.abs(smoothed.astype(float) - img).mean() < 1.2 * np.abs(coded.astype(float) - img).mean()
+
+
 def test_the_refiner_moves_only_the_faces_that_will_be_used(monkeypatch):
     calls = []
 
