@@ -81,7 +81,8 @@ def latent(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) 
 
     mu_x = model.q_x(x).mu  # (B, Z)
     mu_w = model.q_w(torch.cat([w, w_new])).mu  # (2B, Z)
-    z = torch.cat([mu_x, mu_x + mu_w[len(w) :] - mu_w[: len(w)]])  # (2B, Z)
+    # the step first, so that an unchanged w moves the latent by exactly nothing ((a + b) - b need not be a)
+    z = torch.cat([mu_x, mu_x + (mu_w[len(w) :] - mu_w[: len(w)])])  # (2B, Z)
     means = model.images_from_z(z)  # (2B, 3, H, W)
     return means[: len(x)], means[len(x) :]
 
