@@ -419,9 +419,9 @@ def _same(a: Frame, b: Frame) -> bool:
 def _behind(face: Face, faces: list[Face]) -> bool:
     """Whether a smaller face, surely one (FACE_SURE), lies over the middle of this one: then this one is behind
     it (a poster, a screen), since nothing sits on a face in front. Surely: a box on a face's own mouth and nose
-    can pass for a small face, less surely; and where such a box passes FACE_SURE all the same, it is still less
-    sure and less sharp than the face it lies on (a cheek and chin at the face's scale), which a face in front of
-    a poster is not, or not both."""
+    can pass for a small face, less surely; where such a box passes FACE_SURE all the same (seen: one from the eyes
+    to the chin), it is still less sure and less sharp than the face it lies on, while a face in front of a poster
+    is as sure a face as the poster's, or as sharp."""
     f = face.frame
     return any(
         max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4
