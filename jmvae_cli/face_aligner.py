@@ -102,14 +102,15 @@ class Aligner:
 
         net, dtype = self._inference
         with torch.inference_mode():
-            out = net(view_input(views).to(dtype))  # (B, 4)
+            out = net(view_input(views).to(dtype, memory_format=torch.channels_last))  # (B, 4)
         return out.double().numpy() * POSE_UNITS
 
     @functools.cached_property
     def _inference(self):
         """The refiner as it runs on photos: batch norm folded into the convolutions, in bf16 where the CPU has it
         natively (the same poses to a hundredth of a pixel on validation views, and faster: every photo pays
-        for it). The refiner itself stays as trained, for saving and further training."""
+        for it), channels_last (oneDNN's fast layout: half the time for one view). The refiner itself stays as
+        trained, for saving and further training."""
         import copy
 
         import torch
@@ -128,7 +129,7 @@ class Aligner:
                         conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
                         seq[i + 1] = nn.Identity()
         dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
-        return net.to(dtype).eval(), dtype
+        return net.to(dtype, memory_format=torch.channels_last).eval(), dtype
 
     def face_probability(self, feats: np.ndarray) -> np.ndarray:
         """(B, N_FEATURES) -> (B,) in 0..1; 0.5 is the fitted boundary between faces and clutter."""
