@@ -8,6 +8,7 @@ from jmvae_cli.checkpoint import (
     DEFAULT_WEIGHTS_NAME,
     WeightsError,
     bundled_weights,
+    count_nonfinite,
     default_weights,
     load_model,
     load_train_state,
@@ -110,6 +111,13 @@ def test_non_finite_weights_are_never_loaded(tmp_path):
     save_model(path, model, META)
     with pytest.raises(WeightsError, match="2 non-finite weights"):
         load_model(path)
+
+
+def test_non_finite_values_are_counted_exactly():
+    huge = torch.full((4,), 3e38)  # finite values whose sum overflows
+    mixed = torch.tensor([1.0, float("nan"), float("-inf"), float("inf")])
+    assert count_nonfinite([huge, torch.arange(3), torch.ones(5)]) == 0
+    assert count_nonfinite(t for t in [huge, mixed, mixed.half()]) == 6
 
 
 def test_read_meta_reads_the_header_and_stale_sidecars_are_rewritten(tmp_path):
