@@ -52,6 +52,11 @@ LARGEST_FIRST_SHARE = 0.45
 # hundreds of windows, and alt's stages hold fewer; the aligner frames the faces either finds alike (docs/results.md,
 # "Cheaper face finding")
 QUICK_CASCADE = "haarcascade_frontalface_alt.xml"
+# Then faces of at least this share (a person in a holiday photo, a face in a scene): the full scan's time goes to
+# the many windows of small faces, so this one costs a fraction of it. It settles the search only with a face in
+# which the eye cascade finds an eye, since the full scan's smaller faces, which it never sees, are what would
+# have shown a box of clutter there for what it is (rank).
+MEDIUM_SHARE = 0.2
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
 ROTATIONS = (15, -15, 30, -30)
@@ -253,7 +258,7 @@ class _Photo:
         # scaleFactor 1.1, or 1.2 in the quick scan of big faces (fewer scales: faster), a box off by at most 10 or
         # 20% in size, which the aligner corrects
         cascade = _cascade(how.cascade)
-        if min_share:
+        if min_share >= LARGEST_FIRST_SHARE:
             # the quick scan looks only for faces nearly the photo's size, which no bigger box can hold: OpenCV's
             # own grouping (see _group) loses nothing there, and costs less
             found = cascade.detectMultiScale(grey, 1.2, how.neighbors, minSize=(smallest, smallest))
@@ -440,22 +445,28 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
     are dropped; faces too small to read are kept (the caller decides).
 
-    Scans go from the cheap to the thorough: big upright faces, then each of SCANS upright and then on all the
-    turned copies. Without all_faces the search stops after the first of these that finds a face sure and in
-    focus, so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
+    Scans go from the cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
+    more, then each of SCANS upright and then on all the turned copies. Without all_faces the search stops after
+    the first of these that finds a face sure and in focus (and, in the medium scan, showing an eye), so faces
+    elsewhere may be missing from the list. The turned copies are scanned all or none: a face
     found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
     first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face). The faces
     that will be used (every face, or the first large enough to read) get the aligner's last steps (_Photo.refine)."""
     photo = _Photo(img)
     faces: list[Face] = []
 
+    def settles(f: Face) -> bool:
+        return f.score >= FACE_SURE and f.sharpness >= IN_FOCUS and not f.blurred_patch
+
     def settled() -> bool:
-        return not all_faces and any(
-            f.score >= FACE_SURE and f.sharpness >= IN_FOCUS and not f.blurred_patch for f in faces
-        )
+        return not all_faces and any(settles(f) for f in faces)
 
     if not all_faces:
         faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE, Scan(QUICK_CASCADE)))
+        if not settled():
+            medium = photo.align(photo.scan(0, MEDIUM_SHARE, Scan(QUICK_CASCADE)))
+            if any(settles(f) and photo.shows_eyes(f.frame) for f in medium):
+                faces = _merge(faces + medium)
     for how in SCANS:
         for angles in ((0,), ROTATIONS):
             if settled():

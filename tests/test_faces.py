@@ -109,11 +109,28 @@ def test_scans_go_on_only_while_no_sure_face_is_found(monkeypatch):
     assert calls == [0]
     calls.clear()
     faces.search_faces(Image.new("RGB", (200, 150), (128, 128, 128)))  # no face: every scan, upright and turned
-    assert calls == [0] + [0, *faces.ROTATIONS] * len(faces.SCANS)
+    assert calls == [0, 0] + [0, *faces.ROTATIONS] * len(faces.SCANS)
+    calls.clear()
+    photo, truth = scene(hq_face(3), 200, 0)  # a face of a third of the photo, upright: the medium scan settles it
+    assert_framed(faces.search_faces(photo)[0].frame, truth)
+    assert calls == [0, 0]
     calls.clear()
     photo, _ = scene(hq_face(1), 160, 35)  # found turned: all the turned copies of that scan, none of the next
     faces.search_faces(photo)
-    assert calls == [0, 0, *faces.ROTATIONS]
+    assert calls == [0, 0, 0, *faces.ROTATIONS]
+
+
+@needs_hq
+def test_the_medium_scan_settles_only_on_a_face_showing_an_eye(monkeypatch):
+    calls = []
+    scan = faces._Photo.scan
+    monkeypatch.setattr(
+        faces._Photo, "scan", lambda self, angle, *a, **k: calls.append(angle) or scan(self, angle, *a, **k)
+    )
+    monkeypatch.setattr(faces._Photo, "shows_eyes", lambda self, frame: False)
+    photo, truth = scene(hq_face(3), 200, 0)  # settled by the medium scan where its eyes are seen (test above)
+    assert_framed(faces.search_faces(photo)[0].frame, truth)  # found all the same, by the full upright scan
+    assert calls == [0, 0, 0]
 
 
 def test_a_box_of_clutter_barely_proposed_needs_a_sure_face_score():
