@@ -98,13 +98,20 @@ def test_a_blurred_face_made_to_look_sharp_by_one_in_front_does_not_end_the_sear
     assert_framed(faces.search_faces(photo)[0].frame, truth)
 
 
-@needs_hq
-def test_scans_go_on_only_while_no_sure_face_is_found(monkeypatch):
+@pytest.fixture
+def scan_angles(monkeypatch) -> list[float]:
+    """The angle of every scan the face search runs, in order."""
     calls = []
     scan = faces._Photo.scan
     monkeypatch.setattr(
         faces._Photo, "scan", lambda self, angle, *a, **k: calls.append(angle) or scan(self, angle, *a, **k)
     )
+    return calls
+
+
+@needs_hq
+def test_scans_go_on_only_while_no_sure_face_is_found(scan_angles):
+    calls = scan_angles
     faces.search_faces(hq_face(0))  # a portrait: the quick scan of big faces settles it
     assert calls == [0]
     calls.clear()
@@ -121,16 +128,11 @@ def test_scans_go_on_only_while_no_sure_face_is_found(monkeypatch):
 
 
 @needs_hq
-def test_the_medium_scan_settles_only_on_a_face_showing_an_eye(monkeypatch):
-    calls = []
-    scan = faces._Photo.scan
-    monkeypatch.setattr(
-        faces._Photo, "scan", lambda self, angle, *a, **k: calls.append(angle) or scan(self, angle, *a, **k)
-    )
+def test_the_medium_scan_settles_only_on_a_face_showing_an_eye(scan_angles, monkeypatch):
     monkeypatch.setattr(faces._Photo, "shows_eyes", lambda self, frame: False)
     photo, truth = scene(hq_face(3), 200, 0)  # settled by the medium scan where its eyes are seen (test above)
     assert_framed(faces.search_faces(photo)[0].frame, truth)  # found all the same, by the full upright scan
-    assert calls == [0, 0, 0]
+    assert scan_angles == [0, 0, 0]
 
 
 def test_a_box_of_clutter_barely_proposed_needs_a_sure_face_score():
