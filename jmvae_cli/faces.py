@@ -54,8 +54,9 @@ LARGEST_FIRST_SHARE = 0.45
 QUICK_CASCADE = "haarcascade_frontalface_alt.xml"
 # Then faces of at least this share (a person in a holiday photo, a face in a scene): the full scan's time goes to
 # the many windows of small faces, so this one costs a fraction of it. It settles the search only with a face in
-# which the eye cascade finds an eye, since the full scan's smaller faces, which it never sees, are what would
-# have shown a box of clutter there for what it is (rank).
+# which the eye cascade finds an eye and over whose middle no smaller face lies (_Photo.covered), since the full
+# scan's smaller faces, which it never sees, are what would have shown a box of clutter there for what it is
+# (rank), or a big face for a poster behind a person (_behind).
 MEDIUM_SHARE = 0.2
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
@@ -242,10 +243,21 @@ class _Photo:
         of low contrast in bright surroundings, come out where the plain copy hides them."""
         return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(self.grey)
 
-    def scan(self, angle: float, min_share: float = 0.0, how: Scan = Scan()) -> list[Frame]:
+    def scan(
+        self, angle: float, min_share: float = 0.0, how: Scan = Scan(), within: Frame | None = None
+    ) -> list[Frame]:
         """The cascade's boxes for a copy turned by -angle degrees (faces turned by +angle come out upright), as
-        frames turned by +angle in the photo's pixels, largest first."""
+        frames turned by +angle in the photo's pixels, largest first. `within` (upright only): only the boxes
+        inside that frame's square, and smaller than a face behind (_behind) could be."""
         grey, back = (self.local_contrast if how.enhanced else self.grey), None
+        x0 = y0 = 0
+        biggest = (0, 0)  # OpenCV's "no limit"
+        if within is not None:
+            b = Frame(within.cx * self.scale, within.cy * self.scale, within.side * self.scale).box
+            x0, y0 = max(0, math.floor(b.x)), max(0, math.floor(b.y))
+            grey = grey[y0 : math.ceil(b.y + b.h), x0 : math.ceil(b.x + b.w)]  # a view, not a copy
+            side = round(1.2 * b.w / OVER_SIZE / FRAME_SCALE)  # a cascade box is 10-20% off the frame it gives
+            biggest = (side, side)
         if angle:
             h, w = grey.shape
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)  # (2, 3); cv2: + is counter-clockwise
@@ -263,11 +275,14 @@ class _Photo:
             # own grouping (see _group) loses nothing there, and costs less
             found = cascade.detectMultiScale(grey, 1.2, how.neighbors, minSize=(smallest, smallest))
             boxes = [(x, y, w) for x, y, w, _ in found]
+        elif min(grey.shape) < smallest:
+            return []
         else:
-            boxes = _group(cascade.detectMultiScale(grey, 1.1, 0, minSize=(smallest, smallest)), how.neighbors)
+            hits = cascade.detectMultiScale(grey, 1.1, 0, minSize=(smallest, smallest), maxSize=biggest)
+            boxes = _group(hits, how.neighbors)
         frames = []
         for x, y, bw in sorted(boxes, key=lambda b: -b[2])[:MAX_CANDIDATES]:
-            centre = np.array([x + bw / 2, y + bw / 2])  # in the scanned copy
+            centre = np.array([x0 + x + bw / 2, y0 + y + bw / 2])  # in the scanned copy
             if back is not None:  # cv2's matrices map pixel centres, which lie half a pixel off the corners
                 centre = back[:, :2] @ (centre - 0.5) + back[:, 2] + 0.5
             cx, cy = centre / self.scale
@@ -328,6 +343,12 @@ class _Photo:
         boxes = _cascade("haarcascade_eye.xml").detectMultiScale(grey, 1.1, 3, minSize=(10, 10), maxSize=(48, 48))
         top, bottom = EYE_BAND[0] * EYE_VIEW, EYE_BAND[1] * EYE_VIEW
         return any(top < y + h / 2 < bottom for _, y, _, h in boxes)
+
+    def covered(self, face: Face) -> bool:
+        """Whether a smaller face lies over the middle of this one (_behind: a poster behind a person), by a scan of
+        the face's own square for faces small enough: the medium scan sees none that small."""
+        small = [g for g in self.align(self.scan(0, within=face.frame)) if g.score >= FACE_SURE]
+        return _behind(face, small)
 
     @functools.cached_property
     def native_grey(self) -> np.ndarray:
@@ -434,7 +455,7 @@ def _behind(face: Face, faces: list[Face]) -> bool:
     f = face.frame
     return any(
         max(abs(g.frame.cx - f.cx), abs(g.frame.cy - f.cy)) < f.side / 4
-        and g.frame.side * 1.5 < f.side
+        and g.frame.side * OVER_SIZE < f.side
         and g.score >= FACE_SURE
         and (g.score >= face.score or g.sharpness >= face.sharpness)
         for g in faces
@@ -465,7 +486,7 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
         faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE, Scan(QUICK_CASCADE)))
         if not settled():
             medium = photo.align(photo.scan(0, MEDIUM_SHARE, Scan(QUICK_CASCADE)))
-            if any(settles(f) and photo.shows_eyes(f.frame) for f in medium):
+            if any(settles(f) and photo.shows_eyes(f.frame) and not photo.covered(f) for f in medium):
                 faces = _merge(faces + medium)
     for how in SCANS:
         for angles in ((0,), ROTATIONS):

@@ -100,12 +100,15 @@ def test_a_blurred_face_made_to_look_sharp_by_one_in_front_does_not_end_the_sear
 
 @pytest.fixture
 def scan_angles(monkeypatch) -> list[float]:
-    """The angle of every scan the face search runs, in order."""
+    """The angle of every scan the face search runs, in order ("middle" for a scan of a face's own square)."""
     calls = []
     scan = faces._Photo.scan
-    monkeypatch.setattr(
-        faces._Photo, "scan", lambda self, angle, *a, **k: calls.append(angle) or scan(self, angle, *a, **k)
-    )
+
+    def counted(self, angle, *a, **k):
+        calls.append("middle" if k.get("within") else angle)
+        return scan(self, angle, *a, **k)
+
+    monkeypatch.setattr(faces._Photo, "scan", counted)
     return calls
 
 
@@ -120,7 +123,7 @@ def test_scans_go_on_only_while_no_sure_face_is_found(scan_angles):
     calls.clear()
     photo, truth = scene(hq_face(3), 200, 0)  # a face of a third of the photo, upright: the medium scan settles it
     assert_framed(faces.search_faces(photo)[0].frame, truth)
-    assert calls == [0, 0]
+    assert calls == [0, 0, "middle"]  # the quick scan, the medium one, and the check of the face's middle
     calls.clear()
     photo, _ = scene(hq_face(1), 160, 35)  # found turned: all the turned copies of that scan, none of the next
     faces.search_faces(photo)
@@ -133,6 +136,18 @@ def test_the_medium_scan_settles_only_on_a_face_showing_an_eye(scan_angles, monk
     photo, truth = scene(hq_face(3), 200, 0)  # settled by the medium scan where its eyes are seen (test above)
     assert_framed(faces.search_faces(photo)[0].frame, truth)  # found all the same, by the full upright scan
     assert scan_angles == [0, 0, 0]
+
+
+@needs_hq
+def test_the_medium_scan_does_not_settle_on_a_poster_behind_a_face(monkeypatch):
+    poster = hq_face(6).resize((230, 230), Image.Resampling.BICUBIC)  # sharp, a third of the photo's height
+    bg = Image.new("RGB", (640, 480), (100, 100, 100))
+    bg.paste(poster, (200, 120))
+    photo, truth = scene(hq_face(36), 72, 0, at=(300, 245), bg=bg)  # a small face in front of its middle
+    assert_framed(faces.search_faces(photo)[0].frame, truth)
+    # the check is what finds it: without it, the medium scan ends the search on the poster
+    monkeypatch.setattr(faces._Photo, "covered", lambda self, face: False)
+    assert_framed(faces.search_faces(photo)[0].frame, Frame(315, 235, 230), centre=0.1, size=0.15)
 
 
 def test_a_box_of_clutter_barely_proposed_needs_a_sure_face_score():
