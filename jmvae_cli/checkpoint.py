@@ -92,8 +92,8 @@ def read_meta(path: Path) -> dict:
 
 def count_nonfinite(tensors) -> int:
     """How many NaN or infinite values the floating-point tensors among `tensors` hold."""
-    # A sum is finite only where every term is, so only a tensor whose sum is not needs counting (every load checks
-    # the weights: counting them all was a sixth of a cold `img2attr`'s time after importing torch)
+    # A sum is finite only where every term is, so only a tensor whose sum is not needs counting: every load checks
+    # the weights, and a cold `img2attr` pays for it (docs/results.md, "Start-up")
     return sum(
         int(t.numel() - torch.isfinite(t).sum())
         for t in tensors

@@ -109,7 +109,7 @@ class Aligner:
     def _inference(self):
         """The refiner as it runs on photos: batch norm folded into the convolutions, in bf16 where the CPU has it
         natively (the same poses to a hundredth of a pixel on validation views, and faster: every photo pays
-        for it), channels_last (oneDNN's fast layout: half the time for one view). The refiner itself stays as
+        for it), channels_last (oneDNN's fast layout, the faster for one view too). The refiner itself stays as
         trained, for saving and further training."""
         import copy
 

@@ -275,7 +275,7 @@ class _Photo:
             # own grouping (see _group) loses nothing there, and costs less
             found = cascade.detectMultiScale(grey, 1.2, how.neighbors, minSize=(smallest, smallest))
             boxes = [(x, y, w) for x, y, w, _ in found]
-        elif min(grey.shape) < smallest:
+        elif min(grey.shape) < smallest:  # a `within` square cut at the photo's edge: OpenCV refuses an empty one
             return []
         else:
             hits = cascade.detectMultiScale(grey, 1.1, 0, minSize=(smallest, smallest), maxSize=biggest)
@@ -468,8 +468,8 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
 
     Scans go from the cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
     more, then each of SCANS upright and then on all the turned copies. Without all_faces the search stops after
-    the first of these that finds a face sure and in focus (and, in the medium scan, showing an eye), so faces
-    elsewhere may be missing from the list. The turned copies are scanned all or none: a face
+    the first of these that finds a face sure and in focus (and, in the medium scan, showing an eye with no smaller
+    face over its middle: MEDIUM_SHARE), so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
     found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
     first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face). The faces
     that will be used (every face, or the first large enough to read) get the aligner's last steps (_Photo.refine)."""
