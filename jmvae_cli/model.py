@@ -41,6 +41,7 @@ class JMVAEConfig:
     image_features: int = 512  # dense layer on the flattened conv features, shared by q(z|x,w) and q(z|x)
     attr_hidden: int = 512  # the authors' 512-512 attribute MLPs
     joint_hidden: int = 1024  # the authors' dense joint layer
+    decoder_width: float = 1.0  # p(x|z)'s conv widths are the encoder's times this: a decoder can grow alone
     objective: str = "jmvae-kl"
     alpha: float = 0.1  # weight of JMVAE-kl's unimodal KL terms (the paper's value)
     # Weight of a cross-modal term -E_q(z|x)[log p(w|z)] added to JMVAE-kl (as in MMVAE, Shi et al. 2019). Eq. 2's
@@ -179,7 +180,7 @@ class ImageDecoder(nn.Module):
     def __init__(self, cfg: JMVAEConfig, in_dim: int | None = None):
         super().__init__()
         self.cfg = cfg
-        chans = tuple(reversed(cfg.channels))  # 256, 256, 128, 64
+        chans = tuple(round(c * cfg.decoder_width) for c in reversed(cfg.channels))  # 256, 256, 128, 64 at width 1
         in_dim = cfg.latent_dim if in_dim is None else in_dim
         self.fc = nn.Sequential(nn.Linear(in_dim, chans[0] * 4 * 4, bias=False), nn.BatchNorm1d(chans[0] * 16))
         self.deconvs = nn.Sequential(*[deconv_block(a, b) for a, b in zip(chans[:-1], chans[1:])])

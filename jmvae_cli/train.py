@@ -384,6 +384,7 @@ def config_of(opts: TrainOptions, n_attrs: int) -> JMVAEConfig:
             objective=opts.objective,
             alpha=opts.alpha,
             cross_weight=opts.cross_weight,
+            decoder_width=opts.decoder_width or 1.0,
             **opts.arch,
         )
     except (TypeError, ValueError) as e:
@@ -404,6 +405,7 @@ class Start:
     epochs_done: int = 0
     train_seconds: float = 0.0
     meta: dict | None = None  # the saved training state's metadata (on resume)
+    fresh: str | None = None  # the prefix of the model's weights that start afresh instead (a new decoder)
 
     def for_data(self, attr_names: list[str]) -> "Start":
         if self.attr_names is None:
@@ -443,12 +445,20 @@ def starting_point(opts: TrainOptions) -> Start:
         loaded = load_model(opts.init)
         # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
         cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
+        state, source, fresh = loaded.model.state_dict(), f"--init {opts.init}", None
+        if opts.decoder_width not in (None, cfg.decoder_width):
+            # A decoder of another width cannot take the init's weights: a new one learns to draw its latents.
+            cfg = replace(cfg, decoder_width=opts.decoder_width)
+            fresh = "dec_x."
+            state = {k: v for k, v in state.items() if not k.startswith(fresh)}
+            source += f" with a new image decoder {opts.decoder_width}x as wide"
         return Start(
             cfg,
             Preprocess.from_dict(loaded.meta["preprocess"]),
-            f"--init {opts.init}",
+            source,
             loaded.attr_names,
-            states={"model": loaded.model.state_dict()},
+            states={"model": state},
+            fresh=fresh,
         )
     cfg = config_of(opts, n_attrs=JMVAEConfig.n_attrs)  # n_attrs: the data's, once it is read (Start.for_data)
     return Start(cfg, Preprocess(size=cfg.image_size), "a new model")
@@ -473,7 +483,7 @@ def build_modules(cfg: JMVAEConfig, opts: TrainOptions, device: torch.device, pr
         )
     for name, state in start.states.items():
         if name != "ema":
-            modules[name].load_state_dict(state)
+            modules[name].load_state_dict(state, strict=start.fresh is None)
     if opts.ema:  # a fine-tune, or a resume of a run without an average, starts averaging from the model
         modules["ema"] = copy.deepcopy(model).eval()
         if "ema" in start.states:

@@ -79,6 +79,12 @@ class TrainOptions:
     gan_weight: float = option(0.1, "Weight of the adversarial term per pixel, against the likelihood's nats.", min=0.0)
     gan_lr: float = option(2e-4, "The discriminator's learning rate.", min=0.0, on_resume="change")
     latent_dim: int = option(128, "Dimensions of z.", min=1)
+    decoder_width: float | None = option(
+        None,
+        "Widen the image decoder p(x|z) by this factor (1: the authors' widths). With --init of a model of "
+        "another width, the decoder starts afresh on that model's encoders. Default: the --init model's, else 1.",
+        above=0.0,
+    )
     device: str = option(
         "auto", "Where to run: auto takes CUDA, then MPS, then the CPU.", choices=DEVICES, on_resume="machine"
     )

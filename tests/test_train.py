@@ -192,6 +192,23 @@ def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data,
     assert any(k.startswith("dec_x.") and "running_mean" in k for k in changed)
 
 
+def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_path):
+    train(options(data, tmp_path / "a", epochs=1))
+    before = load_model(tmp_path / "a" / "model.safetensors").model
+    init = tmp_path / "a" / "model.safetensors"
+    train(options(data, tmp_path / "b", epochs=1, init=init, train_only="image-decoder", decoder_width=2))
+    after = load_model(tmp_path / "b" / "model.safetensors").model
+    assert after.cfg.decoder_width == 2
+    assert after.dec_x.out.in_channels == 2 * before.dec_x.out.in_channels
+    kept = {k: v for k, v in before.state_dict().items() if not k.startswith("dec_x.")}
+    assert all(torch.equal(v, after.state_dict()[k]) for k, v in kept.items())
+    # a further fine-tune of the wide model keeps its decoder unless told otherwise
+    train(
+        options(data, tmp_path / "c", epochs=1, init=tmp_path / "b" / "model.safetensors", train_only="image-decoder")
+    )
+    assert load_model(tmp_path / "c" / "model.safetensors").model.cfg.decoder_width == 2
+
+
 def test_train_only_needs_a_trained_model_to_start_from(data, tmp_path):
     with pytest.raises(JmvaeError, match="--init"):
         train(options(data, tmp_path / "a", epochs=1, train_only="image-decoder"))

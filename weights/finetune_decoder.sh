@@ -3,7 +3,9 @@
 #   bash weights/finetune_decoder.sh DATASETS OUT STAGE3_MODEL GAN_WEIGHT [extra `jmvae train` options]
 # Fine-tunes the image decoder p(x|z) alone (--train-only image-decoder): the encoders and p(w|z) stay frozen, so
 # img2attr and the edit directions fitted on q(z|x) (jmvae calibrate) cannot change. GAN_WEIGHT 0 trains on the
-# likelihood alone; above 0 it adds the adversarial term of gan.py. Then recalibrate the edit strengths.
+# likelihood alone; above 0 it adds the adversarial term of gan.py. Then recalibrate the edit strengths. Extra
+# options override the ones below; --decoder-width W trains a new decoder W times as wide from scratch instead
+# (docs/results.md, "A wider decoder").
 set -euo pipefail
 datasets=${1:-../shared/datasets}
 out=${2:-runs/default}
