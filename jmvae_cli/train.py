@@ -451,7 +451,7 @@ def starting_point(opts: TrainOptions) -> Start:
             cfg = replace(cfg, decoder_width=opts.decoder_width)
             fresh = "dec_x."
             state = {k: v for k, v in state.items() if not k.startswith(fresh)}
-            source += f" with a new image decoder {opts.decoder_width}x as wide"
+            source += f" with a new image decoder {opts.decoder_width:g}x as wide"
         return Start(
             cfg,
             Preprocess.from_dict(loaded.meta["preprocess"]),
@@ -864,6 +864,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             f"[bold]jmvae train[/]: {len(trainer.train_idx)} training / {n_val} validation images, "
             f"{len(data.attr_names)} attributes, {start.cfg.image_size} px, {describe(start.cfg, opts)}, "
             f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M parameters, "
-            f"{device.type} {prec.name}" + (f", {d.world} processes" if d.world > 1 else "")
+            f"{device.type} {prec.name}"
+            + (f", {d.world} processes" if d.world > 1 else "")
+            + (f", from {start.source}" if opts.init else "")
         )
     return trainer.run()

@@ -192,11 +192,12 @@ def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data,
     assert any(k.startswith("dec_x.") and "running_mean" in k for k in changed)
 
 
-def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_path):
+def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_path, capsys):
     train(options(data, tmp_path / "a", epochs=1))
     before = load_model(tmp_path / "a" / "model.safetensors").model
     init = tmp_path / "a" / "model.safetensors"
-    train(options(data, tmp_path / "b", epochs=1, init=init, train_only="image-decoder", decoder_width=2))
+    train(options(data, tmp_path / "b", epochs=1, init=init, train_only="image-decoder", decoder_width=2.0))
+    assert "with a new image decoder 2x as wide" in capsys.readouterr().err.replace("\n", " ")
     after = load_model(tmp_path / "b" / "model.safetensors").model
     assert after.cfg.decoder_width == 2
     assert after.dec_x.out.in_channels == 2 * before.dec_x.out.in_channels
