@@ -4,9 +4,11 @@ each time, in fp32 and in bf16 autocast.
 
     python benchmarks/train_throughput.py --data ../shared/datasets/celeba [--steps 20] [--device cpu]
         [--train-only image-decoder]    # the step of a decoder fine-tune (train --train-only)
+        [--compile none,reduce-overhead] [--precisions fp32] [--sources resident]   # torch.compile's modes
 
-Each setting runs a few warm-up steps, then times --steps optimizer steps of the real training step (train.py's
-batch_tensors and the model's loss), and prints one JSON line per setting and a markdown table.
+Each setting runs a few warm-up steps (where torch.compile compiles: their seconds are reported), then times --steps
+optimizer steps of the real training step (train.py's batch_tensors and the model's loss), and prints one JSON line
+per setting and a markdown table. A setting that fails (a compiler missing, say) prints its error and the rest go on.
 """
 
 import argparse
@@ -44,7 +46,9 @@ def jpeg_batches(root: Path, batch_size: int, pool: Pool):
         yield np.stack(faces), src.attrs[idx]
 
 
-def run(step_batches, model, optimizer, prec: Precision, device, warmup: int, steps: int, batch_size: int) -> float:
+def run(step_batches, model, optimizer, prec: Precision, device, warmup: int, steps: int, batch_size: int):
+    """(images/s over the timed steps, seconds of the warm-up steps)"""
+    start = time.perf_counter()
     for i, (x, w) in enumerate(step_batches):
         if i == warmup:
             if device.type == "cuda":
@@ -59,7 +63,7 @@ def run(step_batches, model, optimizer, prec: Precision, device, warmup: int, st
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - t0)
+    return steps * batch_size / (time.perf_counter() - t0), t0 - start
 
 
 def main():
@@ -70,47 +74,57 @@ def main():
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--train-only", choices=list(TRAINED_PARTS))
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--sources", default=",".join(SOURCES))
+    ap.add_argument("--compile", default="none", help="torch.compile modes, comma-separated; none: not compiled")
     args = ap.parse_args()
+    precisions, sources, modes = (getattr(args, k).split(",") for k in ("precisions", "sources", "compile"))
 
     device = pick_device(args.device)
     data = load_data([args.data], progress=True)
     train_idx = data.indices("train")
     rows = []
     with Pool() as pool:
-        for precision in ("fp32", "bf16"):
+        for precision, mode, source in itertools.product(precisions, modes, sources):
             prec = Precision.choose(device, precision)
-            for source in SOURCES:
-                torch.manual_seed(0)
-                model = JMVAE(JMVAEConfig(n_attrs=len(data.attr_names))).to(device, memory_format=prec.memory_format)
-                params = model.train_only(TRAINED_PARTS[args.train_only]) if args.train_only else model.parameters()
-                optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
-                if source != "jpeg":
-                    get = batch_source(data, device)
-                    if source == "cache":
-                        get = partial(batch_tensors, data, device=device)
-                    rng = np.random.default_rng(0)
-                    batches = (get(rng.choice(train_idx, args.batch_size, replace=False)) for _ in itertools.count())
-                else:
-                    batches = (
-                        (pixels_to_input(torch.from_numpy(u8).to(device)), torch.from_numpy(w).to(device).float())
-                        for u8, w in jpeg_batches(args.data, args.batch_size, pool)
-                    )
-                ips = run(batches, model, optimizer, prec, device, args.warmup, args.steps, args.batch_size)
-                row = {
-                    "device": device.type,
-                    "precision": precision,
-                    "source": source,
-                    "train_only": args.train_only or "all",
-                    "images_per_s": round(ips, 1),
-                    "batch_size": args.batch_size,
-                    "threads": torch.get_num_threads(),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print("\n| precision | " + " | ".join(SOURCES) + " |\n|---|" + "---|" * len(SOURCES))
-    for precision in ("fp32", "bf16"):
-        cells = {r["source"]: r["images_per_s"] for r in rows if r["precision"] == precision}
-        print(f"| {precision} | " + " | ".join(f"{cells[s]} img/s" for s in SOURCES) + " |")
+            torch.manual_seed(0)
+            model = JMVAE(JMVAEConfig(n_attrs=len(data.attr_names))).to(device, memory_format=prec.memory_format)
+            params = model.train_only(TRAINED_PARTS[args.train_only]) if args.train_only else model.parameters()
+            optimizer = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.999))
+            step = model if mode == "none" else torch.compile(model, mode=None if mode == "default" else mode)
+            if source != "jpeg":
+                get = batch_source(data, device)
+                if source == "cache":
+                    get = partial(batch_tensors, data, device=device)
+                rng = np.random.default_rng(0)
+                batches = (get(rng.choice(train_idx, args.batch_size, replace=False)) for _ in itertools.count())
+            else:
+                batches = (
+                    (pixels_to_input(torch.from_numpy(u8).to(device)), torch.from_numpy(w).to(device).float())
+                    for u8, w in jpeg_batches(args.data, args.batch_size, pool)
+                )
+            try:
+                ips, warmup_s = run(batches, step, optimizer, prec, device, args.warmup, args.steps, args.batch_size)
+            except Exception as e:  # noqa: BLE001 - one failing setting must not lose the others' numbers
+                print(json.dumps({"precision": precision, "compile": mode, "source": source, "error": repr(e)[:300]}))
+                continue
+            row = {
+                "device": device.type,
+                "precision": precision,
+                "compile": mode,
+                "warmup_s": round(warmup_s, 1),
+                "source": source,
+                "train_only": args.train_only or "all",
+                "images_per_s": round(ips, 1),
+                "batch_size": args.batch_size,
+                "threads": torch.get_num_threads(),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| precision | compile | " + " | ".join(sources) + " |\n|---|---|" + "---|" * len(sources))
+    for precision, mode in itertools.product(precisions, modes):
+        cells = {r["source"]: r["images_per_s"] for r in rows if (r["precision"], r["compile"]) == (precision, mode)}
+        print(f"| {precision} | {mode} | " + " | ".join(f"{cells.get(s, '-')} img/s" for s in sources) + " |")
 
 
 if __name__ == "__main__":
