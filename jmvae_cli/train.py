@@ -88,7 +88,7 @@ PROGRESS_EVERY = 10  # steps between progress-bar updates
 RESIDENT_SHARE = 0.25  # of the GPU's free memory that the training images may take (batch_source)
 # Options whose values live in the model's config: on resume they are read from the config, which is what the
 # weights were built from (an --init run's options do not say it).
-CONFIG_OPTIONS = ("model", "objective", "latent_dim", "alpha", "cross_weight")
+CONFIG_OPTIONS = ("model", "objective", "latent_dim", "decoder_width", "alpha", "cross_weight")
 
 
 class TrainingError(JmvaeError):

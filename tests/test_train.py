@@ -13,7 +13,7 @@ from jmvae_cli.checkpoint import load_model, load_train_state
 from jmvae_cli.cli import app
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE
-from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, train, update_ema
+from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, options_for, train, update_ema
 
 TINY = {"channels": (8, 8, 8, 8), "image_features": 16, "attr_hidden": 16, "joint_hidden": 16}
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +203,10 @@ def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_pat
     assert after.dec_x.out.in_channels == 2 * before.dec_x.out.in_channels
     kept = {k: v for k, v in before.state_dict().items() if not k.startswith("dec_x.")}
     assert all(torch.equal(v, after.state_dict()[k]) for k, v in kept.items())
+    # resumed as the command line resumes it, with only what the user typed given: the width comes from the run
+    train(options_for({"data": [data], "out": tmp_path / "b", "epochs": 2, "resume": True, "progress": False}))
+    resumed = load_model(tmp_path / "b" / "model.safetensors")
+    assert resumed.meta["epochs_done"] == 2 and resumed.model.cfg.decoder_width == 2
     # a further fine-tune of the wide model keeps its decoder unless told otherwise
     train(
         options(data, tmp_path / "c", epochs=1, init=tmp_path / "b" / "model.safetensors", train_only="image-decoder")
