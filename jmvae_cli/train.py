@@ -569,6 +569,11 @@ class Trainer:
         self.disc = self.modules.get("discriminator")
         self.final = self.ema if self.ema is not None else self.model  # what is validated, pictured and saved
         self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if d.world > 1 else self.model
+        self.loss_terms = self.ddp
+        if opts.compile:
+            # This small model's step is bound by launching its few hundred kernels; CUDA graphs replay them as one
+            # (reduce-overhead), and on the CPU inductor fuses them (docs/results.md, "Training speed on a GPU").
+            self.loss_terms = torch.compile(self.ddp, mode="reduce-overhead" if device.type == "cuda" else None)
 
         self.batch = batch_source(data, device)
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")[: opts.val_images]
@@ -616,7 +621,15 @@ class Trainer:
         for g in self.optimizers["optimizer"].param_groups:
             g["lr"] = lr_at(self.step, self.progress(), self.opts.lr, self.lr_warmup_steps)
         with self.prec.autocast():
-            terms = self.ddp(x, w, kl_weight_at(self.step, self.kl_warmup_steps))
+            beta = kl_weight_at(self.step, self.kl_warmup_steps)
+            if self.opts.compile:  # a tensor, not a float that changes every step and would be compiled for again
+                beta = torch.tensor(beta, device=self.device)
+            try:
+                terms = self.loss_terms(x, w, beta)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                raise JmvaeError(
+                    f"--compile: torch.compile failed ({str(e).splitlines()[0]}); train without it"
+                ) from None
             loss = terms["loss"]
             if self.disc is not None:
                 # Only the image decoder learns from the adversary: z from q(z|w), the route of attr2img and edit,
@@ -824,8 +837,10 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
     prec = Precision.choose(device, opts.precision)
-    if d.world > 1 and (opts.time_limit is not None or opts.gan):
-        raise JmvaeError("--time-limit and --gan work in single-process runs only (under torchrun, set --epochs)")
+    if d.world > 1 and (opts.time_limit is not None or opts.gan or opts.compile):
+        raise JmvaeError(
+            "--time-limit, --gan and --compile work in single-process runs only (under torchrun, set --epochs)"
+        )
     if opts.gan and not issubclass(registry.model_class(opts.model), JMVAE):
         raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
     if opts.train_only != "all":
@@ -867,5 +882,6 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             f"{device.type} {prec.name}"
             + (f", {d.world} processes" if d.world > 1 else "")
             + (f", from {start.source}" if opts.init else "")
+            + (", compiled" if opts.compile else "")
         )
     return trainer.run()

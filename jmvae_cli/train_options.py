@@ -111,6 +111,12 @@ class TrainOptions:
         min=0.0,
         max=0.2,
     )
+    compile: bool = option(
+        False,
+        "Compile the training step with torch.compile, replayed as CUDA graphs on a GPU (about 40 s of compiling "
+        "first; docs/results.md, 'Training speed on a GPU').",
+        on_resume="machine",
+    )
     ema: float = option(
         0.0,
         "Validate and save a moving average of the weights with this decay per step, e.g. 0.999 (0: off).",

@@ -214,6 +214,29 @@ def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_pat
     assert load_model(tmp_path / "c" / "model.safetensors").model.cfg.decoder_width == 2
 
 
+def test_a_compiled_step_trains_the_same_model(data, tmp_path, capsys):
+    # on the CPU inductor fuses the step's kernels (a GPU replays them as CUDA graphs): the same run, up to rounding
+    train(options(data, tmp_path / "plain", epochs=2))
+    train(options(data, tmp_path / "compiled", epochs=2, compile=True))
+    assert ", compiled" in capsys.readouterr().err.replace("\n", " ")
+    plain, compiled = metrics(tmp_path / "plain"), metrics(tmp_path / "compiled")
+    assert compiled[-1]["train"]["rec_x"] < compiled[0]["train"]["rec_x"]
+    for a, b in zip(plain, compiled, strict=True):
+        assert abs(a["val"]["bits_per_dim"] - b["val"]["bits_per_dim"]) < 0.01
+
+
+def test_a_failing_compiler_is_one_clear_error(data, tmp_path, monkeypatch):
+    def no_compiler(module, mode=None):
+        def step(*args):
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler found\nlong details")
+
+        return step
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with pytest.raises(JmvaeError, match=r"--compile: torch.compile failed \(no C\+\+ compiler found\); train without"):
+        train(options(data, tmp_path / "a", epochs=1, compile=True))
+
+
 def test_train_only_needs_a_trained_model_to_start_from(data, tmp_path):
     with pytest.raises(JmvaeError, match="--init"):
         train(options(data, tmp_path / "a", epochs=1, train_only="image-decoder"))
