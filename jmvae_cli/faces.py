@@ -463,16 +463,17 @@ def _behind(face: Face, faces: list[Face]) -> bool:
 
 
 def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
-    """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past reading (BLURRED),
-    are dropped; faces too small to read are kept (the caller decides).
+    """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past
+    reading (BLURRED), are dropped; faces too small to read are kept (the caller decides).
 
     Scans go from the cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
     more, then each of SCANS upright and then on all the turned copies. Without all_faces the search stops after
     the first of these that finds a face sure and in focus (and, in the medium scan, showing an eye with no smaller
-    face over its middle: MEDIUM_SHARE), so faces elsewhere may be missing from the list. The turned copies are scanned all or none: a face
-    found on one copy may be a box of clutter around a smaller face at another angle, which ranking then puts
-    first (rank). With all_faces, each face comes once and boxes that are not faces go (every_face). The faces
-    that will be used (every face, or the first large enough to read) get the aligner's last steps (_Photo.refine)."""
+    face over its middle: MEDIUM_SHARE), so faces elsewhere may be missing from the list. The turned copies are
+    scanned all or none: a face found on one copy may be a box of clutter around a smaller face at another angle,
+    which ranking then puts first (rank). With all_faces, each face comes once and boxes that are not faces go
+    (every_face). The faces that will be used (every face, or the first large enough to read) get the aligner's
+    last steps (_Photo.refine)."""
     photo = _Photo(img)
     faces: list[Face] = []
 
