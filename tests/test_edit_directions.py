@@ -126,10 +126,11 @@ def test_faces_already_past_the_goal_are_returned_unchanged():
 
 def test_pixels_outside_the_footprint_do_not_change():
     foot = torch.zeros(len(ATTRS), S, S)
-    foot[1, 20:40, 10:30] = 1.0
+    foot[0, 20:40, 10:30] = 1.0
     model = model_with(constants(off=50.0, on=51.0, footprints=foot))  # every face has far to go
     x = faces(2)
-    r = editing.edit(model, x, {1: attributes.coded(True, 1.5)}, method="regress")
+    assert not attributes.present(model.attrs_from_images(x)[:, [0, 3]]).any()  # changes to make, on both faces
+    r = editing.edit(model, x, {0: attributes.coded(True, 1.5)}, method="regress")
     outside = torch.ones(S, S, dtype=torch.bool)
     outside[20:40, 10:30] = False
     assert torch.equal(r.result[:, :, outside], x[:, :, outside])
@@ -138,7 +139,7 @@ def test_pixels_outside_the_footprint_do_not_change():
     assert not r.delta_pixels[:, outside.numpy()].any()
     # two attributes changed: only inside one footprint or the other
     foot[3, 0:5, 0:5] = 1.0
-    two = editing.edit(model, x, {1: attributes.coded(True, 1.5), 3: attributes.coded(True, 1.5)}, method="regress")
+    two = editing.edit(model, x, {0: attributes.coded(True, 1.5), 3: attributes.coded(True, 1.5)}, method="regress")
     outside[0:5, 0:5] = False
     assert torch.equal(two.result[:, :, outside], x[:, :, outside])
     assert (two.result[:, :, 0:5, 0:5] - x[:, :, 0:5, 0:5]).abs().max() > 0.01
@@ -272,23 +273,43 @@ def test_a_change_already_there_is_noted_on_stderr(tmp_path, photo):
     weights = save_tiny(tmp_path / "tiny.safetensors")
     tr = translate.Translator.from_weights(weights, "cpu", "fp32")
     probs = translate.infer_attributes(tr, _crop_of(photo, tr)[None])[0]
-    on = [n for n, p in zip(ATTRS, probs) if p >= 0.5]
-    off = [n for n, p in zip(ATTRS, probs) if p < 0.5]
+    on = [n for n, p in zip(ATTRS, probs) if editing.shows_already(p, True)]
+    off = [n for n, p in zip(ATTRS, probs) if editing.shows_already(p, False)]
+    unsure = [n for n, p in zip(ATTRS, probs) if 0.5 <= p < editing.ALREADY_SURE]
     assert on and off
-    asked = ["--set", on[0], "--unset", off[0], "--set", off[-1]]
+    # the last: lacking it, or read as there but not surely, the face gets it (no note)
+    asked = ["--set", on[0], "--unset", off[0], "--set", (unsure or off)[-1]]
     r = run("edit", photo, "--no-detect", *asked, "-o", tmp_path / "e.png", "--weights", weights)
     assert r.exit_code == 0, r.output
     notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 2, r.stderr
     assert f"{on[0]} is already on" in notes[0] and f"{off[0]} is already off" in notes[1]
-    assert all("photo.png" in line for line in notes)
+    assert all("photo.png" in line and line.endswith("left as it is") for line in notes)
+    # asked only for what the face shows already, the photo comes back as it was, pixel for pixel
+    r = run(
+        "edit",
+        photo,
+        "--no-detect",
+        "--set",
+        on[0],
+        "--unset",
+        off[0],
+        "-o",
+        tmp_path / "same.png",
+        "--weights",
+        weights,
+    )
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "same.png")), np.asarray(Image.open(photo).convert("RGB")))
 
 
 def test_already_library():
     model = model_with(None)
     e = editing.edit(model, faces(2), {0: 1.5, 1: -0.5})
     seen = editing.already(e, {0: 1.5, 1: -0.5})
-    expected = [(f, i) for f in range(2) for i, on in ((0, True), (1, False)) if (e.probs[f, i] >= 0.5) == on]
+    expected = [
+        (f, i) for f in range(2) for i, on in ((0, True), (1, False)) if editing.shows_already(e.probs[f, i], on)
+    ]
     assert [(s.face, s.index) for s in seen] == expected
     assert all(s.p == pytest.approx(float(e.probs[s.face, s.index])) for s in seen)
 

@@ -99,14 +99,39 @@ def test_a_batch_edits_each_face_as_if_alone(tr):
 
 def test_changes_per_face_and_given_probabilities(tr):
     x = editing.to_input(np.repeat(faces(1), 2, 0))
-    probs, _ = editing.infer(tr.model, x)
-    r = editing.edit(tr.model, x, [{0: 1.5}, {0: -0.5, 2: 1.5}], probs=probs)
-    assert r.w_new[0, 0] == 1.5 and r.w_new[1, 0] == -0.5 and r.w_new[1, 2] == 1.5
-    assert torch.equal(r.w_new[0, 1:], r.w[0, 1:])
+    probs, w = editing.infer(tr.model, x)
+    lacks, has = (w[0] == 0).nonzero()[:, 0].tolist(), (w[0] == 1).nonzero()[:, 0].tolist()
+    a, b, c = lacks[0], lacks[1], has[0]
+    r = editing.edit(tr.model, x, [{a: 1.5}, {b: 1.5, c: -0.5}], probs=probs)
+    assert r.w_new[0, a] == 1.5 and r.w_new[1, b] == 1.5 and r.w_new[1, c] == -0.5
+    assert torch.equal(r.w_new[0, torch.arange(len(w[0])) != a], r.w[0, torch.arange(len(w[0])) != a])
     with pytest.raises(ValueError, match="2 sets of changes for 1 faces"):
         editing.edit(tr.model, x[:1], [{0: 1.5}, {0: 1.5}])
     with pytest.raises(ValueError, match="unknown edit method 'nope'"):
         editing.edit(tr.model, x, {0: 1.5}, method="nope")
+
+
+def test_a_change_the_face_surely_shows_already_is_not_made(tr):
+    x = editing.to_input(faces(2))
+    probs, w = editing.infer(tr.model, x)
+    has = int((probs >= editing.ALREADY_SURE).all(0).nonzero()[0, 0])  # an attribute the model is sure both faces show
+    lacks = int((probs <= 1 - editing.ALREADY_SURE).all(0).nonzero()[0, 0])  # and one it is sure neither does
+    for method in ("paper", "latent"):
+        # asked for what is there, at any strength: the faces stay exactly as they were
+        same = editing.edit(tr.model, x, {has: 3.0, lacks: -1.0}, method=method)
+        assert torch.equal(same.w_new, w) and torch.equal(same.result, x) and not same.delta_pixels.any()
+        # with a change the faces lack beside it, that one alone is made
+        one = editing.edit(tr.model, x, {has: 3.0, lacks: 2.0}, method=method)
+        assert torch.equal(one.w_new[:, has], w[:, has]) and (one.w_new[:, lacks] == 2.0).all()
+        assert one.delta_pixels.any()
+    # soft: the same, by the probabilities fed as they are
+    soft = editing.edit(tr.model, x, {has: 3.0}, soft=True)
+    assert torch.equal(soft.w_new, probs) and torch.equal(soft.result, x)
+    # read as there but not surely: the request counts, and the change is made
+    p = probs.clone()
+    p[:, has] = (0.5 + editing.ALREADY_SURE) / 2
+    made = editing.edit(tr.model, x, {has: 3.0}, probs=p)
+    assert (made.w_new[:, has] == 3.0).all() and made.delta_pixels.any()
 
 
 def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):

@@ -151,12 +151,12 @@ def _where(r, face: int) -> str:
 
 
 def _note_already(r, tr, values: dict[int, float]) -> None:
-    """One line on stderr for each requested change the model already saw on the face before the edit: asked to
-    add what is there (or take away what is not), the user should not wait for a change to show."""
+    """One line on stderr for each requested change the model was sure the face showed already, which the edit
+    therefore did not make (editing.ALREADY_SURE): nobody should wait for it to show."""
     for seen in editing.already(r.edit, values):
         console.print(
             f"note: {_where(r, seen.face)}: {tr.attr_names[seen.index]} is already {'on' if seen.on else 'off'} "
-            f"(the model reads p={seen.p:.2f})",
+            f"(the model reads p={seen.p:.2f}): left as it is",
             highlight=False,
             soft_wrap=True,
         )
