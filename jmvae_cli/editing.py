@@ -165,8 +165,9 @@ def strengths(model: JMVAE, method: str | None, strength: float | None) -> attri
     return attributes.Strengths()
 
 
-def shows_already(p: float, on: bool) -> bool:
-    """Whether the model, reading p(w|z) = p for an attribute, is sure (ALREADY_SURE) the face shows it on / off."""
+def shows_already(p, on: bool):
+    """Whether the model, reading p(w|z) = p for an attribute (a float, or a tensor of them), is sure (ALREADY_SURE)
+    the face shows it on / off."""
     return p >= ALREADY_SURE if on else p <= 1 - ALREADY_SURE
 
 

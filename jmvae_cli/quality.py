@@ -12,7 +12,8 @@ JMVAE-GAN comparison uses.
                strengths, auto), for faces whose label is not yet the target; the classifier says whether the edit
                reached the target (on all those faces, and on the "strict" ones it also read as lacking the
                target before) and whether the other attributes stayed as it saw them before; |delta| is the mean
-               absolute change per 8-bit pixel value of the crop. By default the 13 attributes AttGAN and STGAN
+               absolute change per 8-bit pixel value of the crop; "unmade", the share of faces the edit left as
+               they were, the model sure they showed the target already (editing.ALREADY_SURE). By default the 13 attributes AttGAN and STGAN
                edit, both directions; Mustache and Bald are also split by the face's Male label (the data holds no
                bald women nor women with a moustache)
 
@@ -282,6 +283,7 @@ def evaluate_quality(
                             ((written - x[todo]).abs() * 127.5).mean((1, 2, 3)).double(),
                             (~was).double(),
                             (now & ~was).double(),
+                            editing.shows_already(probs[todo, i], bool(target)).double(),
                         ],
                         1,
                     ).cpu()  # (t, COUNTS)
@@ -310,13 +312,14 @@ def evaluate_quality(
 
 
 # per edit and group of faces, summed over the faces: edited, target seen before, target seen after, other
-# attributes seen unchanged, |delta| per 8-bit value, strict faces (target not seen before), strict faces flipped
-COUNTS = ("faces", "before", "after", "kept", "delta", "strict", "strict_after")
-MEANS = ("target_before", "flipped", "flipped_strict", "others_unchanged", "abs_delta")
+# attributes seen unchanged, |delta| per 8-bit value, strict faces (target not seen before), strict faces flipped,
+# faces left as they were (the model sure they showed the target already: editing.ALREADY_SURE)
+COUNTS = ("faces", "before", "after", "kept", "delta", "strict", "strict_after", "unmade")
+MEANS = ("target_before", "flipped", "flipped_strict", "others_unchanged", "abs_delta", "unmade")
 
 
 def _rates(c: np.ndarray, n_attrs: int) -> dict:
-    faces, before, after, kept, delta, strict, strict_after = c
+    faces, before, after, kept, delta, strict, strict_after, unmade = c
     share = lambda v, n: float(v / n) if n else None  # noqa: E731
     return {
         "faces": int(faces),
@@ -326,6 +329,7 @@ def _rates(c: np.ndarray, n_attrs: int) -> dict:
         "flipped_strict": share(strict_after, strict),
         "others_unchanged": share(kept, faces * (n_attrs - 1)),
         "abs_delta": share(delta, faces),
+        "unmade": share(unmade, faces),
     }
 
 

@@ -60,23 +60,26 @@ def print_evaluation(report: dict, out: Console) -> None:
     if "edit" in report:
         e = report["edit"]
         strength = e["strength"] if isinstance(e["strength"], str) else f"{e['strength']:g}"
-        table = Table("edit", "strength", "faces", "target before", "flipped", "flipped (strict)", "others unchanged",
-                      "|Δ|", box=box.SIMPLE_HEAD, title=f"single-attribute edits ({e['method']} rule, strength {strength})",
-                      title_justify="left", caption="as the classifier sees the faces; only faces not labelled with the "
-                      "target are edited; strict: those it also read as lacking the target; |Δ|: mean change per "
-                      "8-bit pixel value; the mean is over attributes", caption_justify="left")  # fmt: skip
+        table = Table("edit", "s", "faces", "before", "seen", "strict", "kept", "|Δ|", "left", box=box.SIMPLE_HEAD, pad_edge=False,
+                      title=f"single-attribute edits ({e['method']} rule, strength {strength})", title_justify="left",
+                      caption="as the classifier sees the faces; only faces not labelled with the target are edited, "
+                      "at strength s; before: the target seen before the edit; seen: after it; strict: seen after, of "
+                      "the faces it was not seen on before; kept: the other attributes seen as before; |Δ|: mean "
+                      "change per 8-bit pixel value; left: faces the model was sure showed the target already, "
+                      "which the edit leaves as they were; the mean is over attributes", caption_justify="left")  # fmt: skip
         for col in table.columns[1:]:
             col.justify = "right"
+        table.columns[0].overflow = "fold"  # a long name on a narrow terminal: all of it, on two lines
         for r in e["edits"]:
             name = f"{'+' if r['target'] else '-'}{r['attribute']}" + (f" ({r['split']})" if "split" in r else "")
             delta = "-" if r["abs_delta"] is None else f"{r['abs_delta']:.1f}"
             table.add_row(name, f"{r['strength']:g}", str(r["faces"]), pct(r["target_before"]), pct(r["flipped"]),
-                          pct(r["flipped_strict"]), pct(r["others_unchanged"]), delta)  # fmt: skip
+                          pct(r["flipped_strict"]), pct(r["others_unchanged"]), delta, pct(r["unmade"]))  # fmt: skip
         m = e["mean"]
         delta = "-" if m["abs_delta"] is None else f"{m['abs_delta']:.1f}"
         table.add_section()
         table.add_row("[bold]mean", "", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["flipped_strict"]),
-                      pct(m["others_unchanged"]), delta)  # fmt: skip
+                      pct(m["others_unchanged"]), delta, pct(m["unmade"]))  # fmt: skip
         out.print(table)
     if "likelihood" in report:
         table = Table("likelihood", "nats", "± se", "bits/dim", box=box.SIMPLE_HEAD, title="log-likelihoods",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jmvae_cli import attributes, quality, translate
+from jmvae_cli import attributes, editing, quality, translate
 from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import save_model
 from jmvae_cli.data import DataError, load_data
@@ -150,7 +150,16 @@ def test_evaluate_quality_counts(tr, classifier_weights):
         assert 0 <= e["flipped"] <= 1 and 0 <= e["others_unchanged"] <= 1 and e["abs_delta"] > 0
         strict = todo & (seen[:, i] != target)
         assert (e["flipped_strict"] is None) == (not strict.any())
+        # the faces the model was sure showed the target already, which the edit left as they were
     assert r["edit"]["mean"]["flipped"] == pytest.approx(np.mean([e["flipped"] for e in rows]))
+    # the other way round the tiny model is sure of the target on some faces already: those are left as they were
+    back = [attributes.parse_change(e, ATTRS) for e in ("-Smiling", "+Eyeglasses")]
+    rb = quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, classifier=clf, edits=back, parts=["edit"])
+    probs = translate.infer_attributes(tr, faces)
+    for e, (i, target) in zip(rb["edit"]["edits"], [(0, 0), (2, 1)]):
+        read = probs[attrs[:, i] != target, i]
+        assert e["unmade"] == pytest.approx(np.mean([editing.shows_already(v, bool(target)) for v in read]))
+    assert max(e["unmade"] for e in rb["edit"]["edits"]) > 0
 
     only = quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, parts=["img2attr"])
     assert list(only) == ["img2attr"] and only["img2attr"] == r["img2attr"]
