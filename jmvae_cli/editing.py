@@ -3,8 +3,9 @@
 
 Every edit starts alike. w = p(w|z) at the mean of q(z|x), thresholded at attributes.THRESHOLD (or, soft, kept as
 probabilities), and w' = w with the requested changes, except those the model is sure the face shows already
-(ALREADY_SURE: asked to take off glasses it is sure the face does not wear, it leaves the face as it is). A rule then says how the faces change, as two images the
-model draws for each face, `before` (for w) and `after` (for w'); change() says what that adds to the face, the
+(ALREADY_SURE: asked to take off glasses it is sure the face does not wear, it leaves the face as it is). A rule
+then says how the faces change, as two images the model draws for each face, `before` (for w) and `after` (for
+w'); change() says what that adds to the face, the
 edited face is x plus that, clipped to the pixel range, and the photo at full resolution gets the same change,
 upscaled (faces.paste_edit). The paper's rule adds after - before, as the paper does. The others add the change of
 lightness, and of colour where the colour changes little, but where it changes much (a and b of CIELAB, over
@@ -67,8 +68,8 @@ REGRESS = "regress"
 COLOUR_TAKEN = 10.0
 # How sure the model must be that a face shows a requested change already for edit to leave it as it is. Pushed on
 # past its target, a face with no glasses got bright rims round the eyes for --unset Eyeglasses and a young face dark
-# ones for --set Young; below this the request itself counts as evidence (the model reads 88% of attributes right)
-# and the change is made (docs/results.md, "Changes a face shows already")
+# ones for --set Young; below this the request itself counts as evidence (the model misreads some faces) and the
+# change is made (docs/results.md, "Changes a face shows already")
 ALREADY_SURE = 0.9
 
 

@@ -13,9 +13,9 @@ JMVAE-GAN comparison uses.
                reached the target (on all those faces, and on the "strict" ones it also read as lacking the
                target before) and whether the other attributes stayed as it saw them before; |delta| is the mean
                absolute change per 8-bit pixel value of the crop; "unmade", the share of faces the edit left as
-               they were, the model sure they showed the target already (editing.ALREADY_SURE). By default the 13 attributes AttGAN and STGAN
-               edit, both directions; Mustache and Bald are also split by the face's Male label (the data holds no
-               bald women nor women with a moustache)
+               they were, the model sure they showed the target already (editing.ALREADY_SURE). By default the 13
+               attributes AttGAN and STGAN edit, both directions; Mustache and Bald are also split by the face's
+               Male label (the data holds no bald women nor women with a moustache)
 
 Scores per attribute are accuracy, balanced accuracy (mean of the true-positive and true-negative rates: on
 CelebA's lopsided attributes accuracy alone rewards always saying "no") and F1 of the positive class.

@@ -60,13 +60,15 @@ def print_evaluation(report: dict, out: Console) -> None:
     if "edit" in report:
         e = report["edit"]
         strength = e["strength"] if isinstance(e["strength"], str) else f"{e['strength']:g}"
-        table = Table("edit", "s", "faces", "before", "seen", "strict", "kept", "|Δ|", "left", box=box.SIMPLE_HEAD, pad_edge=False,
-                      title=f"single-attribute edits ({e['method']} rule, strength {strength})", title_justify="left",
+        table = Table("edit", "s", "faces", "before", "seen", "strict", "kept", "|Δ|", "left", box=box.SIMPLE_HEAD,
+                      pad_edge=False, title=f"single-attribute edits ({e['method']} rule, strength {strength})",
+                      title_justify="left",
                       caption="as the classifier sees the faces; only faces not labelled with the target are edited, "
                       "at strength s; before: the target seen before the edit; seen: after it; strict: seen after, of "
                       "the faces it was not seen on before; kept: the other attributes seen as before; |Δ|: mean "
                       "change per 8-bit pixel value; left: faces the model was sure showed the target already, "
-                      "which the edit leaves as they were; the mean is over attributes", caption_justify="left")  # fmt: skip
+                      "which the edit leaves as they were; the mean is over attributes",
+                      caption_justify="left")  # fmt: skip
         for col in table.columns[1:]:
             col.justify = "right"
         table.columns[0].overflow = "fold"  # a long name on a narrow terminal: all of it, on two lines

@@ -150,7 +150,6 @@ def test_evaluate_quality_counts(tr, classifier_weights):
         assert 0 <= e["flipped"] <= 1 and 0 <= e["others_unchanged"] <= 1 and e["abs_delta"] > 0
         strict = todo & (seen[:, i] != target)
         assert (e["flipped_strict"] is None) == (not strict.any())
-        # the faces the model was sure showed the target already, which the edit left as they were
     assert r["edit"]["mean"]["flipped"] == pytest.approx(np.mean([e["flipped"] for e in rows]))
     # the other way round the tiny model is sure of the target on some faces already: those are left as they were
     back = [attributes.parse_change(e, ATTRS) for e in ("-Smiling", "+Eyeglasses")]
