@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jmvae_cli.errors import JmvaeError
+from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 
 VIEW = 64  # side of the views, in pixels
 WEIGHTS_NAME = "face_aligner.safetensors"
@@ -46,6 +46,8 @@ def features(views: np.ndarray) -> np.ndarray:
     """(B, 64, 64, 3) or (B, 64, 64) uint8 views -> (B, N_FEATURES) float32."""
     hog = getattr(_per_thread, "hog", None)
     if hog is None:  # HOGDescriptor keeps state: one per thread, like the cascade
+        if not hasattr(cv2, "HOGDescriptor"):
+            raise OpenCV4Needed()
         hog = _per_thread.hog = (cv2.HOGDescriptor(*_HOG), cv2.HOGDescriptor(*_HOG_HALF))
     out = np.ones((len(views), N_FEATURES), np.float32)
     for i, v in enumerate(views):

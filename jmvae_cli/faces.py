@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from jmvae_cli import images
-from jmvae_cli.errors import JmvaeError
+from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 
 # The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
 # centre in box widths (+x right, +y down: the box sits low on the face), medians over 1,500 CelebA-HQ training
@@ -196,9 +196,7 @@ def _cascade(name: str) -> "cv2.CascadeClassifier":
         path = os.path.join(cv2.data.haarcascades, name)
         # OpenCV 5 moved the Haar cascades out of the main package
         if not hasattr(cv2, "CascadeClassifier") or not os.path.exists(path):
-            raise JmvaeError(
-                "face detection needs OpenCV 4's Haar cascades: pip install 'opencv-python-headless>=4.8,<5'"
-            )
+            raise OpenCV4Needed()
         cascades[name] = cv2.CascadeClassifier(path)
     return cascades[name]
 

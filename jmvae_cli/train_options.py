@@ -10,6 +10,7 @@ differ (how long, how fast); when not given, the saved value is used. "machine":
 takes its default (where to run: a run saved on a GPU may resume on a CPU). "run": it says which run it is.
 """
 
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -157,6 +158,7 @@ class TrainOptions:
             names = choices(meta)
             bad = (
                 (names is not None and value not in names and f"one of {', '.join(names)}")
+                or (isinstance(value, float) and not math.isfinite(value) and "a finite number")
                 or ("min" in meta and value < meta["min"] and f"at least {meta['min']}")
                 or ("max" in meta and value > meta["max"] and f"at most {meta['max']}")
                 or ("above" in meta and value <= meta["above"] and f"more than {meta['above']}")

@@ -1,6 +1,7 @@
 """Finding, framing and cutting faces, and pasting edits back (faces.py, face_aligner.py)."""
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from jmvae_cli import editing, face_aligner, faces, translate
-from jmvae_cli.errors import JmvaeError
+from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 from jmvae_cli.faces import Box, FaceCrop, Frame, NoFaceError, crop_face, find_faces
 from tests.model_fixtures import photo_array, tiny_weights  # noqa: F401 (fixture)
 
@@ -297,6 +298,18 @@ def test_no_face():
     with pytest.raises(NoFaceError, match="p.png: no face found"):
         faces.load_faces(_png(Image.fromarray(photo_array(300, 200))), "p.png")
     assert issubclass(NoFaceError, JmvaeError)
+
+
+def test_an_opencv_without_the_cascades_or_hog_is_one_clear_error(monkeypatch, tmp_path):
+    # OpenCV 5 moved both out of its main package; each thread keeps its own cascades and HOGs
+    monkeypatch.setattr(faces, "_per_thread", threading.local())
+    monkeypatch.setattr(faces.cv2.data, "haarcascades", str(tmp_path))
+    with pytest.raises(OpenCV4Needed, match="opencv-python-headless>=4.8,<5"):
+        find_faces(Image.new("RGB", (320, 240), (128, 128, 128)))
+    monkeypatch.setattr(face_aligner, "_per_thread", threading.local())
+    monkeypatch.delattr(face_aligner.cv2, "HOGDescriptor", raising=False)  # OpenCV 5 has none
+    with pytest.raises(OpenCV4Needed, match="OpenCV 4"):
+        face_aligner.features(np.zeros((1, 64, 64, 3), np.uint8))
 
 
 @needs_hq

@@ -2,14 +2,18 @@
 and out-of-range numbers, and the input photo that must never be overwritten."""
 
 import contextlib
+import inspect
 import json
+import math
 import os
+import typing
 
 import numpy as np
 import pytest
+import typer
 from PIL import Image
 
-from jmvae_cli import images
+from jmvae_cli import cli, images
 from tests.conftest import fails, run
 from tests.model_fixtures import tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
 
@@ -88,6 +92,31 @@ def test_strength_must_be_finite_and_at_most_ten(weights_env, photo, tmp_path, c
     r = run(*WRITERS[command](photo), "--strength", value, "-o", tmp_path / "x.png")
     fails(r, "--strength", code=2)
     assert not (tmp_path / "x.png").exists()
+
+
+def _float_options(app):
+    """(command, parameter, its typer.Option) for every float option of every command, from their signatures."""
+    for command in app.registered_commands:
+        for name, param in inspect.signature(command.callback).parameters.items():
+            if typing.get_origin(param.annotation) is typing.Annotated:
+                kind, *extra = typing.get_args(param.annotation)
+                for info in extra:
+                    if kind in (float, float | None) and isinstance(info, typer.models.OptionInfo):
+                        yield command.callback.__name__, name, info
+    for group in app.registered_groups:
+        yield from _float_options(group.typer_instance)
+
+
+def test_every_float_option_refuses_what_is_not_a_finite_number():
+    # Click before Typer 0.2x let NaN through min= and max=, every comparison with it being false
+    options = list(_float_options(cli.app))
+    assert {"strength", "zeta", "threshold", "feather", "lr"} <= {name for _, name, _ in options}
+    for command, name, info in options:
+        assert info.callback is not None, (command, name)
+        for bad in (math.nan, math.inf):
+            with pytest.raises(typer.BadParameter, match="not a finite number"):
+                info.callback(bad)
+        assert info.callback(0.5) == 0.5, (command, name)
 
 
 @pytest.mark.parametrize("value", ["inf", "1e400", "nan"])

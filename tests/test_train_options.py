@@ -1,5 +1,6 @@
 """TrainOptions is the one list of `jmvae train`'s options: the command is built from its fields."""
 
+import math
 import subprocess
 import sys
 from dataclasses import fields
@@ -80,6 +81,8 @@ def test_library_callers_get_the_same_bounds():
         TrainOptions(data=[Path("a")], epochs=0).check()
     with pytest.raises(JmvaeError, match="--model must be one of jmvae, vae"):
         TrainOptions(data=[Path("a")], model="gpt").check()
+    with pytest.raises(JmvaeError, match="--lr must be a finite number, not nan"):
+        TrainOptions(data=[Path("a")], lr=math.nan).check()
 
 
 def test_the_command_line_does_not_import_torch():

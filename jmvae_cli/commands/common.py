@@ -1,6 +1,7 @@
 """What the commands share: the options defined once (Annotated), loading the model, writing images, and stdout
 errors as one line."""
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,14 @@ from jmvae_cli.errors import JmvaeError
 def choices(name: str, values) -> type[Enum]:
     """An option's choices as the Enum Typer wants, made from the library's own list so that it is never repeated."""
     return Enum(name, {v: v for v in values}, type=str)
+
+
+def finite(value: float | None) -> float | None:
+    """A float option's callback: Click before Typer 0.2x let NaN through min= and max= (every comparison with it is
+    false), and the library would then fail far from the option's name."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 Device = choices("Device", runtime.DEVICES)
@@ -56,6 +65,7 @@ StrengthOpt = Annotated[
         "--strength",
         min=0.0,
         max=MAX_STRENGTH,
+        callback=finite,
         help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
     ),
 ]

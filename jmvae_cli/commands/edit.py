@@ -50,7 +50,13 @@ def edit(
     ] = False,
     feather: Annotated[
         float,
-        typer.Option("--feather", min=0.0, max=0.5, help="Share of the face frame over which the edit fades out."),
+        typer.Option(
+            "--feather",
+            min=0.0,
+            max=0.5,
+            callback=common.finite,
+            help="Share of the face frame over which the edit fades out.",
+        ),
     ] = 0.15,
     size: common.SizeOpt = None,
     all_faces: common.AllFacesOpt = False,

@@ -18,7 +18,7 @@ from jmvae_cli.train_options import TrainOptions, choices, help_text
 
 def _above(bound: float):
     def check(value):
-        if value is not None and value <= bound:
+        if common.finite(value) is not None and value <= bound:
             raise typer.BadParameter(f"must be more than {bound}, not {value}")
         return value
 
@@ -31,6 +31,8 @@ def _parameter(f) -> inspect.Parameter:
     kw = {k: meta[k] for k in ("min", "max", "envvar") if k in meta}
     if "above" in meta:
         kw["callback"] = _above(meta["above"])
+    elif f.type in (float, float | None):
+        kw["callback"] = common.finite
     if f.name == "data":
         kw["show_default"] = False
     names = choices(meta)
