@@ -32,12 +32,8 @@ def attr2img(
     zeta: Annotated[
         float,
         # the bound keeps out inf (NaN faces); the paper's figures use zeta <= 1
-        typer.Option(
-            "--zeta",
-            min=0.0,
-            max=100.0,
-            callback=common.finite,
-            help="Variance of the samples' noise: z = mean + sigma * N(0, zeta).",
+        common.number(
+            "--zeta", min=0.0, max=100.0, help="Variance of the samples' noise: z = mean + sigma * N(0, zeta)."
         ),
     ] = 1.0,
     seed: common.SeedOpt = 0,

@@ -24,20 +24,13 @@ def calibrate(
     ] = None,
     goal: Annotated[
         float,
-        typer.Option(
-            "--goal",
-            min=0.05,
-            max=1.0,
-            callback=common.finite,
-            help="Share of training faces on which the edit must show.",
-        ),
+        common.number("--goal", min=0.05, max=1.0, help="Share of training faces on which the edit must show."),
     ] = 0.6,
     trade_off: Annotated[
         float,
-        typer.Option(
+        common.number(
             "--trade-off",
             min=0.0,
-            callback=common.finite,
             help="Of the strengths that reach --goal, the one with the most target seen less this times the share "
             "of other attributes changed (5: the bundled model's).",
         ),

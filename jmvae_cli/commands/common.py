@@ -31,6 +31,11 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def number(*names: str, min: float | None = None, max: float | None = None, help: str) -> typer.models.OptionInfo:
+    """A float option within [min, max] that refuses NaN and inf too."""
+    return typer.Option(*names, min=min, max=max, callback=finite, help=help)
+
+
 Device = choices("Device", runtime.DEVICES)
 Format = choices("Format", formats.FORMATS)
 Method = choices("Method", editing.RULES)
@@ -61,11 +66,10 @@ UnsetOpt = Annotated[
 ]
 StrengthOpt = Annotated[
     float,
-    typer.Option(
+    number(
         "--strength",
         min=0.0,
         max=MAX_STRENGTH,
-        callback=finite,
         help="Chosen attributes are set to 0.5 +- strength/2: 1 is plain on/off, 2 the paper's +-2 in its +-1 coding.",
     ),
 ]

@@ -50,13 +50,7 @@ def edit(
     ] = False,
     feather: Annotated[
         float,
-        typer.Option(
-            "--feather",
-            min=0.0,
-            max=0.5,
-            callback=common.finite,
-            help="Share of the face frame over which the edit fades out.",
-        ),
+        common.number("--feather", min=0.0, max=0.5, help="Share of the face frame over which the edit fades out."),
     ] = 0.15,
     size: common.SizeOpt = None,
     all_faces: common.AllFacesOpt = False,

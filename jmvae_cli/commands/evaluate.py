@@ -60,12 +60,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     val_fraction: Annotated[
         float,
-        typer.Option(
-            min=0.0,
-            max=0.9,
-            callback=common.finite,
-            help="Validation share when the data has no partition file (as in training).",
-        ),
+        common.number(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training)."),
     ] = VAL_FRACTION,
     format: Annotated[
         common.Format | None,

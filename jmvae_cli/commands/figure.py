@@ -38,13 +38,7 @@ def figure(
     ] = 4,
     zeta: Annotated[
         float,
-        typer.Option(
-            "--zeta",
-            min=0.0,
-            max=100.0,
-            callback=common.finite,
-            help="faces: variance of the rows' noise eps ~ N(0, zeta).",
-        ),
+        common.number("--zeta", min=0.0, max=100.0, help="faces: variance of the rows' noise eps ~ N(0, zeta)."),
     ] = 0.5,
     bases: Annotated[int, typer.Option("--bases", min=2, help="pca: random base vectors per attribute.")] = 200,
     strength: common.StrengthOpt = 2.0,

@@ -24,13 +24,7 @@ def img2attr(
     format: common.FormatOpt = None,
     threshold: Annotated[
         float,
-        typer.Option(
-            "--threshold",
-            min=0.0,
-            max=1.0,
-            callback=common.finite,
-            help="Probability from which an attribute is present.",
-        ),
+        common.number("--threshold", min=0.0, max=1.0, help="Probability from which an attribute is present."),
     ] = 0.5,
     only_positive: Annotated[
         bool,
