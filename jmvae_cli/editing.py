@@ -107,39 +107,38 @@ def regress(model: JMVAE, x: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor)
     z = model.q_x(x).mu  # (B, Z)
     before = model.images_from_z(z)  # (B, 3, H, W)
     after = before.clone()
+    # Every face of the batch goes through every move and decoding below, changed or not, and is then kept or left
+    # as it was: on the CPU a batch's size changes how its sums round, so a face's edit would otherwise depend on
+    # how many of its neighbours change (a face the model reads as showing the change already is left alone).
     # Apart: each changed attribute drawn on its own, inside its own footprint, the changes added up.
     for i in changed.any(0).nonzero()[:, 0].tolist():
-        rows = changed[:, i].nonzero()[:, 0]  # the faces that change attribute i
-        only = torch.zeros_like(changed[rows])
-        only[:, i] = True
-        z_new = constants.move(z[rows], only, target[rows], s[rows])  # (b, Z)
-        moved = (z_new != z[rows]).any(1)[:, None, None, None]  # (b, 1, 1, 1): a face left where it is stays so
-        drawn = model.images_from_z(z_new)  # (b, 3, H, W)
-        after[rows] += torch.where(moved, constants.footprint(i, target[rows, i]) * (drawn - before[rows]), 0)
-    rows = (changed.sum(1) > 1).nonzero()[:, 0]  # the faces with several changes
-    if len(rows) == 0:
+        only = torch.zeros_like(changed)
+        only[:, i] = changed[:, i]
+        z_new = constants.move(z, only, target, s)  # (B, Z)
+        moved = (z_new != z).any(1)[:, None, None, None]  # (B, 1, 1, 1): a face left where it is stays so
+        drawn = model.images_from_z(z_new)  # (B, 3, H, W)
+        after += torch.where(moved, constants.footprint(i, target[:, i]) * (drawn - before), 0)
+    several = changed.sum(1) > 1  # (B,)
+    if not several.any():
         return before, after
     # Together: one move for all of them, drawn once inside the union of their footprints. Neither way wins on
     # every pair (docs/results.md, "Two changes in one edit"): apart, a strong change cannot wash out another
     # (aged, a face keeps the glasses asked for with it); together, changes of the same place are drawn as one
     # (blond bangs, not a dark fringe over blond hair). Each face keeps whichever the model reads as doing more.
-    c = changed[rows]  # (b, A)
-    drawn = model.images_from_z(constants.move(z[rows], c, target[rows], s[rows]))  # (b, 3, H, W)
-    outside = torch.ones_like(before[rows, :1])  # (b, 1, H, W): outside every changed footprint
-    for i in c.any(0).nonzero()[:, 0].tolist():
-        outside = outside * (1 - constants.footprint(i, target[rows, i]) * c[:, i, None, None, None])
-    union = 1 - outside
-    together = before[rows] + union * (drawn - before[rows])  # (b, 3, H, W)
+    drawn = model.images_from_z(constants.move(z, changed, target, s))  # (B, 3, H, W)
+    outside = torch.ones_like(before[:, :1])  # (B, 1, H, W): outside every changed footprint
+    for i in changed.any(0).nonzero()[:, 0].tolist():
+        outside = outside * (1 - constants.footprint(i, target[:, i]) * changed[:, i, None, None, None])
+    together = before + (1 - outside) * (drawn - before)  # (B, 3, H, W)
 
     def done(candidate: torch.Tensor) -> torch.Tensor:
-        """(b,) how many of each face's changes the model reads on that result."""
-        pasted = x[rows] + change(x[rows], before[rows], candidate, REGRESS)  # (b, 3, H, W)
+        """(B,) how many of each face's changes the model reads on that result."""
+        pasted = x + change(x, before, candidate, REGRESS)  # (B, 3, H, W)
         read = attributes.present(model.attrs_from_images(pasted.clamp(-1, 1)))
-        return ((read == target[rows]) & c).sum(1)
+        return ((read == target) & changed).sum(1)
 
-    pick = done(together) > done(after[rows])  # (b,)
-    after[rows[pick]] = together[pick]
-    return before, after
+    pick = several & (done(together) > done(after))  # (B,)
+    return before, torch.where(pick[:, None, None, None], together, after)
 
 
 Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]

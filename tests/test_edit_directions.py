@@ -238,6 +238,24 @@ def _crop_of(photo, tr) -> np.ndarray:
     return faces.load_faces(str(photo), str(photo), detect=False, size=tr.image_size)[1][0].crop
 
 
+@pytest.mark.parametrize("changes", [{0: 1.5}, {0: 1.5, 1: -0.5}])
+def test_a_face_is_edited_alike_whichever_neighbours_show_the_change_already(tmp_path, monkeypatch, changes):
+    """Faces the model is sure show a change already are left alone; their neighbours' edits must not notice (on
+    the CPU a batch's size changes how its sums round, and a face edited alone is padded to a block of faces)."""
+    tr = translate.Translator.from_weights(save_tiny(tmp_path / "tiny.safetensors"), "cpu", "fp32")
+    tr.model.edit_constants = constants()
+    assert editing.default_method(tr.model) == editing.REGRESS
+    crops = list(np.random.default_rng(1).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8))
+    probs, _ = editing.infer(tr.model, editing.to_input(crops))
+    monkeypatch.setattr(editing, "ALREADY_SURE", float(probs[:, 0].median()))  # half the faces have it already
+    together = translate.edit_faces(tr, crops, changes)
+    assert 0 < (together.w_new[:, 0] == together.w[:, 0]).sum() < len(crops)
+    for i in range(len(crops)):
+        alone = translate.edit_faces(tr, [crops[i]], changes)
+        assert np.array_equal(alone.pixels("result")[0], together.pixels("result")[i]), i
+        assert np.array_equal(alone.delta_pixels[0], together.delta_pixels[i]), i
+
+
 def test_read_back_warns_on_stderr_for_each_change_the_model_does_not_see(tmp_path, photo, monkeypatch):
     weights = save_tiny(tmp_path / "tiny.safetensors")
     # a rule that changes nothing: the model reads back the face as it was, so every change against its reading
