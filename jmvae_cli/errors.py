@@ -11,4 +11,6 @@ class OpenCV4Needed(JmvaeError):
     """Finding and aligning faces use OpenCV 4's Haar cascades and HOG descriptor, which OpenCV 5 dropped."""
 
     def __init__(self) -> None:
-        super().__init__("face detection needs OpenCV 4's Haar cascades: pip install 'opencv-python-headless>=4.8,<5'")
+        super().__init__(
+            "face detection needs OpenCV 4's Haar cascades and HOG: pip install 'opencv-python-headless>=4.8,<5'"
+        )

@@ -108,7 +108,7 @@ def _float_options(app):
 
 
 def test_every_float_option_refuses_what_is_not_a_finite_number():
-    # Click before Typer 0.2x let NaN through min= and max=, every comparison with it being false
+    # some versions of Typer and Click let NaN through min= and max=, every comparison with it being false
     options = list(_float_options(cli.app))
     assert {"strength", "zeta", "threshold", "feather", "lr"} <= {name for _, name, _ in options}
     for command, name, info in options:

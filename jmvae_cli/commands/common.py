@@ -24,8 +24,8 @@ def choices(name: str, values) -> type[Enum]:
 
 
 def finite(value: float | None) -> float | None:
-    """A float option's callback: Click before Typer 0.2x let NaN through min= and max= (every comparison with it is
-    false), and the library would then fail far from the option's name."""
+    """A float option's callback: some versions of Typer and Click let NaN through min= and max= (every comparison
+    with it is false), and the library would then fail far from the option's name."""
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"{value} is not a finite number")
     return value
