@@ -347,7 +347,12 @@ class JMVAE(Model):
     @torch.no_grad()
     def attrs_from_images(self, x: torch.Tensor) -> torch.Tensor:
         """Attribute probabilities p(w|z) at the mean of q(z|x): (B, A)."""
-        return torch.sigmoid(self.decode_w(self.q_x(x).mu))
+        return self.attrs_from_z(self.q_x(x).mu)
+
+    @torch.no_grad()
+    def attrs_from_z(self, z: torch.Tensor) -> torch.Tensor:
+        """Attribute probabilities p(w|z): (B, A)."""
+        return torch.sigmoid(self.decode_w(z))
 
     @torch.no_grad()
     def images_from_z(self, z: torch.Tensor) -> torch.Tensor:

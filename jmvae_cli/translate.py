@@ -431,11 +431,11 @@ def edit_faces(
     soft: bool = False,
     method: str | None = None,
 ) -> editing.Edit:
-    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK."""
+    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK, each result read back by the model."""
     x = editing.to_input(crops, tr.device)  # (N, 3, S, S)
     x = torch.cat([x, x.new_zeros(-len(crops) % EDIT_BLOCK, *x.shape[1:])])  # (N + pad, 3, S, S)
     blocks = [
-        editing.edit(tr.model, x[i : i + EDIT_BLOCK], changes, soft=soft, method=method)
+        editing.edit(tr.model, x[i : i + EDIT_BLOCK], changes, soft=soft, method=method, read_back=True)
         for i in range(0, len(x), EDIT_BLOCK)
     ]
     whole = editing.Edit(*(torch.cat([getattr(b, f.name) for b in blocks]) for f in dataclasses.fields(editing.Edit)))

@@ -260,7 +260,7 @@ def test_read_back_warns_on_stderr_for_each_change_the_model_does_not_see(tmp_pa
     weights = save_tiny(tmp_path / "tiny.safetensors")
     # a rule that changes nothing: the model reads back the face as it was, so every change against its reading
     # of the face is weak
-    monkeypatch.setitem(editing.RULES, "paper", lambda model, x, w, w_new: (x, x))
+    monkeypatch.setitem(editing.RULES, "paper", lambda model, x, z, w, w_new: (x, x))
     sets = [a for name in ATTRS for a in ("--set", name)]
     r = run("edit", photo, "--no-detect", *sets, "--crop-only", "-o", "-", "--weights", weights)
     assert r.exit_code == 0, r.output

@@ -135,7 +135,7 @@ def test_a_change_the_face_surely_shows_already_is_not_made(tr):
 
 
 def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):
-    def nothing(model, x, w, w_new):  # draws the faces as they are: the edit changes nothing
+    def nothing(model, x, z, w, w_new):  # draws the faces as they are: the edit changes nothing
         return x, x
 
     monkeypatch.setitem(editing.RULES, "nothing", nothing)
