@@ -207,7 +207,7 @@ class Edit:
     after: torch.Tensor  # and as changed (x'_mean)
     change: torch.Tensor  # what is added to x (change()), not clipped
     result: torch.Tensor  # x + change, clipped to the pixel range
-    read: torch.Tensor | None = None  # (B, A) p(w|z) of the result as written (8-bit), where edit was asked to read it
+    read: torch.Tensor | None = None  # (B, A) p(w|z) of the result as written (read_result), where a caller has read it
 
     @property
     def delta_pixels(self) -> np.ndarray:
@@ -256,12 +256,10 @@ def edit(
     soft: bool = False,
     method: str | None = None,
     probs: torch.Tensor | None = None,
-    read_back: bool = False,
 ) -> Edit:
     """Edit faces x (B, 3, H, W) in [-1, 1]: `changes` {attribute index: coded value} for every face, or one such
     mapping per face; `probs` (B, A), when given, are p(w|z) already inferred for x (evaluate infers them once for
-    many edits). `method` names the rule in RULES (None: default_method). `read_back`: the Edit also carries the
-    model's reading of the results (Edit.read, for read_back()), in the same batch."""
+    many edits). `method` names the rule in RULES (None: default_method)."""
     import torch
 
     method = method or default_method(model)
@@ -284,8 +282,7 @@ def edit(
         before, after = RULES[method](model, x, z, w, w_new)  # (B, 3, H, W) each
         d = change(x, before, after, method)  # (B, 3, H, W)
         result = (x + d).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
-        read = _read(model, result) if read_back else None
-    return Edit(probs, w, w_new, x, before, after, d, result, read)
+    return Edit(probs, w, w_new, x, before, after, d, result)
 
 
 @dataclass(frozen=True)
@@ -317,17 +314,20 @@ def already(edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
 
 def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
     """The changes (as given to edit, the same for every face) that the model, reading the edited faces as written
-    (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD: changes that look weak. Read here unless
-    edit read them already (read_back=True: one batch for many photos)."""
+    (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD: changes that look weak. Edit.read where
+    the caller has read the results already (translate.edit_faces: a block at a time, as img2attr reads), else here."""
     import torch
 
     with torch.inference_mode():
-        probs = (edited.read if edited.read is not None else _read(model, edited.result)).float().cpu()  # (B, A)
+        probs = (edited.read if edited.read is not None else read_result(model, edited.result)).float().cpu()  # (B, A)
     return _readings(probs, changes, lambda p, on: bool(attributes.present(p)) != on)
 
 
-def _read(model: JMVAE, result: torch.Tensor) -> torch.Tensor:
+def read_result(model: JMVAE, result: torch.Tensor) -> torch.Tensor:
     """p(w|z) at the mean of q(z|x) for edited faces (B, 3, H, W) as they are written, in 8 bits: (B, A)."""
+    import torch
+
     from jmvae_cli.model import output_to_pixels, pixels_to_input
 
-    return model.attrs_from_images(pixels_to_input(output_to_pixels(result)))
+    with torch.inference_mode():
+        return model.attrs_from_images(pixels_to_input(output_to_pixels(result)))

@@ -57,7 +57,7 @@ class Translator:
     model: JMVAE
     attr_names: list[str]
     device: torch.device
-    precision: Precision  # for batches in img2attr; single-image generation and edits always run in fp32
+    precision: Precision  # for batches in img2attr and edits read back; generation and the edits themselves run in fp32
     weights: Path
     preprocess: Preprocess  # how its training images were prepared: evaluation data is prepared the same way
 
@@ -431,13 +431,16 @@ def edit_faces(
     soft: bool = False,
     method: str | None = None,
 ) -> editing.Edit:
-    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK, each result read back by the model."""
+    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK, each result read back by the model (Edit.read)
+    at the precision img2attr reads with (the edit itself runs in fp32)."""
     x = editing.to_input(crops, tr.device)  # (N, 3, S, S)
     x = torch.cat([x, x.new_zeros(-len(crops) % EDIT_BLOCK, *x.shape[1:])])  # (N + pad, 3, S, S)
-    blocks = [
-        editing.edit(tr.model, x[i : i + EDIT_BLOCK], changes, soft=soft, method=method, read_back=True)
-        for i in range(0, len(x), EDIT_BLOCK)
-    ]
+    blocks = []
+    for i in range(0, len(x), EDIT_BLOCK):
+        block = editing.edit(tr.model, x[i : i + EDIT_BLOCK], changes, soft=soft, method=method)
+        with tr.precision.autocast():
+            block.read = editing.read_result(tr.model, block.result).float()  # (EDIT_BLOCK, A)
+        blocks.append(block)
     whole = editing.Edit(*(torch.cat([getattr(b, f.name) for b in blocks]) for f in dataclasses.fields(editing.Edit)))
     return _edit_rows(whole, slice(len(crops)))
 
