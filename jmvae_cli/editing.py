@@ -36,8 +36,8 @@ target reads, 2 as far again. `--strength auto` (strengths()) takes each attribu
 weights for this rule, and the paper's 2 for the others.
 
 A new rule is one function `rule(model, x, z, w, w_new) -> (before, after)`, every tensor batched (z: the mean
-of q(z|x), which edit has already computed to read w), and its name in RULES; `jmvae edit --method` offers every name there. The strip of the paper's Figure 2 (`edit --show`) is
-face | before | after | result, whatever the rule.
+of q(z|x), which edit has already computed to read w), and its name in RULES; `jmvae edit --method` offers every
+name there. The strip of the paper's Figure 2 (`edit --show`) is face | before | after | result, whatever the rule.
 
 Thresholding. q(z|w) only ever saw binary vectors in training: an uncertain 0.5 is a point it has never been asked
 about, so its answer there is not "halfway between"; the binary w is also what the paper's p(w|z) would have to give

@@ -197,8 +197,8 @@ def pca_points(
     strength: float = attributes.DEFAULT_STRENGTH,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Means of q(z|w) for n_bases random bases (the shown attributes off), each with one of `attrs` set on,
-    projected on their two leading principal components. -> (points (K * n_bases, 2), attribute number of each point (K * n_bases,),
-    share of the variance each component explains (2,), attribute names (K,))."""
+    projected on their two leading principal components. -> (points (K * n_bases, 2), attribute number of each
+    point (K * n_bases,), share of the variance each component explains (2,), attribute names (K,))."""
     changes = [attributes.parse_change(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
     for c in changes:
         if not c.on:

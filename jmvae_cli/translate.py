@@ -431,8 +431,8 @@ def edit_faces(
     soft: bool = False,
     method: str | None = None,
 ) -> editing.Edit:
-    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK, each result read back by the model (Edit.read)
-    at the precision img2attr reads with (the edit itself runs in fp32)."""
+    """editing.edit of (S, S, 3) uint8 face crops, in blocks of EDIT_BLOCK, each result read back by the model
+    (Edit.read) at the precision img2attr reads with (the edit itself runs in fp32)."""
     x = editing.to_input(crops, tr.device)  # (N, 3, S, S)
     x = torch.cat([x, x.new_zeros(-len(crops) % EDIT_BLOCK, *x.shape[1:])])  # (N + pad, 3, S, S)
     blocks = []
