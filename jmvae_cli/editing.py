@@ -5,12 +5,12 @@ Every edit starts alike. w = p(w|z) at the mean of q(z|x), thresholded at attrib
 probabilities), and w' = w with the requested changes, except those the model is sure the face shows already
 (ALREADY_SURE: asked to take off glasses it is sure the face does not wear, it leaves the face as it is). A rule
 then says how the faces change, as two images the model draws for each face, `before` (for w) and `after` (for
-w'); change() says what that adds to the face, the
-edited face is x plus that, clipped to the pixel range, and the photo at full resolution gets the same change,
-upscaled (faces.paste_edit). The paper's rule adds after - before, as the paper does. The others add the change of
-lightness, and of colour where the colour changes little, but where it changes much (a and b of CIELAB, over
-COLOUR_TAKEN) the face takes the colour the model draws: added to olive-brown hair, the yellowing the model draws
-for Blond_Hair on its own reading of that hair is green, while its blond is golden.
+w'); change() says what that adds to the face, the edited face is x plus that, clipped to the pixel range, and the
+photo at full resolution gets the same change, upscaled (faces.paste_edit). The paper's rule adds after - before,
+as the paper does. The others add the change of lightness, and of colour where the colour changes little, but
+where it changes much (a and b of CIELAB, over COLOUR_TAKEN) the face takes the colour the model draws: added to
+olive-brown hair, the yellowing the model draws for Blond_Hair on its own reading of that hair is green, while its
+blond is golden.
 
     paper   Suzuki et al.'s: before = x_mean, the decoded mean of q(z|w); after = x'_mean, the same for w'
     latent  the face's own latent moved by what the change moves q(z|w)'s mean: before = D(mu_x), the decoded mean
@@ -79,8 +79,7 @@ def paper(
     """x_mean and x'_mean: the decoded means of q(z|w) and q(z|w'), (B, 3, H, W) each; x and z are not used."""
     import torch
 
-    z = model.q_w(torch.cat([w, w_new])).mu  # (2B, Z): one pass for both
-    means = model.images_from_z(z)  # (2B, 3, H, W)
+    means = model.images_from_z(model.q_w(torch.cat([w, w_new])).mu)  # (2B, 3, H, W): one pass for both
     return means[: len(w)], means[len(w) :]
 
 
@@ -316,10 +315,7 @@ def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[
     """The changes (as given to edit, the same for every face) that the model, reading the edited faces as written
     (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD: changes that look weak. Edit.read where
     the caller has read the results already (translate.edit_faces: a block at a time, as img2attr reads), else here."""
-    import torch
-
-    with torch.inference_mode():
-        probs = (edited.read if edited.read is not None else read_result(model, edited.result)).float().cpu()  # (B, A)
+    probs = (edited.read if edited.read is not None else read_result(model, edited.result)).float().cpu()  # (B, A)
     return _readings(probs, changes, lambda p, on: bool(attributes.present(p)) != on)
 
 

@@ -437,21 +437,8 @@ def test_edit_never_clobbers(weights_env, photo):
 def test_edit_crop_only_show_and_print_attrs(weights_env, tiny_weights, photo, tmp_path):
     out = tmp_path / "crop.png"
     # on the CPU, as the library below: CUDA's float rounding may move a pixel by one grey level
-    r = ok(
-        run(
-            "edit",
-            photo,
-            "--no-detect",
-            "--set",
-            "Smiling",
-            "--crop-only",
-            "-o",
-            out,
-            "--print-attrs",
-            "--device",
-            "cpu",
-        )
-    )
+    crop_only = ("--no-detect", "--set", "Smiling", "--crop-only", "-o", out, "--print-attrs", "--device", "cpu")
+    r = ok(run("edit", photo, *crop_only))
     assert Image.open(out).size == (64, 64)
     assert "Smiling" in r.stderr and "probability" in r.stderr and r.stdout == ""
 
