@@ -685,13 +685,7 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
         return _like(photo, out)
     m = frame.from_photo(n)  # photo pixel -> crop pixel
     m[:, 2] += m[:, :2] @ (x0, y0)  # from the region's pixels instead
-    d = cv2.warpAffine(
-        np.ascontiguousarray(delta, np.float32),
-        m,
-        (x1 - x0, y1 - y0),
-        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
+    d = _warp_change(np.ascontiguousarray(delta, np.float32), m, frame.side, (x1 - x0, y1 - y0))  # (h, w, 3)
     # each region pixel's normalised crop coordinates: affine in x and y, so summed from a row and a column
     a = (2 * m / n).astype(np.float32)  # (2, 3)
     a[:, 2] += 1 / n - 1
@@ -702,6 +696,21 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
     region = out[y0:y1, x0:x1].astype(np.float32) + d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return _like(photo, out)
+
+
+def _warp_change(delta: np.ndarray, m: np.ndarray, side: float, size: tuple[int, int]) -> np.ndarray:
+    """A crop's (n, n, 3) float32 change as the photo region of `size` (w, h) sees it through `m` (region pixel ->
+    crop pixel), bicubically. A face larger than the crop is first upscaled to its own size by a bicubic resize,
+    then turned and shifted into place bilinearly: OpenCV's bicubic warp of float images takes several times as
+    long as both, for pasted pixels that differ by a grey level or two at most (docs/results.md, "Batch edits")."""
+    n, k = len(delta), round(side)
+    flags = cv2.INTER_CUBIC
+    if k > n:
+        delta = cv2.resize(delta, (k, k), interpolation=cv2.INTER_CUBIC)  # (k, k, 3)
+        m = m * (k / n)  # crop pixel u is upscaled pixel (u + 0.5) k / n - 0.5
+        m[:, 2] += 0.5 * k / n - 0.5
+        flags = cv2.INTER_LINEAR
+    return cv2.warpAffine(delta, m, size, flags=flags | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _like(photo: Image.Image, rgb: np.ndarray) -> Image.Image:

@@ -4,6 +4,7 @@ import math
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -553,6 +554,23 @@ def test_paste_edit_follows_a_turned_frame():
     x, y = 150 + 0.5 * 80 * math.sin(a), 150 - 0.5 * 80 * math.cos(a)
     assert diff[round(y), round(x)].min() > 50
     assert np.abs(diff[150 + 40, 150]).max() == 0  # below the centre, where the patch would be unturned flipped
+
+
+@pytest.mark.parametrize("side", [40.0, 200.0, 517.3])
+def test_pasted_change_is_the_bicubic_warp_of_the_crops(side):
+    # the change as OpenCV's bicubic warp of the crop puts it in the photo, to a grey level or two on a change of
+    # +-200 levels, also where a face larger than the crop takes the faster way (upscaled, then warped bilinearly)
+    rng = np.random.default_rng(4)
+    delta = cv2.resize(rng.normal(0, 60, (8, 8, 3)).astype(np.float32), (64, 64), interpolation=cv2.INTER_CUBIC)
+    frame, size = Frame(300.3, 280.8, side, 7.0), (600, 560)
+    m = frame.from_photo(64)
+    want = cv2.warpAffine(delta, m, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+    got = faces._warp_change(delta, m, frame.side, size)
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]]
+    u = np.einsum("ij,jhw->ihw", m[:, :2], np.stack([xs, ys])) + m[:, 2, None, None]  # (2, h, w) crop pixels
+    inside = ((u >= 0) & (u <= 63)).all(0)  # beyond the crop the paste's mask is 0 anyway
+    assert got.shape == want.shape and inside.sum() > 0.5 * side**2
+    assert np.abs(got - want)[inside].max() < 2.0
 
 
 def test_paste_edit_frame_reaching_past_the_photo():
