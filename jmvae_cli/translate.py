@@ -9,7 +9,10 @@ import concurrent.futures
 import dataclasses
 import glob
 import math
+import multiprocessing
 import os
+import pickle
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -180,18 +183,23 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> It
             yield item, call(item)
         return
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append((item, pool.submit(call, item)))
-            if len(pending) >= window:
-                break
-        while pending:
-            item, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(call, nxt)))
-            yield item, fut.result()
+        yield from _in_order(lambda item: pool.submit(call, item), items, window)
+
+
+def _in_order(submit: Callable, items: Iterable, window: int) -> Iterator[tuple[object, object]]:
+    """(item, the result of the future submit(item) gave), in input order, with at most `window` items in flight."""
+    pending: deque = deque()
+    it = iter(items)
+    for item in it:
+        pending.append((item, submit(item)))
+        if len(pending) >= window:
+            break
+    while pending:
+        item, fut = pending.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append((nxt, submit(nxt)))
+        yield item, fut.result()
 
 
 @contextmanager
@@ -461,16 +469,63 @@ def edit_photos(
 ) -> Iterator[EditResult]:
     """Edit the face(s) of every source and write each result to its output (see check_edit_outputs); an output
     of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
-    its error and the rest go on. Photos are read, detected, pasted and written in a thread pool while the model
+    its error and the rest go on. Many photos on several CPUs are shared out to processes forked from this one
+    (_edit_in_processes); elsewhere photos are read, detected, pasted and written in a thread pool while the model
     edits the faces found so far."""
     workers = available_cpus() if len(sources) > 1 else 1
+    args = (changes, view, soft, method, all_faces, detect, refine)
     with _one_thread_each(tr, workers > 1):
-        yield from _edit_photos(
-            tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, refine, stdin
-        )
+        if workers > 1 and tr.device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
+            yield from _edit_in_processes(tr, sources, outputs, workers, args)
+        else:
+            yield from _edit_photos(tr, sources, outputs, workers, *args, stdin)
 
 
-def _edit_photos(tr, sources, outputs, changes, workers, view, soft, method, all_faces, detect, refine, stdin):
+# Photos per task of the process pool: a block of the model's, so that a task's faces go through it together
+PHOTOS_PER_TASK = EDIT_BLOCK
+_forked: dict = {}  # what a forked worker edits with (_start_worker)
+
+
+def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tuple) -> Iterator[EditResult]:
+    """edit_photos in `workers` processes forked from this one, which share its loaded model rather than load
+    their own, each editing whole tasks of PHOTOS_PER_TASK photos in one thread. Threads of one process were slower:
+    the model's thread, the photos' search and the writing contend for Python's lock, and kept 1.7 of 2 cores busy
+    (docs/results.md, "Batch edits"). A face's edit does not depend on the others of its block, so the results are
+    those of one process, to the byte."""
+    jobs = list(zip(sources, outputs))
+    tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
+    fork = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, fork, _start_worker, (tr, args)) as pool:
+        for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
+            yield from pickle.loads(done)
+
+
+def _start_worker(tr: Translator, args: tuple) -> None:
+    import signal
+
+    import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
+    # the parent's streams may have been held by one of its threads (a progress bar's) at the fork: fresh ones
+    sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _forked.update(tr=tr, args=args)
+
+
+def _edit_task(jobs: list[tuple]) -> bytes:
+    """A forked worker's edits of some photos, pickled here: a tensor sent as it is would go through shared memory
+    (torch's way for processes), and each photo's rows of its block are copied, not the whole block with them."""
+    sources, outputs = zip(*jobs)
+    results = list(_edit_photos(_forked["tr"], list(sources), list(outputs), 1, *_forked["args"], None))
+    for r in results:
+        if r.edit is not None:
+            rows = (getattr(r.edit, f.name) for f in dataclasses.fields(editing.Edit))
+            r.edit = editing.Edit(*(t if t is None else t.clone() for t in rows))
+    return pickle.dumps(results)
+
+
+def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, stdin):
     # The model's blocks are small, so that it edits often and the pools' short windows (a few full-resolution
     # photos each, whatever their size) keep the other cores busy meanwhile.
     window = 4 * workers

@@ -1,10 +1,13 @@
 """`jmvae edit` over many photos: files, folders and globs in one call, --out-dir, and each photo's result the same
 bytes as editing it alone; a failed photo is reported and the others still edited."""
 
+import multiprocessing
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from jmvae_cli import editing, translate
@@ -168,6 +171,40 @@ def test_edit_photos_keeps_the_images_it_is_not_told_to_write(tiny_weights, tmp_
     assert results[0].image.size == (50, 40) and results[0].output is None and len(results[0].crops) == 1
     assert results[1].output == outputs[1] and Image.open(outputs[1]).size == (51, 40)
     assert results[2].error == "stopped"
+
+
+@pytest.mark.parametrize("cpus, fork", [(2, True), (2, False)])
+def test_worker_processes_and_threads_edit_as_one_thread_does(tiny_weights, tmp_path, monkeypatch, cpus, fork):
+    # forked processes where the platform has fork (Linux), threads where it has not: both as one thread edits
+    tr = translate.Translator.from_weights(tiny_weights, "cpu")
+    files = [str(write_photo(tmp_path / f"{i}.png", 50 + 3 * i, 60, seed=i)) for i in range(19)]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    files.insert(9, str(tmp_path / "broken.png"))
+
+    def edit(n: int, folder: str) -> list:
+        (tmp_path / folder).mkdir()
+        outputs = [tmp_path / folder / Path(f).name for f in files]
+        outputs[3] = None  # kept in the result
+        monkeypatch.setattr(translate, "available_cpus", lambda: n)
+        return list(translate.edit_photos(tr, files, outputs, {0: 1.5, 3: 0.0}, detect=False))
+
+    methods = multiprocessing.get_all_start_methods()
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: [m for m in methods if fork or m != "fork"])
+    forked, in_processes = [], translate._edit_in_processes
+    monkeypatch.setattr(translate, "_edit_in_processes", lambda *a: forked.append(a) or in_processes(*a))
+    many, one = edit(cpus, "many"), edit(1, "one")
+    assert bool(forked) == (fork and "fork" in methods)
+    assert [r.file for r in many] == files and [r.error is None for r in many] == [f != files[9] for f in files]
+    assert "broken.png" in many[9].error and many[9].error == one[9].error
+    assert np.array_equal(np.asarray(many[3].image), np.asarray(one[3].image))
+    for a, b in zip(many, one):
+        if a.output is not None:
+            assert a.output.read_bytes() == b.output.read_bytes(), a.file
+        if a.edit is not None:
+            assert len(a.edit.x) == len(a.crops) == 1
+            assert torch.equal(a.edit.result, b.edit.result)
+            # where a face sits in its block of 8 can move a matrix product's last bit
+            assert torch.allclose(a.edit.probs, b.edit.probs, atol=1e-6) and torch.allclose(a.edit.read, b.edit.read)
 
 
 def test_edit_and_evaluate_offer_every_rule(weights_env, tmp_path):
