@@ -492,10 +492,11 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     the model's thread, the photos' search and the writing contend for Python's lock, and kept 1.7 of 2 cores busy
     (docs/results.md, "Batch edits"). A face's edit does not depend on the others of its block, so the results are
     those of one process, to the byte."""
-    jobs = list(zip(sources, outputs))
+    # an output's error goes as its message alone: a JmvaeError subclass need not rebuild from its pickle
+    jobs = [(s, JmvaeError(str(o)) if isinstance(o, JmvaeError) else o) for s, o in zip(sources, outputs)]
     tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
     fork = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, fork, _start_worker, (tr, args)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
         for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
             yield from pickle.loads(done)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jmvae_cli import editing, translate
+from jmvae_cli import editing, faces, translate
 from jmvae_cli.console import console
 from tests.conftest import run
 from tests.model_fixtures import sample_face, tiny_weights, weights_env, write_photo  # noqa: F401 (fixtures)
@@ -185,6 +185,7 @@ def test_worker_processes_and_threads_edit_as_one_thread_does(tiny_weights, tmp_
         (tmp_path / folder).mkdir()
         outputs = [tmp_path / folder / Path(f).name for f in files]
         outputs[3] = None  # kept in the result
+        outputs[5] = faces.FaceTooSmallError("refused before the edit", 3.0)  # an error that does not unpickle
         monkeypatch.setattr(translate, "available_cpus", lambda: n)
         return list(translate.edit_photos(tr, files, outputs, {0: 1.5, 3: 0.0}, detect=False))
 
@@ -194,7 +195,8 @@ def test_worker_processes_and_threads_edit_as_one_thread_does(tiny_weights, tmp_
     monkeypatch.setattr(translate, "_edit_in_processes", lambda *a: forked.append(a) or in_processes(*a))
     many, one = edit(cpus, "many"), edit(1, "one")
     assert bool(forked) == (fork and "fork" in methods)
-    assert [r.file for r in many] == files and [r.error is None for r in many] == [f != files[9] for f in files]
+    assert [r.file for r in many] == files and [r.error is None for r in many] == [i not in (5, 9) for i in range(20)]
+    assert many[5].error == one[5].error == "refused before the edit"
     assert "broken.png" in many[9].error and many[9].error == one[9].error
     assert np.array_equal(np.asarray(many[3].image), np.asarray(one[3].image))
     for a, b in zip(many, one):
