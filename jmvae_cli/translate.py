@@ -469,13 +469,14 @@ def edit_photos(
 ) -> Iterator[EditResult]:
     """Edit the face(s) of every source and write each result to its output (see check_edit_outputs); an output
     of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
-    its error and the rest go on. Many photos on several CPUs are shared out to processes forked from this one
-    (_edit_in_processes); elsewhere photos are read, detected, pasted and written in a thread pool while the model
-    edits the faces found so far."""
+    its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
+    from this one (_edit_in_processes); elsewhere photos are read, detected, pasted and written in a thread pool
+    while the model edits the faces found so far."""
     workers = available_cpus() if len(sources) > 1 else 1
     args = (changes, view, soft, method, all_faces, detect, refine)
+    forks = tr.device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
     with _one_thread_each(tr, workers > 1):
-        if workers > 1 and tr.device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods():
+        if workers > 1 and forks and len(sources) > PHOTOS_PER_TASK:
             yield from _edit_in_processes(tr, sources, outputs, workers, args)
         else:
             yield from _edit_photos(tr, sources, outputs, workers, *args, stdin)
@@ -496,7 +497,7 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     jobs = [(s, JmvaeError(str(o)) if isinstance(o, JmvaeError) else o) for s, o in zip(sources, outputs)]
     tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
     fork = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, fork, _start_worker, (tr, args)) as pool:
         for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
             yield from pickle.loads(done)
 
