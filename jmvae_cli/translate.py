@@ -497,7 +497,7 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     jobs = [(s, JmvaeError(str(o)) if isinstance(o, JmvaeError) else o) for s, o in zip(sources, outputs)]
     tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
     fork = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(workers, fork, _start_worker, (tr, args)) as pool:
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
         for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
             yield from pickle.loads(done)
 
