@@ -498,8 +498,14 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
     fork = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
-        for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
-            yield from pickle.loads(done)
+        try:
+            for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
+                yield from pickle.loads(done)
+        except concurrent.futures.BrokenExecutor:
+            raise JmvaeError(
+                "a worker process editing the photos was killed (out of memory?): the photos reported before this "
+                "line were edited, the rest may not have been"
+            ) from None
 
 
 def _start_worker(tr: Translator, args: tuple) -> None:

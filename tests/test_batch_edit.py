@@ -2,6 +2,7 @@
 bytes as editing it alone; a failed photo is reported and the others still edited."""
 
 import multiprocessing
+import os
 import shutil
 from pathlib import Path
 
@@ -207,6 +208,14 @@ def test_worker_processes_and_threads_edit_as_one_thread_does(tiny_weights, tmp_
             assert torch.equal(a.edit.result, b.edit.result)
             # where a face sits in its block of 8 can move a matrix product's last bit
             assert torch.allclose(a.edit.probs, b.edit.probs, atol=1e-6) and torch.allclose(a.edit.read, b.edit.read)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="worker processes need fork")
+def test_a_worker_process_killed_is_one_error_line(weights_env, album, tmp_path, monkeypatch):
+    monkeypatch.setattr(translate, "available_cpus", lambda: 2)
+    monkeypatch.setattr(translate, "_edit_photos", lambda *args: os._exit(9))  # runs in the forked workers only
+    r = run("edit", album[0], *EDIT, "--out-dir", tmp_path / "out")
+    assert r.exit_code == 1 and len(errors(r)) == 1 and "worker process" in errors(r)[0]
 
 
 def test_edit_and_evaluate_offer_every_rule(weights_env, tmp_path):
