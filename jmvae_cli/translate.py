@@ -474,7 +474,9 @@ def edit_photos(
     while the model edits the faces found so far."""
     workers = available_cpus() if len(sources) > 1 else 1
     args = (changes, view, soft, method, all_faces, detect, refine)
-    forks = tr.device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+    # on the CPU under Linux: macOS can fork, but not safely once its system libraries have started threads (Python
+    # itself spawns there), and a forked process cannot use the parent's CUDA
+    forks = tr.device.type == "cpu" and sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
     with _one_thread_each(tr, workers > 1):
         if workers > 1 and forks and len(sources) > PHOTOS_PER_TASK:
             yield from _edit_in_processes(tr, sources, outputs, workers, args)
