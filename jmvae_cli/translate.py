@@ -11,7 +11,6 @@ import glob
 import math
 import multiprocessing
 import os
-import pickle
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -502,7 +501,7 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
         try:
             for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
-                yield from pickle.loads(done)
+                yield from (_with_tensors(r, torch.from_numpy) for r in done)
         except concurrent.futures.BrokenExecutor:
             raise JmvaeError(
                 "a worker process editing the photos was killed (out of memory?): the photos reported before this "
@@ -523,16 +522,20 @@ def _start_worker(tr: Translator, args: tuple) -> None:
     _forked.update(tr=tr, args=args)
 
 
-def _edit_task(jobs: list[tuple]) -> bytes:
-    """A forked worker's edits of some photos, pickled here: a tensor sent as it is would go through shared memory
-    (torch's way for processes), and each photo's rows of its block are copied, not the whole block with them."""
+def _edit_task(jobs: list[tuple]) -> list[EditResult]:
+    """A forked worker's edits of some photos, their tensors as numpy arrays: a tensor sent as it is would go
+    through shared memory (torch's way between processes), and an array sends only its own rows of the block."""
     sources, outputs = zip(*jobs)
-    results = list(_edit_photos(_forked["tr"], list(sources), list(outputs), 1, *_forked["args"], None))
-    for r in results:
-        if r.edit is not None:
-            rows = (getattr(r.edit, f.name) for f in dataclasses.fields(editing.Edit))
-            r.edit = editing.Edit(*(t if t is None else t.clone() for t in rows))
-    return pickle.dumps(results)
+    results = _edit_photos(_forked["tr"], list(sources), list(outputs), 1, *_forked["args"], None)
+    return [_with_tensors(r, torch.Tensor.numpy) for r in results]
+
+
+def _with_tensors(r: EditResult, convert: Callable) -> EditResult:
+    """r with every tensor of its edit passed through `convert` (to numpy and back, for _edit_task)."""
+    if r.edit is not None:
+        rows = (getattr(r.edit, f.name) for f in dataclasses.fields(editing.Edit))
+        r.edit = editing.Edit(*(t if t is None else convert(t) for t in rows))
+    return r
 
 
 def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, stdin):
