@@ -427,7 +427,13 @@ def render_edit(photo: Image.Image, crops: list[faces.FaceCrop], edited: editing
 
 
 def _edit_rows(edited: editing.Edit, rows: slice) -> editing.Edit:
-    return editing.Edit(*(getattr(edited, f.name)[rows] for f in dataclasses.fields(editing.Edit)))
+    return _map_edit(edited, lambda t: t[rows])
+
+
+def _map_edit(edited: editing.Edit, fn: Callable) -> editing.Edit:
+    """The Edit with fn applied to each of its tensors (a field not filled in stays None)."""
+    fields = (getattr(edited, f.name) for f in dataclasses.fields(editing.Edit))
+    return editing.Edit(*(None if t is None else fn(t) for t in fields))
 
 
 def edit_faces(
@@ -501,7 +507,7 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
         try:
             for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
-                yield from (_with_tensors(r, torch.from_numpy) for r in done)
+                yield from (_arrays(r, torch.from_numpy) for r in done)
         except concurrent.futures.BrokenExecutor:
             raise JmvaeError(
                 "a worker process editing the photos was killed (out of memory?): the photos reported before this "
@@ -527,15 +533,12 @@ def _edit_task(jobs: list[tuple]) -> list[EditResult]:
     through shared memory (torch's way between processes), and an array sends only its own rows of the block."""
     sources, outputs = zip(*jobs)
     results = _edit_photos(_forked["tr"], list(sources), list(outputs), 1, *_forked["args"], None)
-    return [_with_tensors(r, torch.Tensor.numpy) for r in results]
+    return [_arrays(r, torch.Tensor.numpy) for r in results]
 
 
-def _with_tensors(r: EditResult, convert: Callable) -> EditResult:
-    """r with every tensor of its edit passed through `convert` (to numpy and back, for _edit_task)."""
-    if r.edit is not None:
-        rows = (getattr(r.edit, f.name) for f in dataclasses.fields(editing.Edit))
-        r.edit = editing.Edit(*(t if t is None else convert(t) for t in rows))
-    return r
+def _arrays(r: EditResult, convert: Callable) -> EditResult:
+    """r with each tensor of its edit converted (to numpy arrays in a worker, back to tensors here)."""
+    return r if r.edit is None else dataclasses.replace(r, edit=_map_edit(r.edit, convert))
 
 
 def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, stdin):
