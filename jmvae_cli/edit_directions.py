@@ -15,6 +15,11 @@ With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels
                               with the strengths (1 where not calibrated): F_i^3 keeps a moustache on the upper
                               lip where F_i darkens the whole lower face
 
+Attributes that recolour a part every face has (RECOLOURS: hair) are kept, besides, to the pixels of this face that
+have that part's colour (same_colour): the model draws blond hair fuller than the photo's, over the background beside
+it, and the footprint, where hair lies on the average face, let that through as a pale halo. Which attributes these
+are is read from the names the weights carry, so it is not stored.
+
 An edit of attribute i to target t at strength s (editing.regress) moves z along B_i until r_i reaches
 goal = off_i + s (on_i - off_i) (mirrored, on_i - s (on_i - off_i), for t = 0): s = 1 is where the average
 training face with the target reads, 2 as far again. Faces already past the goal do not move; no face moves more
@@ -55,6 +60,15 @@ EDIT_PREFIX = "edit."  # the constants' tensors in the weights file: edit.direct
 CAP_SPREADS = 2.0
 FOOTPRINT_QUANTILE = 0.9  # the strongest tenth of a footprint is 1
 BATCH = 256
+RECOLOURS = frozenset({"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"})
+# Where a face's hair colour is sampled, as shares of the crop: the rows above CROWN[0], the columns between CROWN[1]
+# and CROWN[2], weighted by the attribute's footprint. The training faces' framing puts hair there on nearly every
+# face; on a bald one or one in a hat the change follows the scalp's or the hat's colour instead
+CROWN = (0.22, 0.3, 0.7)
+# A pixel this near the crown's colour (CIELAB distance, lightness counted at LIGHTNESS_WEIGHT: hair in shadow is
+# darker, not another colour) is recoloured fully, from SAME_COLOUR[1] not at all (docs/results.md, "Hair colour")
+SAME_COLOUR = (15.0, 35.0)
+LIGHTNESS_WEIGHT = 0.4
 
 
 class NoEditConstantsError(JmvaeError):
@@ -69,6 +83,7 @@ class EditConstants:
     footprints: torch.Tensor  # (A, S, S) in [0, 1]
     strengths: dict[str, dict[str, float]] = field(default_factory=dict)  # {name: {"on": s, "off": s}}
     powers: torch.Tensor | None = None  # (A, 2) each footprint's power turning the attribute off, on (None: all 1)
+    recolours: frozenset[int] = frozenset()  # the attributes of RECOLOURS, by index (recolouring())
 
     TENSORS = ("directions", "readout", "means", "footprints")
 
@@ -91,17 +106,25 @@ class EditConstants:
             **{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS},
             strengths=strengths,
             powers=None if powers is None else powers.float(),
+            recolours=recolouring(meta.get("attr_names") or []),
         )
 
     def to(self, device: torch.device | str) -> EditConstants:
         moved = {k: getattr(self, k).to(device) for k in (*self.TENSORS, "powers")}
-        return EditConstants(**moved, strengths=self.strengths)
+        return EditConstants(**moved, strengths=self.strengths, recolours=self.recolours)
 
     def footprint(self, i: int, target: torch.Tensor) -> torch.Tensor:
         """(b, 1, S, S): attribute i's footprint for faces turning it on (target (b,) True) or off, each raised to
         the power calibrated for its direction."""
         power = self.powers[i, target.long()]  # (b,)
         return self.footprints[i][None, None] ** power[:, None, None, None]
+
+    def region(self, i: int, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(b, 1, S, S): where a change of attribute i lands on faces x (b, 3, S, S) in [-1, 1] turning it on
+        (target (b,) True) or off: its footprint (footprint()), and for an attribute that recolours, only on the
+        pixels of each face that have the colour of the part it recolours (same_colour())."""
+        where = self.footprint(i, target)
+        return where * same_colour(x, self.footprints[i]) if i in self.recolours else where
 
     def needed(self, z: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """How far each attribute's read-out must move to reach its goal, (B, A) for z (B, Z) and targets (B, A)
@@ -125,6 +148,31 @@ class EditConstants:
 
     def strength(self, name: str, on: bool) -> float | None:
         return self.strengths.get(name, {}).get("on" if on else "off")
+
+
+def recolouring(attr_names: list[str]) -> frozenset[int]:
+    """The indices of the attributes of RECOLOURS among a model's attribute names."""
+    return frozenset(i for i, name in enumerate(attr_names) if name in RECOLOURS)
+
+
+def same_colour(x: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """(b, 1, S, S) in [0, 1]: how near each pixel of faces x (b, 3, S, S) in [-1, 1] is in colour to the face's own
+    colour at the crown (CROWN), the median there weighted by `footprint` (S, S): 1 within SAME_COLOUR[0], 0 from
+    SAME_COLOUR[1], lightly blurred so that the edge of a part changes smoothly."""
+    from jmvae_cli.colour import srgb_to_lab
+
+    lab = srgb_to_lab((x + 1) / 2)  # (b, 3, S, S)
+    size = x.shape[-1]
+    rows, left, right = (round(share * size) for share in CROWN)
+    values, order = lab[:, :, :rows, left:right].flatten(2).sort(-1)  # (b, 3, n) each
+    weights = footprint[:rows, left:right].flatten()[order].cumsum(-1)  # (b, 3, n)
+    half = (weights < weights[..., -1:] / 2).sum(-1, keepdim=True)  # (b, 3, 1)
+    crown = values.gather(-1, half)  # (b, 3, 1): the weighted median of each channel
+    d = lab - crown[..., None]  # (b, 3, S, S)
+    d = d * torch.tensor([LIGHTNESS_WEIGHT, 1.0, 1.0], device=x.device)[:, None, None]
+    far = (d * d).sum(1, keepdim=True).sqrt()  # (b, 1, S, S)
+    near = ((SAME_COLOUR[1] - far) / (SAME_COLOUR[1] - SAME_COLOUR[0])).clamp(0, 1)
+    return F.avg_pool2d(near, 3, 1, 1, count_include_pad=False)
 
 
 def constants_of(model: JMVAE) -> EditConstants:
@@ -229,9 +277,11 @@ def fit(
     train_rows: np.ndarray,
     cfg: CalibrateConfig | None = None,
     device: torch.device | str = "cpu",
+    attr_names: list[str] | None = None,
 ) -> EditConstants:
     """B, the read-out and its class means from cfg.latent_faces random training faces (None: all of them); the
-    footprints from all of them. labels (N, A) {0, 1} in the model's attribute order."""
+    footprints from all of them. labels (N, A) {0, 1} in the model's attribute order, `attr_names` its names (for
+    RECOLOURS)."""
     cfg = cfg or CalibrateConfig()
     rows = np.sort(train_rows)
     if cfg.latent_faces is not None and cfg.latent_faces < len(rows):
@@ -244,6 +294,7 @@ def fit(
         readout=read,
         means=class_means(z, y, read),
         footprints=footprints(images, labels, np.sort(train_rows), cfg.ridge),
+        recolours=recolouring(attr_names or []),
     ).to(device)
 
 
@@ -373,7 +424,7 @@ def calibrate_weights(
     if len(train_rows) == 0:
         raise JmvaeError("the data has no training faces to calibrate on")
     judge = quality.load_classifier(classifier, names, torch.device(device))
-    constants = fit(model, faces.images, faces.attrs, train_rows, cfg, device)
+    constants = fit(model, faces.images, faces.attrs, train_rows, cfg, device, names)
     model.edit_constants = constants
     cells = calibrate_strengths(model, judge, faces.images, faces.attrs, train_rows, names, cfg, device, on_cell)
     how = (

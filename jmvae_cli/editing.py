@@ -20,11 +20,12 @@ blond is golden.
             read-out of that attribute reaches a goal set by the strength (edit_directions.py: the constants,
             fitted on training faces and stored with the weights by `jmvae calibrate`); before = D(z), after =
             D(z) + sum_i F_i (D(z_i') - D(z)), z_i' the move of changed attribute i alone and F_i its footprint
-            (raised to the power calibrated for the attribute and direction), so
-            that each change lands only where the attribute shows in photos (blond hair, not a blond tint over the
-            face). A face with several changes also gets them in one move inside the union of their footprints,
-            and keeps whichever of the two the model, reading the results, sees more of the changes on. Measured
-            best of the rules at equal side effects (docs/edit_rules.md)
+            (raised to the power calibrated for the attribute and direction), so that each change lands only
+            where the attribute shows in photos (blond hair, not a blond tint over the face); a hair colour lands,
+            besides, only on the pixels of this face's hair colour (edit_directions.same_colour), not on the
+            background the model draws fuller hair over. A face with several changes also gets them in one move
+            inside the union of their footprints, and keeps whichever of the two the model, reading the results,
+            sees more of the changes on. Measured best of the rules at equal side effects (docs/edit_rules.md)
 
 Which rule by default (default_method): regress where the model carries its constants, else paper, so that weights
 without them edit as they always did. `jmvae figure edit` is always the paper's.
@@ -119,7 +120,7 @@ def regress(
         z_new = constants.move(z, only, target, s)  # (B, Z)
         moved = (z_new != z).any(1)[:, None, None, None]  # (B, 1, 1, 1): a face left where it is stays so
         drawn = model.images_from_z(z_new)  # (B, 3, H, W)
-        after += torch.where(moved, constants.footprint(i, target[:, i]) * (drawn - before), 0)
+        after += torch.where(moved, constants.region(i, target[:, i], x) * (drawn - before), 0)
     several = changed.sum(1) > 1  # (B,)
     if not several.any():
         return before, after
@@ -130,7 +131,7 @@ def regress(
     drawn = model.images_from_z(constants.move(z, changed, target, s))  # (B, 3, H, W)
     outside = torch.ones_like(before[:, :1])  # (B, 1, H, W): outside every changed footprint
     for i in changed.any(0).nonzero()[:, 0].tolist():
-        outside = outside * (1 - constants.footprint(i, target[:, i]) * changed[:, i, None, None, None])
+        outside = outside * (1 - constants.region(i, target[:, i], x) * changed[:, i, None, None, None])
     together = before + (1 - outside) * (drawn - before)  # (B, 3, H, W)
 
     def done(candidate: torch.Tensor) -> torch.Tensor:

@@ -432,3 +432,48 @@ def test_a_footprint_power_keeps_the_change_nearer_its_middle():
     a, b = (editing.edit(model_with(c), x, change) for c in (down, down_cubed))
     assert (a.after - a.before)[:, :, 10:20, 10:20].abs().amax() > 0.01
     assert torch.equal(a.after, b.after)
+
+
+def hair_and_background(n: int = 2) -> torch.Tensor:
+    """(n, 3, S, S) faces with brown hair over the top and down the middle, blue background down both sides."""
+    x = faces(n).clone()
+    x[:, :, :, 12:52] = torch.tensor([-0.2, -0.45, -0.6])[:, None, None]  # brown
+    x[:, :, :, :8] = x[:, :, :, 56:] = torch.tensor([-0.7, -0.1, 0.5])[:, None, None]  # blue
+    return x
+
+
+def test_same_colour_is_one_on_the_crowns_colour_and_zero_on_another():
+    x = hair_and_background()
+    near = edit_directions.same_colour(x, torch.ones(S, S))  # (n, 1, S, S)
+    assert near.shape == (2, 1, S, S)
+    assert torch.equal(near[:, :, :, 14:50], torch.ones_like(near[:, :, :, 14:50]))
+    assert torch.equal(near[:, :, :, :7], torch.zeros_like(near[:, :, :, :7]))
+    # the crown's colour is the footprint's: weighted to the blue, the blue is what is near
+    foot = torch.zeros(S, S)
+    foot[:, 19:24] = 1.0
+    x[:, :, :, 19:24] = torch.tensor([-0.7, -0.1, 0.5])[:, None, None]  # blue inside the crown's columns too
+    assert torch.equal(edit_directions.same_colour(x, foot)[:, :, :, :7], torch.ones(2, 1, S, 7))
+
+
+def test_a_hair_colour_changes_the_hair_and_not_the_background_beside_it():
+    names = ATTRS
+    hair = names.index("Blond_Hair")
+    x = hair_and_background()
+    edits = {}
+    for recolours in (frozenset(), edit_directions.recolouring(names)):
+        c = constants(off=50.0, on=51.0)  # every face has far to go; the footprint is the whole crop
+        c.recolours = recolours
+        edits[recolours] = editing.edit(model_with(c), x, {hair: attributes.coded(True, 2.0)}, method="regress")
+    plain, kept = edits.values()
+    assert edit_directions.recolouring(names) == frozenset({hair})
+    side = (slice(None), slice(None), slice(None), slice(0, 7))
+    assert (plain.result[side] - x[side]).abs().amax() > 0.01  # the footprint alone lets the background change
+    assert torch.equal(kept.result[side], x[side])
+    middle = (slice(None), slice(None), slice(None), slice(14, 50))
+    assert torch.allclose(kept.result[middle], plain.result[middle])
+
+
+def test_which_attributes_recolour_is_read_from_the_names_in_the_weights(tmp_path):
+    new = tmp_path / "new.safetensors"
+    checkpoint.save_edit_constants(save_tiny(tmp_path / "old.safetensors"), new, constants().tensors(), {})
+    assert checkpoint.load_model(new).model.edit_constants.recolours == frozenset({ATTRS.index("Blond_Hair")})
