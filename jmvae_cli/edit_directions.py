@@ -165,7 +165,8 @@ def same_colour(x: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
     size = x.shape[-1]
     rows, left, right = (round(share * size) for share in CROWN)
     values, order = lab[:, :, :rows, left:right].flatten(2).sort(-1)  # (b, 3, n) each
-    weights = footprint[:rows, left:right].flatten()[order].cumsum(-1)  # (b, 3, n)
+    # a footprint of nothing at the crown (an attribute fitted on too few faces) weighs the crown's pixels alike
+    weights = (footprint[:rows, left:right].flatten() + 1e-6)[order].cumsum(-1)  # (b, 3, n)
     half = (weights < weights[..., -1:] / 2).sum(-1, keepdim=True)  # (b, 3, 1)
     crown = values.gather(-1, half)  # (b, 3, 1): the weighted median of each channel
     d = lab - crown[..., None]  # (b, 3, S, S)

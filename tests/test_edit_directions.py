@@ -453,6 +453,8 @@ def test_same_colour_is_one_on_the_crowns_colour_and_zero_on_another():
     foot[:, 19:24] = 1.0
     x[:, :, :, 19:24] = torch.tensor([-0.7, -0.1, 0.5])[:, None, None]  # blue inside the crown's columns too
     assert torch.equal(edit_directions.same_colour(x, foot)[:, :, :, :7], torch.ones(2, 1, S, 7))
+    # a footprint of nothing there: the crown's pixels count alike, and the brown is the most of them
+    assert torch.equal(edit_directions.same_colour(x, torch.zeros(S, S))[:, :, :, 30:40], torch.ones(2, 1, S, 10))
 
 
 def test_a_hair_colour_changes_the_hair_and_not_the_background_beside_it():
