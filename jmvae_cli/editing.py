@@ -114,13 +114,15 @@ def regress(
     # as it was: on the CPU a batch's size changes how its sums round, so a face's edit would otherwise depend on
     # how many of its neighbours change (a face the model reads as showing the change already is left alone).
     # Apart: each changed attribute drawn on its own, inside its own footprint, the changes added up.
-    for i in changed.any(0).nonzero()[:, 0].tolist():
+    # Where each change lands (B, 1, H, W), once: both ways below use it
+    regions = {i: constants.region(i, target[:, i], x) for i in changed.any(0).nonzero()[:, 0].tolist()}
+    for i, region in regions.items():
         only = torch.zeros_like(changed)
         only[:, i] = changed[:, i]
         z_new = constants.move(z, only, target, s)  # (B, Z)
         moved = (z_new != z).any(1)[:, None, None, None]  # (B, 1, 1, 1): a face left where it is stays so
         drawn = model.images_from_z(z_new)  # (B, 3, H, W)
-        after += torch.where(moved, constants.region(i, target[:, i], x) * (drawn - before), 0)
+        after += torch.where(moved, region * (drawn - before), 0)
     several = changed.sum(1) > 1  # (B,)
     if not several.any():
         return before, after
@@ -130,8 +132,8 @@ def regress(
     # (blond bangs, not a dark fringe over blond hair). Each face keeps whichever the model reads as doing more.
     drawn = model.images_from_z(constants.move(z, changed, target, s))  # (B, 3, H, W)
     outside = torch.ones_like(before[:, :1])  # (B, 1, H, W): outside every changed footprint
-    for i in changed.any(0).nonzero()[:, 0].tolist():
-        outside = outside * (1 - constants.region(i, target[:, i], x) * changed[:, i, None, None, None])
+    for i, region in regions.items():
+        outside = outside * (1 - region * changed[:, i, None, None, None])
     together = before + (1 - outside) * (drawn - before)  # (B, 3, H, W)
 
     def done(candidate: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,8 @@ DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edi
 # The paste mask: an ellipse in the frame's normalised coordinates (-1..1 over the frame, y down) around the face
 # and hair of the training framing, as wide as the frame, leaving the corners and the shoulders' background alone.
 # Narrower (half-axis 0.82 across), it cut a hair colour off half-way down the sides of the head; the regress rule
-# keeps every other change to where its attribute shows (docs/results.md, "Hair colour")
+# keeps every other change to where its attribute shows, while the paper's and the latent rule, which change the
+# whole crop, now reach that much further into its sides (docs/results.md, "Hair colour")
 MASK_CENTRE_Y = -0.05
 MASK_AXES = (1.0, 0.95)
 
