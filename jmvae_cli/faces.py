@@ -5,7 +5,8 @@ The model was trained on faces framed exactly alike (CelebA-HQ resized whole, al
 img->attr accuracy (docs/results.md). So finding a face takes three steps:
 
 1. OpenCV's frontal Haar cascades propose boxes (SCANS). They find only nearly upright faces, so when the
-   upright scan leaves doubt, turned copies of the photo are scanned too (ROTATIONS).
+   upright scan leaves doubt, turned copies of the photo are scanned too (ROTATIONS). A photo that is itself a
+   face crop needs no scan: the aligner frames it from its centre square (FACE_CROP_SHARE).
 2. Each box gives a rough frame (FRAME_SCALE / FRAME_DX / FRAME_DY, measured by benchmarks/calibrate_faces.py),
    which the aligner (face_aligner.py) moves, scales and turns onto the training framing in a few steps (HOG
    maps, then a small network for the last pixel). The aligner also says whether the frame holds a face at all:
@@ -58,6 +59,14 @@ QUICK_CASCADE = "haarcascade_frontalface_alt.xml"
 # scan's smaller faces, which it never sees, are what would have shown a box of clutter there for what it is
 # (rank), or a big face for a poster behind a person (_behind).
 MEDIUM_SHARE = 0.2
+# Before any scan, a photo that is itself a face crop (CelebA's aligned images, CelebA-HQ, a thumbnail), which
+# holds its face about where the training framing does, is framed by the aligner alone from its centre square
+# (_Photo.as_face_crop). Taken where that frame is at least this share of the photo's longer side, which leaves no
+# room for a bigger face beside it, and the cascade sees a face in the frame's upright view of this side: the
+# aligner's face score alone passes an upside-down face, or a close-up of a chin, for one. It saves such a photo
+# the quick scan, the largest part of its search (docs/results.md, "Face crops without a scan").
+FACE_CROP_SHARE = 0.6
+FACE_CROP_CHECK = 48
 # Turned copies scanned when the upright scan leaves doubt (no face, or only a blurred one), in degrees: each
 # brings faces near its angle within the cascade's reach, and the aligner turns the rest of the way.
 ROTATIONS = (15, -15, 30, -30)
@@ -290,14 +299,15 @@ class _Photo:
             frames.append(Frame(float(cx), float(cy), bw / self.scale, float(angle)))
         return frames
 
-    def align(self, frames: list[Frame]) -> list[Face]:
-        """Each of the cascade's boxes moved onto the training framing, with the aligner's face probability."""
+    def align(self, frames: list[Frame], boxes: bool = True) -> list[Face]:
+        """Each of the cascade's boxes (or, without `boxes`, each rough frame) moved onto the training framing, with
+        the aligner's face probability."""
         from jmvae_cli.face_aligner import VIEW, Aligner, features
 
         if not frames:
             return []
         aligner = Aligner.bundled()
-        frames = [rough_frame(f) for f in frames]
+        frames = [rough_frame(f) for f in frames] if boxes else frames
         for step in range(len(aligner.steps)):
             feats = features(np.stack([self.view(f, VIEW) for f in frames]))  # (K, F)
             frames = [f.moved(p) for f, p in zip(frames, aligner.pose(step, feats))]
@@ -344,6 +354,20 @@ class _Photo:
         boxes = _cascade("haarcascade_eye.xml").detectMultiScale(grey, 1.1, 3, minSize=(10, 10), maxSize=(48, 48))
         top, bottom = EYE_BAND[0] * EYE_VIEW, EYE_BAND[1] * EYE_VIEW
         return any(top < y + h / 2 < bottom for _, y, _, h in boxes)
+
+    def as_face_crop(self) -> list[Face]:
+        """The face of a photo that is itself a face crop, framed by the aligner from the photo's centre square,
+        where the frame it reaches covers most of the photo (FACE_CROP_SHARE) and the quick cascade finds a face of
+        the size that frame implies in its upright view (FACE_CROP_CHECK); else none."""
+        h, w = self.rgb.shape[:2]
+        face = self.align([Frame(w / 2, h / 2, min(w, h))], boxes=False)[0]
+        if face.frame.side < FACE_CROP_SHARE * max(w, h) or face.score < FACE_SURE:
+            return []
+        grey = cv2.cvtColor(self.view(face.frame, FACE_CROP_CHECK), cv2.COLOR_RGB2GRAY)
+        box = FACE_CROP_CHECK / FRAME_SCALE
+        smallest, biggest = round(0.8 * box), round(1.25 * box)
+        found = _cascade(QUICK_CASCADE).detectMultiScale(grey, 1.1, 2, minSize=(smallest,) * 2, maxSize=(biggest,) * 2)
+        return [face] if len(found) else []
 
     def covered(self, face: Face) -> bool:
         """Whether a smaller face lies over the middle of this one (_behind: a poster behind a person), by a scan of
@@ -467,7 +491,8 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
     """The faces in a photo, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past
     reading (BLURRED), are dropped; faces too small to read are kept (the caller decides).
 
-    Scans go from the cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
+    Without all_faces, a photo that is a face crop is settled before any scan (FACE_CROP_SHARE). Scans go from the
+    cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
     more, then each of SCANS upright and then on all the turned copies. Without all_faces the search stops after
     the first of these that finds a face sure and in focus (and, in the medium scan, showing an eye with no smaller
     face over its middle: MEDIUM_SHARE), so faces elsewhere may be missing from the list. The turned copies are
@@ -485,7 +510,9 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
         return not all_faces and any(settles(f) for f in faces)
 
     if not all_faces:
-        faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE, Scan(QUICK_CASCADE)))
+        faces += [f for f in photo.as_face_crop() if settles(f)]
+        if not settled():
+            faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE, Scan(QUICK_CASCADE)))
         if not settled():
             medium = photo.align(photo.scan(0, MEDIUM_SHARE, Scan(QUICK_CASCADE)))
             if any(settles(f) and photo.shows_eyes(f.frame) and not photo.covered(f) for f in medium):

@@ -117,7 +117,8 @@ def scan_angles(monkeypatch) -> list[float]:
 @needs_hq
 def test_scans_go_on_only_while_no_sure_face_is_found(scan_angles):
     calls = scan_angles
-    faces.search_faces(hq_face(0))  # a portrait: the quick scan of big faces settles it
+    photo, truth = scene(hq_face(0), 230, 0, at=(210, 150), size=(420, 300))  # a portrait: the quick scan settles it
+    assert_framed(faces.search_faces(photo)[0].frame, truth)
     assert calls == [0]
     calls.clear()
     faces.search_faces(Image.new("RGB", (200, 150), (128, 128, 128)))  # no face: every scan, upright and turned
@@ -130,6 +131,30 @@ def test_scans_go_on_only_while_no_sure_face_is_found(scan_angles):
     photo, _ = scene(hq_face(1), 160, 35)  # found turned: all the turned copies of that scan, none of the next
     faces.search_faces(photo)
     assert calls == [0, 0, 0, *faces.ROTATIONS]
+
+
+@needs_hq
+@pytest.mark.parametrize("margin", [0, 30])
+def test_a_photo_that_is_a_face_crop_is_framed_without_a_scan(scan_angles, margin):
+    face = hq_face(2)
+    photo, truth = scene(face, 256 - 2 * margin, 0, at=(128, 140), size=(256, 280))  # a CelebA-like crop at 30
+    assert_framed(faces.search_faces(photo)[0].frame, truth)
+    assert scan_angles == []
+
+
+@needs_hq
+def test_an_upside_down_face_is_not_taken_for_a_face_crop():
+    for k in (0, 2, 5, 9):  # the aligner alone, from the centre square, surely sees a face in each
+        photo = faces._Photo(hq_face(k).transpose(Image.Transpose.FLIP_TOP_BOTTOM))
+        face = photo.align([Frame(128, 128, 256)], boxes=False)[0]
+        assert face.score >= faces.FACE_SURE and face.frame.side >= faces.FACE_CROP_SHARE * 256
+        assert photo.as_face_crop() == []  # the cascade, in the frame's upright view, does not
+
+
+@needs_hq
+def test_a_face_crop_smaller_than_its_share_of_the_photo_is_left_to_the_scans():
+    photo, _ = scene(hq_face(2), 200, 0, at=(200, 160), size=(400, 320))  # 200 px of a 400 px photo: not a crop
+    assert faces._Photo(photo).as_face_crop() == []
 
 
 @needs_hq
