@@ -65,7 +65,7 @@ def read_image(
         try:
             img = Image.open(io.BytesIO(data))
             img.load()  # decode now, so truncation shows up here and not in some later resize
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # a copy otherwise, even of an upright photo
             meta = _metadata(img)
         except Image.UnidentifiedImageError:
             raise ImageError(f"{name}: not an image (or a format Pillow cannot read)") from None
@@ -77,7 +77,8 @@ def read_image(
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         img = img.convert("RGBA") if keep_alpha else flatten(img.convert("RGBA"))
     else:
-        img = img.convert("RGB")  # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions
+        # CMYK, YCbCr, L, 1 and P go straight through Pillow's own conversions; RGB, most photos, is not copied
+        img = img if img.mode == "RGB" else img.convert("RGB")
     img.info = meta
     return img
 
