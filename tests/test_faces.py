@@ -137,7 +137,8 @@ def test_scans_go_on_only_while_no_sure_face_is_found(scan_angles):
 @pytest.mark.parametrize("margin", [0, 30])
 def test_a_photo_that_is_a_face_crop_is_framed_without_a_scan(scan_angles, margin):
     face = hq_face(2)
-    photo, truth = scene(face, 256 - 2 * margin, 0, at=(128, 140), size=(256, 280))  # a CelebA-like crop at 30
+    # margin 0: the face's whole frame fills the width; 30: a margin round it, as CelebA's aligned images have
+    photo, truth = scene(face, 256 - 2 * margin, 0, at=(128, 140), size=(256, 280))
     assert_framed(faces.search_faces(photo)[0].frame, truth)
     assert scan_angles == []
 
