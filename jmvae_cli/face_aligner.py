@@ -37,6 +37,11 @@ N_FEATURES = 1764 + 324 + 1  # the two HOGs and a constant
 # the pose's units in the fitted maps: about a pixel of the 64 px frame for shift and size, and a degree
 POSE_UNITS = np.array([1 / 32, 1 / 32, 1 / 64, np.pi / 180])
 REFINE_STEPS = 1
+# The refiner takes views in blocks of this many, the last padded: on the CPU a view alone costs it 2.5 times as
+# long as one of a block (docs/results.md, "The refiner in blocks"), and a batch's size changes how the CPU's sums
+# round, so a view's pose would otherwise depend on how many others came with it (a photo edited alone and in a
+# folder would differ)
+REFINE_BLOCK = 8
 REFINER_PREFIX = "refiner."  # the refiner's tensors in the aligner's file
 
 _per_thread = threading.local()
@@ -103,9 +108,13 @@ class Aligner:
         import torch
 
         net, dtype = self._inference
+        pad = np.zeros((-len(views) % REFINE_BLOCK, *views.shape[1:]), np.uint8)
+        x = view_input(np.concatenate([views, pad])).to(
+            dtype, memory_format=torch.channels_last
+        )  # (B + pad, 3, 64, 64)
         with torch.inference_mode():
-            out = net(view_input(views).to(dtype, memory_format=torch.channels_last))  # (B, 4)
-        return out.double().numpy() * POSE_UNITS
+            out = torch.cat([net(block) for block in x.split(REFINE_BLOCK)])  # (B + pad, 4)
+        return out[: len(views)].double().numpy() * POSE_UNITS
 
     @functools.cached_property
     def _inference(self):

@@ -31,6 +31,9 @@ from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
 from jmvae_cli.runtime import Precision, pick_device
 
 BATCH_SIZE = 128
+# Photos whose faces are found in one task of the thread pools (faces.load_many), so that the aligner's refiner
+# takes a block of faces at once
+PHOTOS_PER_CHUNK = 8
 # Faces decoded at once by average_face: the decoder's activations (most of the memory) stay bounded however many
 # samples are asked for; the 8-bit faces themselves are small.
 DECODE_BATCH = 256
@@ -139,10 +142,23 @@ def refine_frames(tr: Translator, photo: Image.Image, crops: list[faces.FaceCrop
     return out
 
 
-def load_faces(tr: Translator, source, name: str, *, all_faces: bool, detect: bool, refine: bool):
-    """faces.load_faces at the model's size, and with `refine` (found faces only) refine_frames."""
-    photo, crops = faces.load_faces(source, name, all_faces=all_faces, detect=detect, size=tr.image_size)
-    return photo, refine_frames(tr, photo, crops) if refine and detect else crops
+def load_many(tr: Translator, sources: list[str], stdin: bytes | None, *, all_faces: bool, detect: bool, refine: bool):
+    """faces.load_many of files ("-": `stdin`) at the model's size, and with `refine` (found faces only)
+    refine_frames."""
+    named = [(stdin, "<stdin>") if src == "-" else (src, src) for src in sources]
+    loaded = faces.load_many(named, all_faces=all_faces, detect=detect, size=tr.image_size)
+    if not (refine and detect):
+        return loaded
+    return [r if isinstance(r, JmvaeError) else (r[0], refine_frames(tr, *r)) for r in loaded]
+
+
+def _load_in_chunks(load: Callable, items: list, workers: int, window: int) -> Iterator[tuple[object, object]]:
+    """(item, its result), in input order, where load(chunk) gives the results of a chunk of PHOTOS_PER_CHUNK
+    items at once (their faces refined together: faces.load_many), the chunks in `workers` threads, at most
+    `window` of them in flight. A JmvaeError that load raises is the result of each item of its chunk."""
+    chunks = [items[i : i + PHOTOS_PER_CHUNK] for i in range(0, len(items), PHOTOS_PER_CHUNK)]
+    for chunk, results in _ordered_map(load, chunks, workers, window):
+        yield from zip(chunk, [results] * len(chunk) if isinstance(results, JmvaeError) else results)
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:
@@ -240,10 +256,9 @@ def img2attr(
 
 
 def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file) -> Iterator[AttrResult]:
-    def prepare(src: str):
-        data = stdin if src == "-" else src
-        name = "<stdin>" if src == "-" else src
-        return load_faces(tr, data, name, all_faces=all_faces, detect=detect, refine=refine)[1]
+    def prepare(chunk: list[str]) -> list:
+        loaded = load_many(tr, chunk, stdin, all_faces=all_faces, detect=detect, refine=refine)
+        return [r if isinstance(r, JmvaeError) else r[1] for r in loaded]
 
     waiting: list[tuple[str, object]] = []  # (file, list[faces.FaceCrop] | JmvaeError), in input order
 
@@ -259,7 +274,9 @@ def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file) -
         waiting.clear()
 
     n_crops = 0
-    for src, r in _ordered_map(prepare, sources, workers, window=max(4 * workers, 2 * BATCH_SIZE)):
+    for src, r in _load_in_chunks(
+        prepare, sources, workers, window=max(4 * workers, 2 * BATCH_SIZE // PHOTOS_PER_CHUNK)
+    ):
         waiting.append((src, r))
         n_crops += len(r) if isinstance(r, list) else 0
         if on_file:
@@ -542,23 +559,22 @@ def _arrays(r: EditResult, convert: Callable) -> EditResult:
 
 
 def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, stdin):
-    # The model's blocks are small, so that it edits often and the pools' short windows (a few full-resolution
-    # photos each, whatever their size) keep the other cores busy meanwhile.
+    # The model's blocks are small, so that it edits often and the pools' short windows (a chunk of photos per
+    # thread while finding faces, a few photos each while pasting and writing: held at full resolution, whatever
+    # their size) keep the other cores busy meanwhile.
     window = 4 * workers
 
-    def prepare(job):
-        src, out = job
-        if isinstance(out, JmvaeError):
-            raise out
-        data = stdin if src == "-" else src
-        name = "<stdin>" if src == "-" else src
-        return load_faces(tr, data, name, all_faces=all_faces, detect=detect, refine=refine)
+    def prepare(jobs: list[tuple]) -> list:
+        """(photo, crops) or the error of each (source, output) job; an output's error is the job's."""
+        todo = [src for src, out in jobs if not isinstance(out, JmvaeError)]
+        loaded = iter(load_many(tr, todo, stdin, all_faces=all_faces, detect=detect, refine=refine))
+        return [out if isinstance(out, JmvaeError) else next(loaded) for _, out in jobs]
 
     def edited() -> Iterator[tuple]:
         """(source, output, (photo, crops) or JmvaeError, that photo's Edit or None), in input order."""
         waiting: list = []
         n_crops = 0
-        for (src, out), r in _ordered_map(prepare, list(zip(sources, outputs)), workers, window):
+        for (src, out), r in _load_in_chunks(prepare, list(zip(sources, outputs)), workers, max(2, workers)):
             waiting.append((src, out, r))
             n_crops += len(r[1]) if isinstance(r, tuple) else 0
             if n_crops >= EDIT_BLOCK:

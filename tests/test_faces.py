@@ -305,8 +305,9 @@ def test_a_box_over_part_of_the_face_is_not_counted_as_another_face(monkeypatch)
     part = faces.Face(Frame(160 + 0.4 * 200, 120, 80), 0.95, 0.5)
     beside = faces.Face(Frame(160 + 250, 120, 190), 0.95, 0.5)
     photo = _png(Image.new("RGB", (640, 480), (90, 90, 90)))
+    monkeypatch.setattr(faces, "refine", lambda searches, every: [found for _, found in searches])
     for found, count in (([person, part], 1), ([person, part, beside], 2)):
-        monkeypatch.setattr(faces, "search_faces", lambda img, all_faces=False, found=found: found)
+        monkeypatch.setattr(faces, "_search", lambda img, all_faces, found=found: (faces._Photo(img), found))
         _, crops = faces.load_faces(photo, "p.png")
         assert len(crops) == 1 and crops[0].frame == person.frame and crops[0].found == count
 
@@ -442,15 +443,48 @@ def test_the_refiner_moves_only_the_faces_that_will_be_used(monkeypatch):
     monkeypatch.setattr(face_aligner.Aligner, "refine", refine)
     tiny, first, second = (faces.Face(Frame(x, 100, side), 0.95, 0.5) for x, side in ((40, 20), (150, 100), (300, 120)))
     photo = faces._Photo(Image.fromarray(photo_array(400, 200)))
-    one = photo.refine([tiny, first, second], every=False)
+    (one,) = faces.refine([(photo, [tiny, first, second])], every=False)
     assert calls == [1] * face_aligner.REFINE_STEPS  # the first face large enough to read, alone
     assert one[0] == tiny and one[2] == second
     assert one[1].frame.cx == pytest.approx(150 - face_aligner.REFINE_STEPS * 0.1 * 50) and one[1].score == 0.95
     calls.clear()
-    every = photo.refine([tiny, first, second], every=True)
+    (every,) = faces.refine([(photo, [tiny, first, second])], every=True)
     assert calls == [2] * face_aligner.REFINE_STEPS and every[0] == tiny
     steps = face_aligner.REFINE_STEPS
     assert [f.frame.cx for f in every[1:]] == pytest.approx([150 - 0.1 * 50 * steps, 300 - 0.1 * 60 * steps])
+
+
+def test_a_views_pose_does_not_depend_on_the_views_refined_with_it():
+    views = np.stack([photo_array(64, 64, seed=s) for s in range(11)])
+    aligner = face_aligner.Aligner.bundled()
+    together = aligner.refine(views)  # a full block and a padded one
+    alone = np.concatenate([aligner.refine(views[k : k + 1]) for k in range(len(views))])
+    assert together.shape == (11, 4) and np.array_equal(together, alone)
+
+
+@needs_hq
+def test_photos_loaded_together_are_framed_and_cut_as_each_alone(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    blank = _png(Image.new("RGB", (200, 150), (128, 128, 128)))
+    tilted = _png(scene(hq_face(3), 180, 20)[0])
+    photos = [str(sorted(HQ.glob("*.jpg"))[k]) for k in range(3)] + [str(bad), blank, tilted]
+    named = [(p, f"photo {k}") for k, p in enumerate(photos)]
+    calls = []
+    refine = face_aligner.Aligner.refine
+    monkeypatch.setattr(face_aligner.Aligner, "refine", lambda self, v: calls.append(len(v)) or refine(self, v))
+    together = faces.load_many(named)
+    assert calls == [4] * face_aligner.REFINE_STEPS  # the four photos with a face, in one call
+    calls.clear()
+    monkeypatch.setattr(faces, "GROUP_PIXELS", 1)  # a group ends after each photo
+    one_by_one = faces.load_many(named)
+    assert calls == [1] * 4 * face_aligner.REFINE_STEPS
+    for k in (0, 1, 2, 5):
+        (a,), (b,) = together[k][1], one_by_one[k][1]
+        assert a.frame == b.frame and np.array_equal(a.crop, b.crop)
+        assert a.frame == faces.load_faces(*named[k])[1][0].frame
+    assert "photo 3" in str(together[3]) and isinstance(together[4], NoFaceError) and "photo 4" in str(together[4])
+    assert_framed(together[5][1][0].frame, scene(hq_face(3), 180, 20)[1])
 
 
 def test_no_detect_takes_the_centre_square():
