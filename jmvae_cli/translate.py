@@ -249,10 +249,25 @@ def img2attr(
     on_file: Callable[[], None] | None = None,
 ) -> Iterator[AttrResult]:
     """Attribute probabilities for every face of every source, in order; a failed file gives an AttrResult with
-    its error and the rest go on. Decoding and detection run in a thread pool while the model takes batches."""
+    its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
+    from this one (_in_processes); elsewhere decoding and detection run in a thread pool while the model takes
+    batches."""
     workers = available_cpus() if len(sources) > 1 else 1
+    args = (all_faces, detect, refine, stdin)
     with _one_thread_each(tr, workers > 1):
-        yield from _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file)
+        if workers > 1 and _forks(tr) and len(sources) > IMG2ATTR_TASK:
+            tasks = [sources[i : i + IMG2ATTR_TASK] for i in range(0, len(sources), IMG2ATTR_TASK)]
+            for task, done in zip(tasks, _in_processes(tr, _img2attr_task, tasks, workers, args, "reading")):
+                for _ in task if on_file else ():
+                    on_file()
+                yield from done
+        else:
+            yield from _img2attr(tr, sources, workers, *args, on_file)
+
+
+def _img2attr_task(sources: list[str]) -> list[AttrResult]:
+    """A forked worker's img2attr of some photos."""
+    return list(_img2attr(_forked["tr"], sources, 1, *_forked["args"], None))
 
 
 def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file) -> Iterator[AttrResult]:
@@ -496,39 +511,51 @@ def edit_photos(
     while the model edits the faces found so far."""
     workers = available_cpus() if len(sources) > 1 else 1
     args = (changes, view, soft, method, all_faces, detect, refine)
-    # on the CPU under Linux: macOS can fork, but not safely once its system libraries have started threads (Python
-    # itself spawns there), and a forked process cannot use the parent's CUDA
-    forks = tr.device.type == "cpu" and sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
     with _one_thread_each(tr, workers > 1):
-        if workers > 1 and forks and len(sources) > PHOTOS_PER_TASK:
+        if workers > 1 and _forks(tr) and len(sources) > EDIT_TASK:
             yield from _edit_in_processes(tr, sources, outputs, workers, args)
         else:
             yield from _edit_photos(tr, sources, outputs, workers, *args, stdin)
 
 
-# Photos per task of the process pool: a block of the model's, so that a task's faces go through it together
-PHOTOS_PER_TASK = EDIT_BLOCK
-_forked: dict = {}  # what a forked worker edits with (_start_worker)
-
-
 def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tuple) -> Iterator[EditResult]:
-    """edit_photos in `workers` processes forked from this one, which share its loaded model rather than load
-    their own, each editing whole tasks of PHOTOS_PER_TASK photos in one thread. Threads of one process were slower:
-    the model's thread, the photos' search and the writing contend for Python's lock, and kept 1.7 of 2 cores busy
-    (docs/results.md, "Batch edits"). A face's edit does not depend on the others of its block, so the results are
-    those of one process, to the byte."""
+    """edit_photos in forked processes (_in_processes), a task of EDIT_TASK photos at a time. A face's edit does
+    not depend on the others of its block, so the results are those of one process, to the byte."""
     # an output's error goes as its message alone: a JmvaeError subclass need not rebuild from its pickle
     jobs = [(s, JmvaeError(str(o)) if isinstance(o, JmvaeError) else o) for s, o in zip(sources, outputs)]
-    tasks = [jobs[i : i + PHOTOS_PER_TASK] for i in range(0, len(jobs), PHOTOS_PER_TASK)]
+    tasks = [jobs[i : i + EDIT_TASK] for i in range(0, len(jobs), EDIT_TASK)]
+    for done in _in_processes(tr, _edit_task, tasks, workers, args, "editing"):
+        yield from (_arrays(r, torch.from_numpy) for r in done)
+
+
+# Photos per task of the process pools: for edit a block of the model's, so that a task's faces go through it
+# together; for img2attr a few chunks (PHOTOS_PER_CHUNK), so that the model takes a batch of faces at once
+EDIT_TASK = EDIT_BLOCK
+IMG2ATTR_TASK = 4 * PHOTOS_PER_CHUNK
+_forked: dict = {}  # what a forked worker works with (_start_worker)
+
+
+def _forks(tr: Translator) -> bool:
+    """Whether work can go to processes forked from this one: on the CPU under Linux. macOS can fork, but not
+    safely once its system libraries have started threads (Python itself spawns there), and a forked process cannot
+    use the parent's CUDA."""
+    return tr.device.type == "cpu" and sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _in_processes(tr: Translator, task: Callable, tasks: list, workers: int, args: tuple, doing: str) -> Iterator:
+    """task(t) for each of `tasks`, in order, in `workers` processes forked from this one, which share its loaded
+    model rather than load their own (task finds it, and `args`, in _forked), each running whole tasks in one
+    thread. Threads of one process were slower: the model's thread, the photos' search and the writing contend for
+    Python's lock, and kept 1.7 of 2 cores busy (docs/results.md, "Batch edits", "img2attr in processes")."""
     fork = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), fork, _start_worker, (tr, args)) as pool:
         try:
-            for _, done in _in_order(lambda task: pool.submit(_edit_task, task), tasks, 2 * workers):
-                yield from (_arrays(r, torch.from_numpy) for r in done)
+            for _, done in _in_order(lambda t: pool.submit(task, t), tasks, 2 * workers):
+                yield done
         except concurrent.futures.BrokenExecutor:
             raise JmvaeError(
-                "a worker process editing the photos was killed (out of memory?): the photos reported before this "
-                "line were edited, the rest may not have been"
+                f"a worker process {doing} the photos was killed (out of memory?): the photos reported before this "
+                "line are complete, the rest may not have been done"
             ) from None
 
 

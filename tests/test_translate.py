@@ -1,5 +1,8 @@
 """The translation library: average faces and grids, pasting an edit back into the photo, batches of files."""
 
+import multiprocessing
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -109,6 +112,32 @@ def test_img2attr_batches_keep_order_past_bad_files(tr, tmp_path, monkeypatch):
     crops = np.stack([np.asarray(Image.open(r.file).convert("RGB")) for r in ok])
     assert np.allclose(np.stack([r.probs for r in ok]), translate.infer_attributes(tr, crops), atol=1e-6)
     assert len({round(float(r.probs[1]), 4) for r in ok}) > 1  # different images, different answers
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_img2attr_in_worker_processes_or_threads_reads_as_one_thread_does(tr, tmp_path, monkeypatch, fork):
+    # forked processes where the platform has fork (Linux), threads where it has not
+    monkeypatch.setattr(translate, "IMG2ATTR_TASK", 3)  # several tasks, a failure inside one
+    files = [str(write_photo(tmp_path / f"{i}.png", 50 + 3 * i, 60, seed=i)) for i in range(10)]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    files.insert(4, str(tmp_path / "broken.png"))
+    methods = multiprocessing.get_all_start_methods()
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: [m for m in methods if fork or m != "fork"])
+    forked, in_processes = [], translate._in_processes
+    monkeypatch.setattr(translate, "_in_processes", lambda *a: forked.append(a) or in_processes(*a))
+
+    def read(cpus: int) -> tuple[list, int]:
+        monkeypatch.setattr(translate, "available_cpus", lambda: cpus)
+        ticks = []
+        return list(translate.img2attr(tr, files, detect=False, on_file=lambda: ticks.append(1))), len(ticks)
+
+    (many, ticks), (one, _) = read(2), read(1)
+    assert bool(forked) == (fork and sys.platform == "linux") and ticks == len(files)
+    assert [r.file for r in many] == files and [r.error is None for r in many] == [i != 4 for i in range(11)]
+    assert "broken.png" in many[4].error and many[4].error == one[4].error
+    for a, b in zip(many, one):
+        if a.error is None:  # a batch's size can move a matrix product's last bit
+            assert np.allclose(a.probs, b.probs, atol=1e-6) and np.array_equal(a.crop.crop, b.crop.crop)
 
 
 # ----------------------------------------------------------------------------- framing by the model
