@@ -184,8 +184,9 @@ def expand_inputs(args: Iterable[str]) -> list[str]:
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator[tuple[object, object]]:
-    """(item, fn(item) or the JmvaeError it raised), in input order, with at most `window` items in flight.
-    Threads suffice: JPEG decoding, resizing and the cascade all release the GIL."""
+    """(item, fn(item) or the JmvaeError it raised), in input order, with at most `window` items in flight, in
+    `workers` threads (JPEG decoding, resizing and the cascade release the GIL; where processes can be forked,
+    whole tasks go to them instead: _in_processes)."""
 
     def call(item):
         try:
