@@ -256,8 +256,11 @@ def img2attr(
     workers = available_cpus() if len(sources) > 1 else 1
     args = (all_faces, detect, refine, stdin)
     with _one_thread_each(tr, workers > 1):
-        if workers > 1 and _forks(tr) and len(sources) > IMG2ATTR_TASK:
-            tasks = [sources[i : i + IMG2ATTR_TASK] for i in range(0, len(sources), IMG2ATTR_TASK)]
+        if workers > 1 and _forks(tr) and len(sources) > PHOTOS_PER_CHUNK:
+            # tasks of fewer photos where there are not four per worker: else the last task of a few big photos
+            # keeps one worker busy long after the others are done
+            size = min(IMG2ATTR_TASK, max(PHOTOS_PER_CHUNK, math.ceil(len(sources) / (4 * workers))))
+            tasks = [sources[i : i + size] for i in range(0, len(sources), size)]
             for task, done in zip(tasks, _in_processes(tr, _img2attr_task, tasks, workers, args, "reading")):
                 for _ in task if on_file else ():
                     on_file()

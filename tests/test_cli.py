@@ -181,9 +181,8 @@ def test_img2attr_batch_goes_on_past_bad_files(weights_env, tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
 def test_img2attr_worker_process_killed_is_one_error_line(weights_env, tmp_path, monkeypatch):
-    files = [write_photo(tmp_path / f"{i}.png", 64, 64, seed=i) for i in range(4)]
+    files = [write_photo(tmp_path / f"{i}.png", 64, 64, seed=i) for i in range(translate.PHOTOS_PER_CHUNK + 1)]
     monkeypatch.setattr(translate, "available_cpus", lambda: 2)
-    monkeypatch.setattr(translate, "IMG2ATTR_TASK", 2)
     monkeypatch.setattr(translate, "_img2attr", lambda *args: os._exit(9))  # runs in the forked workers only
     r = run("img2attr", *files, "--no-detect", "-f", "jsonl")
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

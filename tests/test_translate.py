@@ -140,6 +140,19 @@ def test_img2attr_in_worker_processes_or_threads_reads_as_one_thread_does(tr, tm
             assert np.allclose(a.probs, b.probs, atol=1e-6) and np.array_equal(a.crop.crop, b.crop.crop)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")
+def test_img2attr_tasks_shrink_where_there_are_few_photos_per_worker(tr, monkeypatch):
+    sizes = []
+    monkeypatch.setattr(translate, "available_cpus", lambda: 2)
+    monkeypatch.setattr(
+        translate, "_in_processes", lambda tr, fn, tasks, *a: sizes.append([len(t) for t in tasks]) or []
+    )
+    for n in (8, 20, 100, 1000):
+        list(translate.img2attr(tr, [f"{i}.jpg" for i in range(n)]))
+    # 8: one chunk, in threads (not a file of them exists: each is an error there)
+    assert sizes == [[8, 8, 4], [13] * 7 + [9], [32] * 31 + [8]]
+
+
 # ----------------------------------------------------------------------------- framing by the model
 
 
