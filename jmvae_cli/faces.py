@@ -477,8 +477,9 @@ def search_faces(img: Image.Image, *, all_faces: bool = False) -> list[Face]:
 
 
 def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
-    """The photo as the search saw it, and its faces, best first (rank). Frames are aligned; boxes that are not faces, and faces blurred past
-    reading (BLURRED), are dropped; faces too small to read are kept (the caller decides).
+    """The photo as the search saw it, and its faces, best first (rank). Frames are aligned; boxes that are not
+    faces, and faces blurred past reading (BLURRED), are dropped; faces too small to read are kept (the caller
+    decides).
 
     Without all_faces, a photo that is a face crop is settled before any scan (FACE_CROP_SHARE). Scans go from the
     cheap to the thorough: big upright faces, then upright faces of MEDIUM_SHARE of the photo or
@@ -720,7 +721,7 @@ def load_many(
             continue
         out.append(None)
         group.append((len(out) - 1, name, photo, img, _search(img, all_faces)))
-        if sum(g[3].width * g[3].height for g in group) >= GROUP_PIXELS:
+        if sum(img.width * img.height for _, _, _, img, _ in group) >= GROUP_PIXELS:
             finish_group()
     finish_group()
     return out

@@ -152,12 +152,16 @@ def load_many(tr: Translator, sources: list[str], stdin: bytes | None, *, all_fa
     return [r if isinstance(r, JmvaeError) else (r[0], refine_frames(tr, *r)) for r in loaded]
 
 
+def _split(items: list, size: int) -> list[list]:
+    """items in consecutive runs of `size` (the last may be shorter)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def _load_in_chunks(load: Callable, items: list, workers: int, window: int) -> Iterator[tuple[object, object]]:
     """(item, its result), in input order, where load(chunk) gives the results of a chunk of PHOTOS_PER_CHUNK
     items at once (their faces refined together: faces.load_many), the chunks in `workers` threads, at most
     `window` of them in flight. A JmvaeError that load raises is the result of each item of its chunk."""
-    chunks = [items[i : i + PHOTOS_PER_CHUNK] for i in range(0, len(items), PHOTOS_PER_CHUNK)]
-    for chunk, results in _ordered_map(load, chunks, workers, window):
+    for chunk, results in _ordered_map(load, _split(items, PHOTOS_PER_CHUNK), workers, window):
         yield from zip(chunk, [results] * len(chunk) if isinstance(results, JmvaeError) else results)
 
 
@@ -260,7 +264,7 @@ def img2attr(
             # tasks of fewer photos where there are not four per worker: else the last task of a few big photos
             # keeps one worker busy long after the others are done
             size = min(IMG2ATTR_TASK, max(PHOTOS_PER_CHUNK, math.ceil(len(sources) / (4 * workers))))
-            tasks = [sources[i : i + size] for i in range(0, len(sources), size)]
+            tasks = _split(sources, size)
             for task, done in zip(tasks, _in_processes(tr, _img2attr_task, tasks, workers, args, "reading")):
                 for _ in task if on_file else ():
                     on_file()
@@ -527,8 +531,7 @@ def _edit_in_processes(tr: Translator, sources, outputs, workers: int, args: tup
     not depend on the others of its block, so the results are those of one process, to the byte."""
     # an output's error goes as its message alone: a JmvaeError subclass need not rebuild from its pickle
     jobs = [(s, JmvaeError(str(o)) if isinstance(o, JmvaeError) else o) for s, o in zip(sources, outputs)]
-    tasks = [jobs[i : i + EDIT_TASK] for i in range(0, len(jobs), EDIT_TASK)]
-    for done in _in_processes(tr, _edit_task, tasks, workers, args, "editing"):
+    for done in _in_processes(tr, _edit_task, _split(jobs, EDIT_TASK), workers, args, "editing"):
         yield from (_arrays(r, torch.from_numpy) for r in done)
 
 
