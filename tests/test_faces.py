@@ -462,6 +462,18 @@ def test_a_views_pose_does_not_depend_on_the_views_refined_with_it():
     assert together.shape == (11, 4) and np.array_equal(together, alone)
 
 
+def test_the_refiners_input_keeps_the_views_layout():
+    import torch
+
+    views = np.stack([photo_array(64, 64, seed=s) for s in range(3)])  # (3, 64, 64, 3) uint8
+    x = face_aligner.view_input(views)
+    assert x.shape == (3, 3, 64, 64) and x.is_contiguous(memory_format=torch.channels_last)
+    assert x.min() >= -1 and x.max() <= 1
+    # channel c of pixel (i, j) of view k is that pixel's colour c, scaled
+    assert torch.equal(x[1, 2, 5, 7], torch.tensor(float(views[1, 5, 7, 2]), dtype=torch.float32) / 127.5 - 1)
+    assert torch.equal(x, torch.from_numpy(views).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1)
+
+
 @needs_hq
 def test_photos_loaded_together_are_framed_and_cut_as_each_alone(monkeypatch, tmp_path):
     bad = tmp_path / "bad.jpg"
