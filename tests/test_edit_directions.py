@@ -410,6 +410,27 @@ def test_a_floor_keeps_a_cells_strength_up(tmp_path):
     assert floored[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and floored[ATTRS[0]] == free[ATTRS[0]]
 
 
+def test_a_fixed_power_is_the_only_one_a_cell_tries(tmp_path):
+    from jmvae_cli import quality
+
+    judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, S, S, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, (60, len(ATTRS))).astype(np.float32)
+    model = model_with(constants(off=0.0, on=1.0))
+    model.edit_constants = edit_directions.fit(model, images, labels, np.arange(60))
+
+    def cells(fixed):
+        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, trade=None, goal=0.0, fixed_powers=fixed)
+        return edit_directions.calibrate_strengths(model, judge, images, labels, np.arange(60), ATTRS, config)
+
+    free = cells(())
+    fixed = cells(((ATTRS[1], True, 8.0),))
+    assert free[ATTRS[1]]["on"].power == 1.0  # the goal 0 is reached at the first power tried
+    assert fixed[ATTRS[1]]["on"].power == 8.0 and model.edit_constants.powers[1, 1] == 8.0
+    assert fixed[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and fixed[ATTRS[0]] == free[ATTRS[0]]
+
+
 def test_a_footprint_power_keeps_the_change_nearer_its_middle():
     foot = torch.zeros(len(ATTRS), S, S)
     foot[1, 10:50, 10:50] = 0.5
