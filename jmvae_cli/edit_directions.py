@@ -14,6 +14,10 @@ With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels
     powers      (A, 2)        the power each footprint is raised to when attribute i is turned off / on, chosen
                               with the strengths (1 where not calibrated): F_i^3 keeps a moustache on the upper
                               lip where F_i darkens the whole lower face
+    bank        (N, Z), (N, A) the latents and labels of BANK_FACES random training faces, for the cells whose
+                              direction is the face's own neighbours' (local, below)
+    local       (A, 2)        which cells (attribute i turned off / on) take that direction, chosen with the
+                              strengths (none where not calibrated)
 
 Attributes that recolour a part every face has (RECOLOURS: hair) are kept, besides, to the pixels of this face that
 have that part's colour (same_colour): the model draws blond hair fuller than the photo's, over the background beside
@@ -26,6 +30,12 @@ training face with the target reads, 2 as far again. Faces already past the goal
 than CAP_SPREADS * s spreads |on_i - off_i|, so that a face read far off the training range is not thrown out of
 it. With several changes, editing.regress moves and draws each attribute alone and adds up the changes, each
 kept inside its own footprint.
+
+Local directions. B_i is one direction for every face. Where a cell is local, a face's direction for attribute i is
+instead the mean latent of its NEIGHBOURS nearest bank faces with attribute i less that of its nearest without it
+(Upchurch et al.'s deep feature interpolation, in the model's latent space): the change as it looks on faces like
+this one, so that brown hair asked of a blond face is drawn brown, where B_i (brown with the other hair colours
+held) draws it ginger. It moves the read-out to the same goal.
 
 Strengths. Per attribute and direction, of the strengths of a grid (each tried with every footprint power of
 cfg.powers) at which the bundled attribute classifier sees the target on at least `goal` of the training faces
@@ -41,6 +51,7 @@ used, split as training splits them (data.py), so the validation faces stay unse
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +71,11 @@ if TYPE_CHECKING:
 EDIT_PREFIX = "edit."  # the constants' tensors in the weights file: edit.directions, edit.readout, ...
 CAP_SPREADS = 2.0
 FOOTPRINT_QUANTILE = 0.9  # the strongest tenth of a footprint is 1
+# The bank of training latents local directions are read from, and how many neighbours of each kind a face's
+# direction averages: enough that the rarest edited attribute (Bald, 2% of faces) has hundreds in the bank, few
+# enough that the weights file stays under 25 MB (fp16)
+BANK_FACES = 12000
+NEIGHBOURS = 50
 BATCH = 256
 RECOLOURS = frozenset({"Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"})
 # Where a face's hair colour is sampled, as shares of the crop: the rows above CROWN[0], the columns between CROWN[1]
@@ -85,16 +101,28 @@ class EditConstants:
     strengths: dict[str, dict[str, float]] = field(default_factory=dict)  # {name: {"on": s, "off": s}}
     powers: torch.Tensor | None = None  # (A, 2) each footprint's power turning the attribute off, on (None: all 1)
     recolours: frozenset[int] = frozenset()  # the attributes of RECOLOURS, by index (recolouring())
+    bank: torch.Tensor | None = None  # (N, Z) latents of training faces (None: no cell can be local)
+    bank_labels: torch.Tensor | None = None  # (N, A) bool, their labels
+    local: torch.Tensor | None = None  # (A, 2) bool: the cells whose direction is the neighbours' (None: none)
 
     TENSORS = ("directions", "readout", "means", "footprints")
+    OPTIONAL = ("powers", "bank", "bank_labels", "local")  # absent from files calibrated before them
 
     def __post_init__(self):
+        a, device = len(self.footprints), self.footprints.device
         if self.powers is None:  # files calibrated before the powers: every footprint as fitted
-            self.powers = torch.ones(len(self.footprints), 2, device=self.footprints.device)
+            self.powers = torch.ones(a, 2, device=device)
+        if self.local is None:
+            self.local = torch.zeros(a, 2, dtype=torch.bool, device=device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """As stored in the weights file, fp32, under EDIT_PREFIX."""
-        return {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in (*self.TENSORS, "powers")}
+        """As stored in the weights file, under EDIT_PREFIX: fp32, the bank's latents fp16 and the flags uint8."""
+        out = {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in (*self.TENSORS, "powers")}
+        out[EDIT_PREFIX + "local"] = self.local.to(torch.uint8).contiguous()
+        if self.bank is not None:
+            out[EDIT_PREFIX + "bank"] = self.bank.half().contiguous()
+            out[EDIT_PREFIX + "bank_labels"] = self.bank_labels.to(torch.uint8).contiguous()
+        return out
 
     @classmethod
     def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict) -> EditConstants | None:
@@ -102,16 +130,21 @@ class EditConstants:
         if not all(EDIT_PREFIX + k in tensors for k in cls.TENSORS):
             return None
         strengths = (meta.get("edit") or {}).get("strengths") or {}
-        powers = tensors.get(EDIT_PREFIX + "powers")
+        optional = {k: tensors.get(EDIT_PREFIX + k) for k in cls.OPTIONAL}
+        flags = {"bank_labels", "local"}
+        optional = {k: None if t is None else t.bool() if k in flags else t.float() for k, t in optional.items()}
         return cls(
             **{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS},
+            **optional,
             strengths=strengths,
-            powers=None if powers is None else powers.float(),
             recolours=recolouring(meta.get("attr_names") or []),
         )
 
     def to(self, device: torch.device | str) -> EditConstants:
-        moved = {k: getattr(self, k).to(device) for k in (*self.TENSORS, "powers")}
+        moved = {
+            k: None if getattr(self, k) is None else getattr(self, k).to(device)
+            for k in (*self.TENSORS, *self.OPTIONAL)
+        }
         return EditConstants(**moved, strengths=self.strengths, recolours=self.recolours)
 
     def footprint(self, i: int, target: torch.Tensor) -> torch.Tensor:
@@ -140,12 +173,36 @@ class EditConstants:
         cap = CAP_SPREADS * s * spread.abs()  # (B, A)
         return torch.maximum(torch.minimum(need, cap), -cap)
 
+    def directions_for(self, z: torch.Tensor, changed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, A, Z): each face's direction for each attribute, B_i, or for a change (`changed` (B, A) bool, to
+        `target` (B, A) bool) whose cell is local, its neighbours' in the bank (module doc)."""
+        dirs = self.directions.repeat(len(z), 1, 1)  # (B, A, Z)
+        use = changed & self.local[torch.arange(len(self.local), device=z.device), target.long()]  # (B, A)
+        if self.bank is None or not use.any():
+            return dirs
+        far = torch.cdist(z, self.bank)  # (B, N)
+        for i in use.any(0).nonzero()[:, 0].tolist():
+            near = []
+            for has in (True, False):
+                pool = self.bank_labels[:, i] == has  # (N,)
+                k = min(NEIGHBOURS, int(pool.sum()))
+                if k == 0:
+                    break
+                idx = far.masked_fill(~pool, float("inf")).topk(k, largest=False).indices  # (B, k)
+                near.append(self.bank[idx].mean(1))  # (B, Z)
+            if len(near) == 2:
+                d = near[0] - near[1]  # (B, Z)
+                take = use[:, i] & (d @ self.readout[i, :-1] > 0)  # (B,): where it raises the read-out at all
+                dirs[:, i] = torch.where(take[:, None], d, dirs[:, i])
+        return dirs
+
     def move(self, z: torch.Tensor, changed: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """z (B, Z) moved along B_i for every attribute `changed` (B, A) bool, each read-out to its goal."""
-        a = self.readout[:, :-1]  # (A, Z)
-        gain = (a * self.directions).sum(1)  # (A,) the read-out's change per unit step along B_i
+        """z (B, Z) moved along each face's direction (directions_for) for every attribute `changed` (B, A) bool,
+        each read-out to its goal."""
+        dirs = self.directions_for(z, changed, target)  # (B, A, Z)
+        gain = (dirs * self.readout[:, :-1]).sum(-1)  # (B, A) the read-out's change per unit step along each
         step = torch.where(changed, self.needed(z, target, s) / gain, 0)  # (B, A)
-        return z + step @ self.directions  # (B, Z)
+        return z + (step[:, :, None] * dirs).sum(1)  # (B, Z)
 
     def strength(self, name: str, on: bool) -> float | None:
         return self.strengths.get(name, {}).get("on" if on else "off")
@@ -275,6 +332,8 @@ class CalibrateConfig:
     fixed_powers: tuple[tuple[str, bool, float], ...] = (("Mustache", True, 8.0),)
     # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
     fallback_strength: float = attributes.DEFAULT_STRENGTH
+    # the directions each setting is tried with: B_i (False) and the face's neighbours' (True, EditConstants.local)
+    local: tuple[bool, ...] = (False, True)
 
 
 def fit(
@@ -296,12 +355,15 @@ def fit(
     z = encode(model, images[rows], device)  # (n, Z)
     y = torch.from_numpy(np.asarray(labels[rows], np.float32))  # (n, A)
     read = readout(z, y, cfg.ridge)
+    bank = np.sort(np.random.default_rng(cfg.seed + 2).permutation(len(rows))[:BANK_FACES])
     return EditConstants(
         directions=regression_directions(z, y, cfg.ridge),
         readout=read,
         means=class_means(z, y, read),
         footprints=footprints(images, labels, np.sort(train_rows), cfg.ridge),
         recolours=recolouring(attr_names or []),
+        bank=z[bank].half().float(),  # as the weights file will hold it
+        bank_labels=y[bank].bool(),
     ).to(device)
 
 
@@ -312,6 +374,7 @@ class Cell:
     seen: float | None  # share of them showing the target at that strength (None: too few faces)
     kept: float | None = None  # share of the other attributes the classifier reads as before
     power: float = 1.0  # the footprint's power it was tried with
+    local: bool = False  # whether with the neighbours' direction (EditConstants.local)
 
     def score(self, trade: float) -> float:
         return self.seen - trade * (1 - self.kept)
@@ -357,14 +420,15 @@ def calibrate_strengths(
             if len(x) >= cfg.min_faces:
                 tried = []
                 fixed = [p for n, way, p in cfg.fixed_powers if (n, way) == (name, on)]
-                for power in fixed or cfg.powers:
-                    constants.powers[i, int(on)] = power
+                kinds = cfg.local if constants.bank is not None else (False,)
+                for local, power in itertools.product(kinds, fixed or cfg.powers):
+                    constants.local[i, int(on)], constants.powers[i, int(on)] = local, power
                     for s in grid:
                         e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)
                         after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
                         seen = float((after[:, i] == on).float().mean())
                         kept = float((after[:, others] == read[:, others]).float().mean())
-                        tried.append(Cell(s, len(x), seen, kept, power))
+                        tried.append(Cell(s, len(x), seen, kept, power, local))
                         if cfg.trade is None and seen >= cfg.goal:
                             break
                 # among the strengths that reach the goal, where some do (else the largest, its best power)
@@ -376,7 +440,7 @@ def calibrate_strengths(
                     cell = min(reach, key=lambda c: (c.strength, -c.kept))
                 else:
                     cell = max(reach, key=lambda c: c.score(cfg.trade))
-            constants.powers[i, int(on)] = cell.power
+            constants.local[i, int(on)], constants.powers[i, int(on)] = cell.local, cell.power
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)
@@ -390,6 +454,7 @@ def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: 
         "method": editing.REGRESS,
         "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
         "powers": {a: {d: c.power for d, c in dirs.items()} for a, dirs in cells.items()},
+        "local": {a: {d: c.local for d, c in dirs.items()} for a, dirs in cells.items()},
         "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
         "kept": {a: {d: c.kept for d, c in dirs.items()} for a, dirs in cells.items()},
         "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},

@@ -16,7 +16,8 @@ blond is golden.
     latent  the face's own latent moved by what the change moves q(z|w)'s mean: before = D(mu_x), the decoded mean
             of q(z|x); after = D(mu_x + mu_w(w') - mu_w(w)). The step is the paper's; it starts from this face
             rather than from the average face of its attributes, so what the decoder adds is drawn on this person
-    regress the face's own latent z = mu_x moved along each changed attribute's regression direction until a linear
+    regress the face's own latent z = mu_x moved along each changed attribute's regression direction (or, where
+            calibrated so, along what the attribute changes on the face's nearest training faces) until a linear
             read-out of that attribute reaches a goal set by the strength (edit_directions.py: the constants,
             fitted on training faces and stored with the weights by `jmvae calibrate`); before = D(z), after =
             D(z) + sum_i F_i (D(z_i') - D(z)), z_i' the move of changed attribute i alone and F_i its footprint

@@ -150,21 +150,26 @@ def test_the_constants_travel_in_the_weights_file(tmp_path):
     assert checkpoint.load_model(old).model.edit_constants is None  # a file without them still loads
     c = constants(strengths={"Smiling": {"on": 3.0, "off": 1.5}})
     c.powers[2] = torch.tensor([1.0, 3.0])
+    c.local[1, 1] = True
+    c.bank, c.bank_labels = torch.randn(30, Z).half().float(), torch.rand(30, len(ATTRS)) > 0.5
     new = tmp_path / "new.safetensors"
     checkpoint.save_edit_constants(old, new, c.tensors(), {"method": "regress", "strengths": c.strengths})
     loaded = checkpoint.load_model(new)
     got = loaded.model.edit_constants
-    for k in (*EditConstants.TENSORS, "powers"):
-        assert torch.equal(getattr(got, k), getattr(c, k))
+    for k in (*EditConstants.TENSORS, *EditConstants.OPTIONAL):
+        assert torch.equal(getattr(got, k), getattr(c, k)), k
     assert got.strengths == c.strengths and loaded.meta["edit"]["method"] == "regress"
     assert checkpoint.read_meta(new)["edit"]["strengths"]["Smiling"] == {"on": 3.0, "off": 1.5}
     for k, v in checkpoint.load_model(old).model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v)  # the model itself is copied as it was
-    # a file calibrated before the footprint powers edits with every footprint as fitted
+    # a file calibrated before the footprint powers and the local directions edits with every footprint as fitted,
+    # every face moved along B_i
     earlier = tmp_path / "earlier.safetensors"
-    tensors = {k: v for k, v in c.tensors().items() if not k.endswith("powers")}
+    tensors = {k: v for k, v in c.tensors().items() if k.removeprefix("edit.") not in EditConstants.OPTIONAL}
     checkpoint.save_edit_constants(old, earlier, tensors, {"method": "regress"})
-    assert torch.equal(checkpoint.load_model(earlier).model.edit_constants.powers, torch.ones(len(ATTRS), 2))
+    got = checkpoint.load_model(earlier).model.edit_constants
+    assert torch.equal(got.powers, torch.ones(len(ATTRS), 2))
+    assert got.bank is None and not got.local.any()
     # written again: the old constants are replaced, not added to
     checkpoint.save_edit_constants(new, new, constants(seed=5).tensors(), {"method": "regress"})
     assert torch.equal(checkpoint.load_model(new).model.edit_constants.directions, constants(seed=5).directions)
@@ -362,24 +367,27 @@ def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
         config = edit_directions.CalibrateConfig(faces=30, min_faces=1, **cfg)
         return edit_directions.calibrate_strengths(model, judge, images, labels, train, ATTRS, config)
 
-    # every strength and power scored on its own, the same faces
-    alone = {(s, p): cells(grid=(s,), powers=(p,)) for s in grid for p in powers}
+    # every strength, power and direction scored on its own, the same faces
+    alone = {(s, p, d): cells(grid=(s,), powers=(p,), local=(d,)) for s in grid for p in powers for d in (False, True)}
     tried = 0
     for trade, goal in ((0.0, 0.0), (2.0, 0.0), (1e6, 0.0), (2.0, 0.5), (None, 0.5)):
         chosen = cells(grid=grid, powers=powers, trade=trade, goal=goal)
         for name in ATTRS:
             for way in ("on", "off"):
                 c = chosen[name][way]
-                if alone[grid[0], 1.0][name][way].seen is None:  # no face the classifier reads as lacking the target
+                if (
+                    alone[grid[0], 1.0, False][name][way].seen is None
+                ):  # no face the classifier reads as lacking the target
                     assert c.seen is None and c.strength == edit_directions.CalibrateConfig().fallback_strength
                     continue
-                got = alone[c.strength, c.power][name][way]
+                got = alone[c.strength, c.power, c.local][name][way]
                 assert (c.seen, c.kept) == (got.seen, got.kept)
                 assert model.edit_constants.powers[ATTRS.index(name), int(way == "on")] == c.power
+                assert model.edit_constants.local[ATTRS.index(name), int(way == "on")] == c.local
                 reach = [k for k in alone if alone[k][name][way].seen >= goal]
                 if trade is None:  # the goal alone: the smallest strength that reaches it, the better kept
                     if reach:
-                        assert c.strength == min(s for s, _ in reach)
+                        assert c.strength == min(k[0] for k in reach)
                         assert c.kept == max(alone[k][name][way].kept for k in reach if k[0] == c.strength)
                     continue
                 # of the cells that reach the goal (none: the largest strength's), the best score
@@ -387,6 +395,34 @@ def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
                 assert c.score(trade) == max(alone[k][name][way].score(trade) for k in reach)
                 tried += 1
     assert tried >= 6
+
+
+def test_a_local_cell_moves_each_face_along_its_neighbours_difference():
+    c = constants()
+    g = torch.Generator().manual_seed(3)
+    # the bank: faces with attribute 1 sit one step along +e0 from those without it, the rest far away
+    near = torch.randn(40, Z, generator=g) * 0.1
+    has = torch.arange(40) % 2 == 0
+    c.bank = near + has[:, None] * torch.tensor([1.0, 0, 0, 0])  # (40, Z)
+    c.bank_labels = torch.zeros(40, len(ATTRS), dtype=torch.bool)
+    c.bank_labels[:, 1] = has
+    c.readout[1] = torch.tensor([1.0, 0.5, 0, 0, 0])  # reads attribute 1 mostly from z[0], no intercept
+    z = torch.randn(5, Z, generator=g) * 0.1
+    changed = torch.zeros(5, len(ATTRS), dtype=torch.bool)
+    changed[:, 1] = True
+    target = torch.ones(5, len(ATTRS), dtype=torch.bool)
+    s = torch.full((5, len(ATTRS)), 1.0)
+    assert torch.equal(c.directions_for(z, changed, target)[:, 1], c.directions[1].expand(5, Z))  # not local yet
+    c.local[1, 1] = True
+    dirs = c.directions_for(z, changed, target)  # (5, A, Z)
+    want = c.bank[has].mean(0) - c.bank[~has].mean(0)  # every bank face is among the 50 nearest of each kind here
+    assert torch.allclose(dirs[:, 1], want.expand(5, Z), atol=1e-6)
+    assert torch.equal(dirs[:, 0], c.directions[0].expand(5, Z))  # another attribute keeps B_i
+    assert torch.equal(c.directions_for(z, changed, ~target)[:, 1], c.directions[1].expand(5, Z))  # the off cell too
+    moved = c.move(z, changed, target, s)
+    assert torch.allclose(readout(c, moved)[:, 1], torch.ones(5), atol=1e-4)  # the same goal, off + s (on - off)
+    step = moved - z  # (5, Z): along the neighbours' difference alone
+    assert torch.allclose(step / step.norm(dim=1, keepdim=True), (want / want.norm()).expand(5, Z), atol=1e-5)
 
 
 def test_a_floor_keeps_a_cells_strength_up(tmp_path):

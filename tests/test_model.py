@@ -122,9 +122,14 @@ def test_config_round_trip_and_validation():
 
 @pytest.mark.parametrize("decoder_width", [1.0, 1.5])  # 1.5: the widest decoder the README offers
 def test_default_architecture_fits_the_weights_budget(decoder_width):
-    n = sum(p.numel() for p in JMVAE(JMVAEConfig(decoder_width=decoder_width)).parameters())
+    from jmvae_cli.edit_directions import BANK_FACES
+
+    cfg = JMVAEConfig(decoder_width=decoder_width)
+    n = sum(p.numel() for p in JMVAE(cfg).parameters())
     edit_constants = 0.75e6  # fp32, beside the weights
     assert n * 2 + edit_constants < 25e6  # stored in fp16
+    if decoder_width == 1.0:  # the bundled default also carries the bank of local directions
+        assert n * 2 + edit_constants + BANK_FACES * (cfg.latent_dim * 2 + cfg.n_attrs) < 25e6
 
 
 @pytest.mark.parametrize("objective", ["jmvae-kl", "jmvae-zero"])

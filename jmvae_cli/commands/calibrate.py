@@ -45,8 +45,9 @@ def calibrate(
     """Fit the regress edit's constants on the training split and calibrate each attribute's strength.
 
     For every attribute and direction, of the strengths 0.5 1 1.5 2 3 4, each with the attribute's footprint as
-    fitted and cubed (kept nearer where the attribute shows most; Mustache on: to the 8th power), at which the
-    classifier sees the change on --goal of the training faces that lack it (where none does, 4), the one with the
+    fitted and cubed (kept nearer where the attribute shows most; Mustache on: to the 8th power) and each along the
+    attribute's regression direction and along the face's neighbours' (what the attribute changes on faces like
+    it), at which the classifier sees the change on --goal of the training faces that lack it (where none does, 4), the one with the
     most target seen less --trade-off times the share of the other attributes changed; `jmvae edit --strength
     auto` (the default) uses them.
     Validation faces are never used. Writes --out with the model's own tensors unchanged.
@@ -59,7 +60,8 @@ def calibrate(
         if cell.kept is not None:
             seen += f", others kept {cell.kept:.0%}"
         console.print(
-            f"{'+' if on else '-'}{name}: strength {cell.strength:g}, footprint power {cell.power:g} ({seen})",
+            f"{'+' if on else '-'}{name}: strength {cell.strength:g}, footprint power {cell.power:g}"
+            f"{', the neighbours direction' if cell.local else ''} ({seen})",
             highlight=False,
             soft_wrap=True,
         )
