@@ -44,8 +44,9 @@ largest), the one with the most target seen less a trade-off L times the share o
 classifier reads changed on those faces. The goal alone (the smallest strength that reaches it, L = None) asks
 every attribute for the same share whatever it costs; the trade-off buys more where it is cheap, and the goal
 keeps it from giving up on the hard cells (a moustache asked for and none drawn). A cell may have a floor
-(CalibrateConfig.floors) where the classifier is satisfied before a person is, and a fixed footprint power
-(CalibrateConfig.fixed_powers) where a person sees the change only at a tighter footprint. Only training faces are
+(CalibrateConfig.floors) where the classifier is satisfied before a person is, a ceiling (CalibrateConfig.ceilings)
+where a person sees the change before the classifier does, and a fixed footprint power and direction
+(CalibrateConfig.fixed) where a person sees the change only so. Only training faces are
 used, split as training splits them (data.py), so the validation faces stay unseen.
 """
 
@@ -325,11 +326,16 @@ class CalibrateConfig:
     # is. Eyeglasses on at 2 draws dark shadows round the eyes, which the classifier reads as glasses on 91% of the
     # validation faces; from 3 the lenses are opaque, sunglasses (docs/results.md, "Edit rules")
     floors: tuple[tuple[str, bool, float], ...] = (("Eyeglasses", True, 3.0),)
-    # (name, on, power): the footprint power a cell is tried with instead of cfg.powers, where a person sees the
-    # change only at a tighter footprint. Mustache on cubed still darkens the cheeks and jaw of a face read as female;
-    # at 8 the moustache is drawn over a face left clean, which a second judge sees on 7 points more faces and the
-    # bundled classifier on 1.7 fewer (docs/results.md, "A second judge")
-    fixed_powers: tuple[tuple[str, bool, float], ...] = (("Mustache", True, 8.0),)
+    # (name, on, strength): the most a cell may take, where a person sees the change before the classifier does.
+    # Brown_Hair on along the neighbours is brown hair at 2, the classifier sees it on under 60% of the training
+    # faces at any strength, and the fallback to the largest would darken the whole head (docs/results.md, "Local
+    # directions")
+    ceilings: tuple[tuple[str, bool, float], ...] = (("Brown_Hair", True, 2.0),)
+    # (name, on, power, local): the only footprint power and direction a cell is tried with, where a person sees the
+    # change only so. Mustache on cubed still darkens the cheeks and jaw of a face read as female; at 8 the moustache
+    # is drawn over a face left clean, which a second judge sees on 7 points more faces and the bundled classifier on
+    # 1.7 fewer (docs/results.md, "A second judge"). Brown_Hair on along B_i is ginger, along the neighbours brown
+    fixed: tuple[tuple[str, bool, float, bool], ...] = (("Mustache", True, 8.0, False), ("Brown_Hair", True, 1.0, True))
     # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
     fallback_strength: float = attributes.DEFAULT_STRENGTH
     # the directions each setting is tried with: B_i (False) and the face's neighbours' (True, EditConstants.local)
@@ -391,8 +397,9 @@ def calibrate_strengths(
     device: torch.device | str = "cpu",
     on_cell: Callable[[str, bool, Cell], None] | None = None,
 ) -> dict[str, dict[str, Cell]]:
-    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid (from the cell's floor in cfg.floors on),
-    each with every footprint power of cfg.powers (or the cell's own in cfg.fixed_powers), at which the classifier
+    """{name: {"on": Cell, "off": Cell}}: of the strengths of cfg.grid (between the cell's floor in cfg.floors and
+    its ceiling in cfg.ceilings), each with every footprint power of cfg.powers along every direction of cfg.local
+    (or the cell's own power and direction in cfg.fixed), at which the classifier
     sees the target on cfg.goal of the strict training faces, edited with the model's constants
     (model.edit_constants), the one with the best Cell.score(cfg.trade); with cfg.trade None, the smallest (the
     better kept of equal ones). The chosen powers are left in the constants."""
@@ -416,12 +423,13 @@ def calibrate_strengths(
             others = torch.arange(len(attr_names), device=x.device) != i  # (A,)
             cell = Cell(cfg.fallback_strength, len(x), None)
             floor = max([f for n, way, f in cfg.floors if (n, way) == (name, on)], default=0.0)
-            grid = [s for s in cfg.grid if s >= floor] or [max(cfg.grid)]
+            ceiling = min([c for n, way, c in cfg.ceilings if (n, way) == (name, on)], default=max(cfg.grid))
+            grid = [s for s in cfg.grid if floor <= s <= ceiling] or [max(cfg.grid)]
             if len(x) >= cfg.min_faces:
                 tried = []
-                fixed = [p for n, way, p in cfg.fixed_powers if (n, way) == (name, on)]
                 kinds = cfg.local if constants.bank is not None else (False,)
-                for local, power in itertools.product(kinds, fixed or cfg.powers):
+                fixed = [(local, p) for n, way, p, local in cfg.fixed if (n, way) == (name, on)]
+                for local, power in fixed or itertools.product(kinds, cfg.powers):
                     constants.local[i, int(on)], constants.powers[i, int(on)] = local, power
                     for s in grid:
                         e = editing.edit(model, x, {i: attributes.coded(on, s)}, method=editing.REGRESS, probs=probs)

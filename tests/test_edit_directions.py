@@ -435,18 +435,26 @@ def test_a_floor_keeps_a_cells_strength_up(tmp_path):
     model = model_with(constants(off=0.0, on=1.0))
     model.edit_constants = edit_directions.fit(model, images, labels, np.arange(60))
 
-    def cells(floors):
-        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, trade=None, goal=0.0, floors=floors)
+    def cells(floors=(), ceilings=(), goal=0.0):
+        config = edit_directions.CalibrateConfig(
+            faces=30, min_faces=1, trade=None, goal=goal, floors=floors, ceilings=ceilings
+        )
         return edit_directions.calibrate_strengths(model, judge, images, labels, np.arange(60), ATTRS, config)
 
-    free = cells(())
-    floored = cells(((ATTRS[1], True, 3.0),))
+    free = cells()
+    floored = cells(floors=((ATTRS[1], True, 3.0),))
     assert free[ATTRS[1]]["on"].strength == 0.5  # the goal 0 is reached by the smallest strength
     assert floored[ATTRS[1]]["on"].strength == 3.0
     assert floored[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and floored[ATTRS[0]] == free[ATTRS[0]]
+    # a goal no strength reaches falls back to the largest strength, or to the cell's ceiling where it has one
+    unreached = cells(goal=2.0)
+    assert unreached[ATTRS[1]]["on"].strength == 4.0
+    capped = cells(ceilings=((ATTRS[1], True, 2.0),), goal=2.0)
+    assert capped[ATTRS[1]]["on"].strength == 2.0
+    assert capped[ATTRS[1]]["off"] == unreached[ATTRS[1]]["off"] and capped[ATTRS[0]] == unreached[ATTRS[0]]
 
 
-def test_a_fixed_power_is_the_only_one_a_cell_tries(tmp_path):
+def test_a_fixed_power_and_direction_are_the_only_ones_a_cell_tries(tmp_path):
     from jmvae_cli import quality
 
     judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
@@ -457,14 +465,16 @@ def test_a_fixed_power_is_the_only_one_a_cell_tries(tmp_path):
     model.edit_constants = edit_directions.fit(model, images, labels, np.arange(60))
 
     def cells(fixed):
-        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, trade=None, goal=0.0, fixed_powers=fixed)
+        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, trade=None, goal=0.0, fixed=fixed)
         return edit_directions.calibrate_strengths(model, judge, images, labels, np.arange(60), ATTRS, config)
 
     free = cells(())
-    fixed = cells(((ATTRS[1], True, 8.0),))
-    assert free[ATTRS[1]]["on"].power == 1.0  # the goal 0 is reached at the first power tried
-    assert fixed[ATTRS[1]]["on"].power == 8.0 and model.edit_constants.powers[1, 1] == 8.0
-    assert fixed[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and fixed[ATTRS[0]] == free[ATTRS[0]]
+    assert (free[ATTRS[1]]["on"].power, free[ATTRS[1]]["on"].local) == (1.0, False)  # the first setting tried
+    for power, local in ((8.0, False), (3.0, True)):
+        fixed = cells(((ATTRS[1], True, power, local),))
+        assert (fixed[ATTRS[1]]["on"].power, fixed[ATTRS[1]]["on"].local) == (power, local)
+        assert model.edit_constants.powers[1, 1] == power and model.edit_constants.local[1, 1] == local
+        assert fixed[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and fixed[ATTRS[0]] == free[ATTRS[0]]
 
 
 def test_a_footprint_power_keeps_the_change_nearer_its_middle():
