@@ -60,9 +60,9 @@ def calibrate(
         seen = "too few faces" if cell.seen is None else f"seen on {cell.seen:.0%} of {cell.faces}"
         if cell.kept is not None:
             seen += f", others kept {cell.kept:.0%}"
+        along = ", along the neighbours' direction" if cell.local else ""
         console.print(
-            f"{'+' if on else '-'}{name}: strength {cell.strength:g}, footprint power {cell.power:g}"
-            f"{', the neighbours direction' if cell.local else ''} ({seen})",
+            f"{'+' if on else '-'}{name}: strength {cell.strength:g}, footprint power {cell.power:g}{along} ({seen})",
             highlight=False,
             soft_wrap=True,
         )
