@@ -38,16 +38,16 @@ this one, so that brown hair asked of a blond face is drawn brown, where B_i (br
 held) draws it ginger. It moves the read-out to the same goal.
 
 Strengths. Per attribute and direction, of the strengths of a grid (each tried with every footprint power of
-cfg.powers) at which the bundled attribute classifier sees the target on at least `goal` of the training faces
-that do not yet have it (label and classifier agree they lack it: true flips; where none does, the grid's
-largest), the one with the most target seen less a trade-off L times the share of the other attributes the
-classifier reads changed on those faces. The goal alone (the smallest strength that reaches it, L = None) asks
-every attribute for the same share whatever it costs; the trade-off buys more where it is cheap, and the goal
-keeps it from giving up on the hard cells (a moustache asked for and none drawn). A cell may have a floor
-(CalibrateConfig.floors) where the classifier is satisfied before a person is, a ceiling (CalibrateConfig.ceilings)
-where a person sees the change before the classifier does, and a fixed footprint power and direction
-(CalibrateConfig.fixed) where a person sees the change only so. Only training faces are
-used, split as training splits them (data.py), so the validation faces stay unseen.
+cfg.powers, along B_i and along the neighbours) at which the bundled attribute classifier sees the target on at
+least `goal` of the training faces that do not yet have it (label and classifier agree they lack it: true flips;
+where none does, the grid's largest), the one with the most target seen less a trade-off L times the share of the
+other attributes the classifier reads changed on those faces. The goal alone (the smallest strength that reaches
+it, L = None) asks every attribute for the same share whatever it costs; the trade-off buys more where it is
+cheap, and the goal keeps it from giving up on the hard cells (a moustache asked for and none drawn). A cell may
+have a floor (CalibrateConfig.floors) where the classifier is satisfied before a person is, a ceiling
+(CalibrateConfig.ceilings) where a person sees the change before the classifier does, and a fixed footprint power
+and direction (CalibrateConfig.fixed) where a person sees the change only so. Only training faces are used, split
+as training splits them (data.py), so the validation faces stay unseen.
 """
 
 from __future__ import annotations

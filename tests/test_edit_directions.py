@@ -351,7 +351,9 @@ def test_fit_takes_every_training_face_unless_told_to_sample():
     assert not torch.allclose(sampled.directions, every, atol=1e-3)
 
 
-def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
+def calibration(tmp_path):
+    """A tiny model with constants fitted on 60 random faces, and cells(**config), which calibrates it on them (30
+    faces a cell, CalibrateConfig otherwise as given) against a tiny classifier."""
     from jmvae_cli import quality
 
     judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
@@ -361,12 +363,17 @@ def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
     train = np.arange(60)
     model = model_with(constants(off=0.0, on=1.0))
     model.edit_constants = edit_directions.fit(model, images, labels, train)
-    grid, powers = (0.5, 1.0, 2.0, 4.0), (1.0, 3.0)
 
     def cells(**cfg):
         config = edit_directions.CalibrateConfig(faces=30, min_faces=1, **cfg)
         return edit_directions.calibrate_strengths(model, judge, images, labels, train, ATTRS, config)
 
+    return model, cells
+
+
+def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
+    model, cells = calibration(tmp_path)
+    grid, powers = (0.5, 1.0, 2.0, 4.0), (1.0, 3.0)
     # every strength, power and direction scored on its own, the same faces
     alone = {(s, p, d): cells(grid=(s,), powers=(p,), local=(d,)) for s in grid for p in powers for d in (False, True)}
     tried = 0
@@ -375,9 +382,8 @@ def test_a_trade_off_keeps_the_strength_and_power_with_the_best_score(tmp_path):
         for name in ATTRS:
             for way in ("on", "off"):
                 c = chosen[name][way]
-                if (
-                    alone[grid[0], 1.0, False][name][way].seen is None
-                ):  # no face the classifier reads as lacking the target
+                first = alone[grid[0], 1.0, False][name][way]
+                if first.seen is None:  # no face the classifier reads as lacking the target
                     assert c.seen is None and c.strength == edit_directions.CalibrateConfig().fallback_strength
                     continue
                 got = alone[c.strength, c.power, c.local][name][way]
@@ -426,20 +432,10 @@ def test_a_local_cell_moves_each_face_along_its_neighbours_difference():
 
 
 def test_a_floor_keeps_a_cells_strength_up(tmp_path):
-    from jmvae_cli import quality
-
-    judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (60, S, S, 3), dtype=np.uint8)
-    labels = rng.integers(0, 2, (60, len(ATTRS))).astype(np.float32)
-    model = model_with(constants(off=0.0, on=1.0))
-    model.edit_constants = edit_directions.fit(model, images, labels, np.arange(60))
+    _, calibrate = calibration(tmp_path)
 
     def cells(floors=(), ceilings=(), goal=0.0):
-        config = edit_directions.CalibrateConfig(
-            faces=30, min_faces=1, trade=None, goal=goal, floors=floors, ceilings=ceilings
-        )
-        return edit_directions.calibrate_strengths(model, judge, images, labels, np.arange(60), ATTRS, config)
+        return calibrate(trade=None, goal=goal, floors=floors, ceilings=ceilings)
 
     free = cells()
     floored = cells(floors=((ATTRS[1], True, 3.0),))
@@ -455,18 +451,10 @@ def test_a_floor_keeps_a_cells_strength_up(tmp_path):
 
 
 def test_a_fixed_power_and_direction_are_the_only_ones_a_cell_tries(tmp_path):
-    from jmvae_cli import quality
-
-    judge = quality.load_classifier(save_classifier(tmp_path / "clf.safetensors"), ATTRS, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (60, S, S, 3), dtype=np.uint8)
-    labels = rng.integers(0, 2, (60, len(ATTRS))).astype(np.float32)
-    model = model_with(constants(off=0.0, on=1.0))
-    model.edit_constants = edit_directions.fit(model, images, labels, np.arange(60))
+    model, calibrate = calibration(tmp_path)
 
     def cells(fixed):
-        config = edit_directions.CalibrateConfig(faces=30, min_faces=1, trade=None, goal=0.0, fixed=fixed)
-        return edit_directions.calibrate_strengths(model, judge, images, labels, np.arange(60), ATTRS, config)
+        return calibrate(trade=None, goal=0.0, fixed=fixed)
 
     free = cells(())
     assert (free[ATTRS[1]]["on"].power, free[ATTRS[1]]["on"].local) == (1.0, False)  # the first setting tried

@@ -46,7 +46,8 @@ def calibrate(
 
     For every attribute and direction, of the strengths 0.5 1 1.5 2 3 4, each with the attribute's footprint as
     fitted and cubed (kept nearer where the attribute shows most) and each along the attribute's regression
-    direction and along the face's neighbours' (what the attribute changes on faces like it), at which the classifier sees the change on --goal of the training faces that lack it (where none does, 4), the one with the
+    direction and along the face's neighbours' (what the attribute changes on faces like it), at which the
+    classifier sees the change on --goal of the training faces that lack it (where none does, 4), the one with the
     most target seen less --trade-off times the share of the other attributes changed; `jmvae edit --strength
     auto` (the default) uses them. Three cells are held where a person sees the change differently from the
     classifier: Eyeglasses on from 3, Mustache on to the 8th power along the regression direction, Brown_Hair on
