@@ -18,6 +18,8 @@ With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels
                               direction is the face's own neighbours' (local, below)
     local       (A, 2)        which cells (attribute i turned off / on) take that direction, chosen with the
                               strengths (none where not calibrated)
+    drawn       (A, 2)        which cells the model draws outright where they change the face (below; none where
+                              not calibrated)
 
 Attributes that recolour a part every face has (RECOLOURS: hair) are kept, besides, to the pixels of this face that
 have that part's colour (same_colour): the model draws blond hair fuller than the photo's, over the background beside
@@ -36,6 +38,12 @@ instead the mean latent of its NEIGHBOURS nearest bank faces with attribute i le
 (Upchurch et al.'s deep feature interpolation, in the model's latent space): the change as it looks on faces like
 this one, so that brown hair asked of a blond face is drawn brown, where B_i (brown with the other hair colours
 held) draws it ginger. It moves the read-out to the same goal.
+
+Drawn cells. A change is a difference added to the photo, so the photo's own detail stays under it: moved towards
+baldness, dark hair only greys and thins, and no classifier or person reads the head as bald. Where a cell is drawn
+(CalibrateConfig.drawn: Bald on), the face takes the model's picture itself inside the cell's region, as far as that
+picture differs from the model's picture of the face as it is (editing.regress: the fade, full from FADE_FULL): the
+hair goes, and the scalp is the model's, as blurred as the 64 px decoder draws it.
 
 Strengths. Per attribute and direction, of the strengths of a grid (each tried with every footprint power of
 cfg.powers, along B_i and along the neighbours) at which the bundled attribute classifier sees the target on at
@@ -87,6 +95,10 @@ CROWN = (0.22, 0.3, 0.7)
 # darker, not another colour) is recoloured fully, from SAME_COLOUR[1] not at all (docs/results.md, "Hair colour")
 SAME_COLOUR = (15.0, 35.0)
 LIGHTNESS_WEIGHT = 0.4
+# How far (in the model's [-1, 1] range, the largest of the three channels) a drawn cell's picture of the changed
+# face must differ from that of the face as it is for the face to take the picture in full; less, in proportion: a
+# scalp drawn over hair replaces the hair, the ear beside it that the picture barely changes keeps its detail
+FADE_FULL = 0.2
 
 
 class NoEditConstantsError(JmvaeError):
@@ -105,9 +117,11 @@ class EditConstants:
     bank: torch.Tensor | None = None  # (N, Z) latents of training faces (None: no cell can be local)
     bank_labels: torch.Tensor | None = None  # (N, A) bool, their labels
     local: torch.Tensor | None = None  # (A, 2) bool: the cells whose direction is the neighbours' (None: none)
+    drawn: torch.Tensor | None = None  # (A, 2) bool: the cells the model draws outright (None: none)
 
     TENSORS = ("directions", "readout", "means", "footprints")
-    OPTIONAL = ("powers", "bank", "bank_labels", "local")  # absent from files calibrated before them
+    OPTIONAL = ("powers", "bank", "bank_labels", "local", "drawn")  # absent from files calibrated before them
+    FLAGS = ("bank_labels", "local", "drawn")  # stored as uint8
 
     def __post_init__(self):
         a, device = len(self.footprints), self.footprints.device
@@ -115,11 +129,14 @@ class EditConstants:
             self.powers = torch.ones(a, 2, device=device)
         if self.local is None:
             self.local = torch.zeros(a, 2, dtype=torch.bool, device=device)
+        if self.drawn is None:
+            self.drawn = torch.zeros(a, 2, dtype=torch.bool, device=device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """As stored in the weights file, under EDIT_PREFIX: fp32, the bank's latents fp16 and the flags uint8."""
         out = {EDIT_PREFIX + k: getattr(self, k).float().contiguous() for k in (*self.TENSORS, "powers")}
-        out[EDIT_PREFIX + "local"] = self.local.to(torch.uint8).contiguous()
+        for k in ("local", "drawn"):
+            out[EDIT_PREFIX + k] = getattr(self, k).to(torch.uint8).contiguous()
         if self.bank is not None:
             out[EDIT_PREFIX + "bank"] = self.bank.half().contiguous()
             out[EDIT_PREFIX + "bank_labels"] = self.bank_labels.to(torch.uint8).contiguous()
@@ -132,8 +149,7 @@ class EditConstants:
             return None
         strengths = (meta.get("edit") or {}).get("strengths") or {}
         optional = {k: tensors.get(EDIT_PREFIX + k) for k in cls.OPTIONAL}
-        flags = {"bank_labels", "local"}
-        optional = {k: None if t is None else t.bool() if k in flags else t.float() for k, t in optional.items()}
+        optional = {k: None if t is None else t.bool() if k in cls.FLAGS else t.float() for k, t in optional.items()}
         return cls(
             **{k: tensors[EDIT_PREFIX + k].float() for k in cls.TENSORS},
             **optional,
@@ -153,6 +169,14 @@ class EditConstants:
         the power calibrated for its direction."""
         power = self.powers[i, target.long()]  # (b,)
         return self.footprints[i][None, None] ** power[:, None, None, None]
+
+    def fade(self, i: int, target: torch.Tensor, region: torch.Tensor, before: torch.Tensor, after: torch.Tensor):
+        """(b, 1, S, S): how much of the model's picture `after` a change of attribute i to `target` (b,) bool puts
+        in place of the face, inside its `region` (b, 1, S, S): 0 for a cell that is not drawn, else by how far
+        `after` differs there from `before` (FADE_FULL)."""
+        drawn = self.drawn[i, target.long()][:, None, None, None]  # (b, 1, 1, 1)
+        far = ((after - before).abs().amax(1, keepdim=True) / FADE_FULL).clamp(max=1)  # (b, 1, S, S)
+        return torch.where(drawn, region * far, 0)
 
     def region(self, i: int, target: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(b, 1, S, S): where a change of attribute i lands on faces x (b, 3, S, S) in [-1, 1] turning it on
@@ -329,13 +353,21 @@ class CalibrateConfig:
     # (name, on, strength): the most a cell may take, where a person sees the change before the classifier does.
     # Brown_Hair on along the neighbours is brown hair at 2, the classifier sees it on under 60% of the training
     # faces at any strength, and the fallback to the largest would darken the whole head (docs/results.md, "Local
-    # directions")
-    ceilings: tuple[tuple[str, bool, float], ...] = (("Brown_Hair", True, 2.0),)
+    # directions"). Bald on, drawn, is read as bald on no more male faces at 3 than at 2, for 4 points of kept less
+    ceilings: tuple[tuple[str, bool, float], ...] = (("Brown_Hair", True, 2.0), ("Bald", True, 2.0))
     # (name, on, power, local): the only footprint power and direction a cell is tried with, where a person sees the
     # change only so. Mustache on cubed still darkens the cheeks and jaw of a face read as female; at 8 the moustache
     # is drawn over a face left clean, which a second judge sees on 7 points more faces and the bundled classifier on
     # 1.7 fewer (docs/results.md, "A second judge"). Brown_Hair on along B_i is ginger, along the neighbours brown
-    fixed: tuple[tuple[str, bool, float, bool], ...] = (("Mustache", True, 8.0, False), ("Brown_Hair", True, 1.0, True))
+    # Bald on is drawn (below), along the neighbours, its footprint's square root: the hair round the crown goes too
+    fixed: tuple[tuple[str, bool, float, bool], ...] = (
+        ("Mustache", True, 8.0, False),
+        ("Brown_Hair", True, 1.0, True),
+        ("Bald", True, 0.5, True),
+    )
+    # (name, on): the cells the model draws outright where they change the face (module doc, "Drawn cells"). Added to
+    # the photo, Bald on is read as bald on 1% of the validation faces at any strength (docs/results.md, "Bald")
+    drawn: tuple[tuple[str, bool], ...] = (("Bald", True),)
     # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
     fallback_strength: float = attributes.DEFAULT_STRENGTH
     # the directions each setting is tried with: B_i (False) and the face's neighbours' (True, EditConstants.local)
@@ -381,6 +413,7 @@ class Cell:
     kept: float | None = None  # share of the other attributes the classifier reads as before
     power: float = 1.0  # the footprint's power it was tried with
     local: bool = False  # whether with the neighbours' direction (EditConstants.local)
+    drawn: bool = False  # whether the model draws it outright (EditConstants.drawn)
 
     def score(self, trade: float) -> float:
         return self.seen - trade * (1 - self.kept)
@@ -421,7 +454,9 @@ def calibrate_strengths(
                 x, read = x[strict], read[strict]
                 probs = model.attrs_from_images(x)  # (m, A)
             others = torch.arange(len(attr_names), device=x.device) != i  # (A,)
-            cell = Cell(cfg.fallback_strength, len(x), None)
+            drawn = (name, on) in cfg.drawn
+            constants.drawn[i, int(on)] = drawn
+            cell = Cell(cfg.fallback_strength, len(x), None, drawn=drawn)
             floor = max([f for n, way, f in cfg.floors if (n, way) == (name, on)], default=0.0)
             ceiling = min([c for n, way, c in cfg.ceilings if (n, way) == (name, on)], default=max(cfg.grid))
             grid = [s for s in cfg.grid if floor <= s <= ceiling] or [max(cfg.grid)]
@@ -436,7 +471,7 @@ def calibrate_strengths(
                         after = attributes.present(classifier.probs(as_written(e.result)))  # (m, A)
                         seen = float((after[:, i] == on).float().mean())
                         kept = float((after[:, others] == read[:, others]).float().mean())
-                        tried.append(Cell(s, len(x), seen, kept, power, local))
+                        tried.append(Cell(s, len(x), seen, kept, power, local, drawn))
                         if cfg.trade is None and seen >= cfg.goal:
                             break
                 # among the strengths that reach the goal, where some do (else the largest, its best power)
@@ -449,6 +484,7 @@ def calibrate_strengths(
                 else:
                     cell = max(reach, key=lambda c: c.score(cfg.trade))
             constants.local[i, int(on)], constants.powers[i, int(on)] = cell.local, cell.power
+            constants.drawn[i, int(on)] = cell.drawn
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)
@@ -463,6 +499,7 @@ def edit_metadata(cells: dict[str, dict[str, Cell]], cfg: CalibrateConfig, how: 
         "strengths": {a: {d: c.strength for d, c in dirs.items()} for a, dirs in cells.items()},
         "powers": {a: {d: c.power for d, c in dirs.items()} for a, dirs in cells.items()},
         "local": {a: {d: c.local for d, c in dirs.items()} for a, dirs in cells.items()},
+        "drawn": {a: {d: c.drawn for d, c in dirs.items()} for a, dirs in cells.items()},
         "seen": {a: {d: c.seen for d, c in dirs.items()} for a, dirs in cells.items()},
         "kept": {a: {d: c.kept for d, c in dirs.items()} for a, dirs in cells.items()},
         "faces": {a: {d: c.faces for d, c in dirs.items()} for a, dirs in cells.items()},

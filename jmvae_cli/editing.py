@@ -24,9 +24,11 @@ blond is golden.
             (raised to the power calibrated for the attribute and direction), so that each change lands only
             where the attribute shows in photos (blond hair, not a blond tint over the face); a hair colour lands,
             besides, only on the pixels of this face's hair colour (edit_directions.same_colour), not on the
-            background the model draws fuller hair over. A face with several changes also gets them in one move
-            inside the union of their footprints, and keeps whichever of the two the model, reading the results,
-            sees more of the changes on. Measured best of the rules at equal side effects (docs/edit_rules.md)
+            background the model draws fuller hair over. Where a cell is drawn (Bald on), the face takes `after`
+            itself rather than itself plus the change (the fade: edit_directions.py, "Drawn cells"). A face with
+            several changes also gets them in one move inside the union of their footprints, and keeps whichever
+            of the two the model, reading the results, sees more of the changes on. Measured best of the rules at
+            equal side effects (docs/edit_rules.md)
 
 Which rule by default (default_method): regress where the model carries its constants, else paper, so that weights
 without them edit as they always did. `jmvae figure edit` is always the paper's.
@@ -37,9 +39,10 @@ attribute's read-out spread (edit_directions.py): s = 1 moves a face to where th
 target reads, 2 as far again. `--strength auto` (strengths()) takes each attribute's calibrated strength from the
 weights for this rule, and the paper's 2 for the others.
 
-A new rule is one function `rule(model, x, z, w, w_new) -> (before, after)`, every tensor batched (z: the mean
-of q(z|x), which edit has already computed to read w), and its name in RULES; `jmvae edit --method` offers every
-name there. The strip of the paper's Figure 2 (`edit --show`) is face | before | after | result, whatever the rule.
+A new rule is one function `rule(model, x, z, w, w_new) -> (before, after, fade)` (a Drawing; fade None but where
+the face takes `after` itself), every tensor batched (z: the mean of q(z|x), which edit has already computed to read
+w), and its name in RULES; `jmvae edit --method` offers every name there. The strip of the paper's Figure 2 (`edit
+--show`) is face | before | after | result, whatever the rule.
 
 Thresholding. q(z|w) only ever saw binary vectors in training: an uncertain 0.5 is a point it has never been asked
 about, so its answer there is not "halfway between"; the binary w is also what the paper's p(w|z) would have to give
@@ -74,34 +77,34 @@ COLOUR_TAKEN = 10.0
 # change is made (docs/results.md, "Changes a face shows already")
 ALREADY_SURE = 0.9
 
+# What a rule draws for a batch of faces: before and after (B, 3, H, W), and where the face takes `after` itself in
+# place of its own pixels plus the change (B, 1, H, W) in [0, 1], or None where nowhere (edit_directions.py, "Drawn
+# cells"); faces.paste_edit takes the photo's own detail out there too
+Drawing = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor | None"]
 
-def paper(
-    model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+
+def paper(model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> Drawing:
     """x_mean and x'_mean: the decoded means of q(z|w) and q(z|w'), (B, 3, H, W) each; x and z are not used."""
     import torch
 
     means = model.images_from_z(model.q_w(torch.cat([w, w_new])).mu)  # (2B, 3, H, W): one pass for both
-    return means[: len(w)], means[len(w) :]
+    return means[: len(w)], means[len(w) :], None
 
 
-def latent(
-    model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def latent(model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> Drawing:
     """D(mu_x) and D(mu_x + mu_w(w') - mu_w(w)), (B, 3, H, W) each; mu_x is z."""
     import torch
 
     mu_w = model.q_w(torch.cat([w, w_new])).mu  # (2B, Z)
     # the step first, so that an unchanged w moves the latent by exactly nothing ((a + b) - b need not be a)
     means = model.images_from_z(torch.cat([z, z + (mu_w[len(w) :] - mu_w[: len(w)])]))  # (2B, 3, H, W)
-    return means[: len(x)], means[len(x) :]
+    return means[: len(x)], means[len(x) :], None
 
 
-def regress(
-    model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def regress(model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_new: torch.Tensor) -> Drawing:
     """D(z) and D(z) + sum_i F_i (D(z_i') - D(z)), (B, 3, H, W) each, or for a face with several changes the joint
-    move where the model reads that as doing more of them; see the module doc and edit_directions.py."""
+    move where the model reads that as doing more of them, and the fade of the drawn cells (edit_directions.py,
+    "Drawn cells"; None where no change is drawn); see the module doc."""
     import torch
 
     from jmvae_cli.edit_directions import constants_of
@@ -125,8 +128,21 @@ def regress(
         drawn = model.images_from_z(z_new)  # (B, 3, H, W)
         after += torch.where(moved, region * (drawn - before), 0)
     several = changed.sum(1) > 1  # (B,)
-    if not several.any():
-        return before, after
+    if several.any():
+        after = _together(model, x, z, changed, target, s, constants, regions, before, after)
+    fade = None
+    for i, region in regions.items():
+        if constants.drawn[i].any():
+            f = constants.fade(i, target[:, i], region, before, after) * changed[:, i, None, None, None]
+            fade = f if fade is None else torch.maximum(fade, f)  # (B, 1, H, W)
+    return before, after, fade
+
+
+def _together(model, x, z, changed, target, s, constants, regions, before, after):
+    """regress's `after` for faces with several changes (`several`): whichever way the model reads as doing more."""
+    import torch
+
+    several = changed.sum(1) > 1  # (B,)
     # Together: one move for all of them, drawn once inside the union of their footprints. Neither way wins on
     # every pair (docs/results.md, "Two changes in one edit"): apart, a strong change cannot wash out another
     # (aged, a face keeps the glasses asked for with it); together, changes of the same place are drawn as one
@@ -144,12 +160,10 @@ def regress(
         return ((read == target) & changed).sum(1)
 
     pick = several & (done(together) > done(after))  # (B,)
-    return before, torch.where(pick[:, None, None, None], together, after)
+    return torch.where(pick[:, None, None, None], together, after)
 
 
-Rule = Callable[
-    ["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]
-]
+Rule = Callable[["JMVAE", "torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], Drawing]
 RULES: dict[str, Rule] = {PAPER: paper, "latent": latent, REGRESS: regress}
 
 
@@ -208,14 +222,20 @@ class Edit:
     x: torch.Tensor  # the faces
     before: torch.Tensor  # the rule's picture of the faces as they are (the paper's x_mean)
     after: torch.Tensor  # and as changed (x'_mean)
-    change: torch.Tensor  # what is added to x (change()), not clipped
+    change: torch.Tensor  # what is added to x (change(), and `after` itself where faded), not clipped
     result: torch.Tensor  # x + change, clipped to the pixel range
+    fade: torch.Tensor | None = None  # (B, 1, H, W) where the face takes `after` itself (Drawing), None: nowhere
     read: torch.Tensor | None = None  # (B, A) p(w|z) of the result as written (read_result), where a caller has read it
 
     @property
     def delta_pixels(self) -> np.ndarray:
         """The change in 8-bit pixel units, as faces.paste_edit adds it to a photo: (B, H, W, 3) float32."""
         return (self.change * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()
+
+    @property
+    def fade_map(self) -> np.ndarray | None:
+        """Where the photo's own detail gives way to the drawing, as faces.paste_edit takes it: (B, H, W) float32."""
+        return None if self.fade is None else self.fade[:, 0].float().cpu().numpy()
 
     def pixels(self, which: str) -> np.ndarray:
         """(B, H, W, 3) uint8 of 'x', 'before', 'after' or 'result'."""
@@ -282,10 +302,12 @@ def edit(
             for i, v in face_changes.items():
                 if not shows_already(float(probs[row, i]), v > attributes.THRESHOLD):
                     w_new[row, i] = v
-        before, after = RULES[method](model, x, z, w, w_new)  # (B, 3, H, W) each
+        before, after, fade = RULES[method](model, x, z, w, w_new)  # (B, 3, H, W) each, (B, 1, H, W) or None
         d = change(x, before, after, method)  # (B, 3, H, W)
+        if fade is not None:
+            d = d + fade * (after - x - d)  # where fade is 1, x + d is `after`
         result = (x + d).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
-    return Edit(probs, w, w_new, x, before, after, d, result)
+    return Edit(probs, w, w_new, x, before, after, d, result, fade)
 
 
 @dataclass(frozen=True)

@@ -747,12 +747,20 @@ def face_mask(size: int, feather: float = DEFAULT_FEATHER) -> np.ndarray:
     return _mask(np.stack(np.meshgrid(n, n), -1), feather)
 
 
-def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: float = DEFAULT_FEATHER) -> Image.Image:
+def paste_edit(
+    photo: Image.Image,
+    face: FaceCrop,
+    delta: np.ndarray,
+    feather: float = DEFAULT_FEATHER,
+    fade: np.ndarray | None = None,
+) -> Image.Image:
     """Add a face crop's (n, n, 3) change in pixel units to the photo at full resolution.
 
     The change goes back through the inverse of the crop's transform (smoothly, bicubically upscaled, and turned
     back with the face) and through a soft face-shaped mask (face_mask); every pixel outside that mask is left
-    exactly as it was. An RGBA photo keeps its alpha, and the change goes into its colours as stored."""
+    exactly as it was. An RGBA photo keeps its alpha, and the change goes into its colours as stored. Where `fade`
+    (n, n) in [0, 1] (editing.Drawing) is 1, the photo takes the edited crop itself, upscaled: its own detail, finer
+    than the crop holds, goes with the part the edit draws anew (hair, for a bald head)."""
     frame, n = face.frame, len(delta)
     W, H = photo.size
     b = frame.box
@@ -763,7 +771,11 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
         return _like(photo, out)
     m = frame.from_photo(n)  # photo pixel -> crop pixel
     m[:, 2] += m[:, :2] @ (x0, y0)  # from the region's pixels instead
-    d = _warp_change(np.ascontiguousarray(delta, np.float32), m, frame.side, (x1 - x0, y1 - y0))  # (h, w, 3)
+    size = (x1 - x0, y1 - y0)
+    faded = fade is not None and fade.any()
+    if faded:  # photo + fade (crop - photo) + delta, the faded crop warped with the delta
+        delta = delta + fade[..., None] * face.crop
+    d = _warp_change(np.ascontiguousarray(delta, np.float32), m, frame.side, size)  # (h, w, 3)
     # each region pixel's normalised crop coordinates: affine in x and y, so summed from a row and a column
     a = (2 * m / n).astype(np.float32)  # (2, 3)
     a[:, 2] += 1 / n - 1
@@ -771,7 +783,11 @@ def paste_edit(photo: Image.Image, face: FaceCrop, delta: np.ndarray, feather: f
     nx = (a[0, 0] * xs)[None, :] + (a[0, 1] * ys + a[0, 2])[:, None]  # (h, w)
     ny = (a[1, 0] * xs)[None, :] + (a[1, 1] * ys + a[1, 2])[:, None]  # (h, w)
     w = _mask(np.stack([nx, ny], -1), feather)  # (h, w)
-    region = out[y0:y1, x0:x1].astype(np.float32) + d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
+    region = out[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
+    if faded:
+        f = _warp_change(np.ascontiguousarray(fade, np.float32), m, frame.side, size)  # (h, w)
+        region -= (w * np.clip(f, 0, 1))[..., None] * region
+    region += d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return _like(photo, out)
 

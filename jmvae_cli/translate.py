@@ -461,8 +461,9 @@ def render_edit(photo: Image.Image, crops: list[faces.FaceCrop], edited: editing
         return grid(edited.strip(), view.size, cols=4)
     if view.kind == "crops":
         return grid(edited.pixels("result"), view.size, cols=len(crops))
-    for c, delta in zip(crops, edited.delta_pixels):
-        photo = faces.paste_edit(photo, c, delta, view.feather)
+    fades = edited.fade_map if edited.fade is not None else [None] * len(crops)
+    for c, delta, fade in zip(crops, edited.delta_pixels, fades):
+        photo = faces.paste_edit(photo, c, delta, view.feather, fade)
     return photo
 
 
@@ -494,7 +495,9 @@ def edit_faces(
         with tr.precision.autocast():
             block.read = editing.read_result(tr.model, block.result).float()  # (EDIT_BLOCK, A)
         blocks.append(block)
-    whole = editing.Edit(*(torch.cat([getattr(b, f.name) for b in blocks]) for f in dataclasses.fields(editing.Edit)))
+    # every block has the same changes, so a field one block leaves None (the fade: nothing drawn) all leave None
+    fields = ([getattr(b, f.name) for b in blocks] for f in dataclasses.fields(editing.Edit))
+    whole = editing.Edit(*(None if ts[0] is None else torch.cat(ts) for ts in fields))
     return _edit_rows(whole, slice(len(crops)))
 
 

@@ -151,6 +151,7 @@ def test_the_constants_travel_in_the_weights_file(tmp_path):
     c = constants(strengths={"Smiling": {"on": 3.0, "off": 1.5}})
     c.powers[2] = torch.tensor([1.0, 3.0])
     c.local[1, 1] = True
+    c.drawn[0, 1] = True
     c.bank, c.bank_labels = torch.randn(30, Z).half().float(), torch.rand(30, len(ATTRS)) > 0.5
     new = tmp_path / "new.safetensors"
     checkpoint.save_edit_constants(old, new, c.tensors(), {"method": "regress", "strengths": c.strengths})
@@ -169,7 +170,7 @@ def test_the_constants_travel_in_the_weights_file(tmp_path):
     checkpoint.save_edit_constants(old, earlier, tensors, {"method": "regress"})
     got = checkpoint.load_model(earlier).model.edit_constants
     assert torch.equal(got.powers, torch.ones(len(ATTRS), 2))
-    assert got.bank is None and not got.local.any()
+    assert got.bank is None and not got.local.any() and not got.drawn.any()
     # written again: the old constants are replaced, not added to
     checkpoint.save_edit_constants(new, new, constants(seed=5).tensors(), {"method": "regress"})
     assert torch.equal(checkpoint.load_model(new).model.edit_constants.directions, constants(seed=5).directions)
@@ -265,7 +266,7 @@ def test_read_back_warns_on_stderr_for_each_change_the_model_does_not_see(tmp_pa
     weights = save_tiny(tmp_path / "tiny.safetensors")
     # a rule that changes nothing: the model reads back the face as it was, so every change against its reading
     # of the face is weak
-    monkeypatch.setitem(editing.RULES, "paper", lambda model, x, z, w, w_new: (x, x))
+    monkeypatch.setitem(editing.RULES, "paper", lambda model, x, z, w, w_new: (x, x, None))
     sets = [a for name in ATTRS for a in ("--set", name)]
     r = run("edit", photo, "--no-detect", *sets, "--crop-only", "-o", "-", "--weights", weights)
     assert r.exit_code == 0, r.output
@@ -463,6 +464,38 @@ def test_a_fixed_power_and_direction_are_the_only_ones_a_cell_tries(tmp_path):
         assert (fixed[ATTRS[1]]["on"].power, fixed[ATTRS[1]]["on"].local) == (power, local)
         assert model.edit_constants.powers[1, 1] == power and model.edit_constants.local[1, 1] == local
         assert fixed[ATTRS[1]]["off"] == free[ATTRS[1]]["off"] and fixed[ATTRS[0]] == free[ATTRS[0]]
+
+
+def test_a_drawn_cell_takes_the_models_picture_where_it_changes_the_face():
+    foot = torch.zeros(len(ATTRS), S, S)
+    foot[0, :32] = 1.0
+    c = constants(off=50.0, on=51.0, footprints=foot)  # every face has far to go
+    model = model_with(c)
+    x = faces(3)
+    on = {0: attributes.coded(True, 1.5)}
+    added = editing.edit(model, x, on, method="regress")
+    assert added.fade is None
+    c.drawn[0, 1] = True
+    drawn = editing.edit(model, x, on, method="regress")
+    far = ((drawn.after - drawn.before).abs().amax(1, keepdim=True) / edit_directions.FADE_FULL).clamp(max=1)
+    assert torch.allclose(drawn.fade, foot[0] * far)  # inside the footprint, by how far the picture moved
+    full = drawn.fade[:, 0] == 1  # (3, S, S)
+    assert full.any() and torch.allclose(
+        drawn.result.permute(0, 2, 3, 1)[full], drawn.after.clamp(-1, 1).permute(0, 2, 3, 1)[full], atol=1e-6
+    )
+    assert torch.equal(drawn.result[..., 32:, :], x[..., 32:, :])  # outside the footprint nothing moves
+    # only the direction that is drawn: turning attribute 0 off would be added as before
+    region = foot[0].expand(3, 1, S, S)
+    assert not c.fade(0, torch.zeros(3, dtype=torch.bool), region, drawn.before, drawn.after).any()
+
+
+def test_a_drawn_cell_is_calibrated_drawn(tmp_path):
+    model, calibrate = calibration(tmp_path)
+    cells = calibrate(trade=None, goal=0.0, drawn=((ATTRS[1], True),))
+    assert cells[ATTRS[1]]["on"].drawn and not cells[ATTRS[1]]["off"].drawn and not cells[ATTRS[0]]["on"].drawn
+    assert model.edit_constants.drawn[1, 1] and model.edit_constants.drawn.sum() == 1
+    meta = edit_directions.edit_metadata(cells, edit_directions.CalibrateConfig(), "test")
+    assert meta["drawn"][ATTRS[1]] == {"on": True, "off": False}
 
 
 def test_a_footprint_power_keeps_the_change_nearer_its_middle():

@@ -136,13 +136,25 @@ def test_a_change_the_face_surely_shows_already_is_not_made(tr):
 
 def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):
     def nothing(model, x, z, w, w_new):  # draws the faces as they are: the edit changes nothing
-        return x, x
+        return x, x, None
 
     monkeypatch.setitem(editing.RULES, "nothing", nothing)
     x = editing.to_input(faces(2))
     r = editing.edit(tr.model, x, {0: 1.5}, method="nothing")
     assert torch.equal(r.result, x) and not r.delta_pixels.any()
-    assert r.strip().shape == (8, 64, 64, 3)
+    assert r.strip().shape == (8, 64, 64, 3) and r.fade is None
+
+    def drawn(model, x, z, w, w_new):  # draws grey, taken outright on the top half and added below
+        fade = torch.zeros_like(x[:, :1])
+        fade[..., :32, :] = 1.0
+        return x, torch.zeros_like(x), fade
+
+    monkeypatch.setitem(editing.RULES, "drawn", drawn)
+    r = editing.edit(tr.model, x, {0: 1.5}, method="drawn")
+    assert torch.allclose(r.result[..., :32, :], torch.zeros_like(x[..., :32, :]), atol=1e-6)
+    below = (x + editing.change(x, x, torch.zeros_like(x), "drawn")).clamp(-1, 1)[..., 32:, :]
+    assert torch.allclose(r.result[..., 32:, :], below, atol=1e-6) and not torch.equal(below, x[..., 32:, :])
+    assert r.fade_map.shape == (2, 64, 64) and r.fade_map[:, :32].min() == 1 and r.fade_map[:, 32:].max() == 0
 
 
 def test_latent_rule_moves_the_faces_own_latent(tr):

@@ -615,6 +615,27 @@ def test_paste_edit_changes_only_the_face():
     assert ((diff >= 0) & (diff <= 41)).all()
 
 
+def test_a_faded_paste_takes_the_edited_crop_in_place_of_the_photos_detail():
+    # a photo of fine stripes, two photo pixels each, which a 64 px crop of its 128 px frame cannot hold
+    rgb = np.full((200, 200, 3), 100, np.uint8)
+    rgb[:, ::4] = 180
+    rgb[:, 1::4] = 180
+    photo = Image.fromarray(rgb, "RGB")
+    frame = Frame(100, 100, 128)
+    face = FaceCrop(0, frame, np.full((64, 64, 3), 140, np.uint8))  # the crop: the stripes' mean
+    delta = np.full((64, 64, 3), -20, np.float32)
+    fade = np.zeros((64, 64), np.float32)
+    added = np.asarray(faces.paste_edit(photo, face, delta, 0)).astype(int)
+    # no fade, or one of nothing: the change added to the photo's own pixels, to the bit
+    assert np.array_equal(np.asarray(faces.paste_edit(photo, face, delta, 0, fade)), added)
+    assert np.array_equal(added[90:110, 90:110], rgb[90:110, 90:110].astype(int) - 20)
+    fade[16:48, 16:48] = 1.0  # the middle of the crop: photo pixels 68-132
+    out = np.asarray(faces.paste_edit(photo, face, delta, 0, fade)).astype(int)
+    assert (np.abs(out[85:115, 85:115] - 120) <= 1).all()  # the edited crop itself: the stripes gone
+    assert np.array_equal(out[20:50, 20:50], added[20:50, 20:50])  # outside the fade, the photo plus the change
+    assert np.array_equal(out[:, :30], rgb[:, :30].astype(int))  # outside the frame's mask, nothing moves
+
+
 def test_paste_edit_follows_a_turned_frame():
     photo = Image.fromarray(photo_array(300, 300, seed=3), "RGB")
     frame = Frame(150, 150, 160, 30)
