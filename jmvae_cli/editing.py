@@ -129,19 +129,30 @@ def regress(model: JMVAE, x: torch.Tensor, z: torch.Tensor, w: torch.Tensor, w_n
         after += torch.where(moved, region * (drawn - before), 0)
     several = changed.sum(1) > 1  # (B,)
     if several.any():
-        after = _together(model, x, z, changed, target, s, constants, regions, before, after)
+        after = _together(model, x, z, changed, target, s, regions, before, after)
+    return before, after, _fade(constants, regions, changed, target, before, after)
+
+
+def _fade(constants, regions: dict, changed, target, before, after):
+    """(B, 1, H, W): the fade of regress's drawn cells among the changed ones (EditConstants.fade), the largest
+    where several overlap; None where none is drawn."""
+    import torch
+
     fade = None
     for i, region in regions.items():
         if constants.drawn[i].any():
             f = constants.fade(i, target[:, i], region, before, after) * changed[:, i, None, None, None]
-            fade = f if fade is None else torch.maximum(fade, f)  # (B, 1, H, W)
-    return before, after, fade
+            fade = f if fade is None else torch.maximum(fade, f)
+    return fade
 
 
-def _together(model, x, z, changed, target, s, constants, regions, before, after):
+def _together(model, x, z, changed, target, s, regions: dict, before, after):
     """regress's `after` for faces with several changes (`several`): whichever way the model reads as doing more."""
     import torch
 
+    from jmvae_cli.edit_directions import constants_of
+
+    constants = constants_of(model)
     several = changed.sum(1) > 1  # (B,)
     # Together: one move for all of them, drawn once inside the union of their footprints. Neither way wins on
     # every pair (docs/results.md, "Two changes in one edit"): apart, a strong change cannot wash out another
@@ -155,7 +166,8 @@ def _together(model, x, z, changed, target, s, constants, regions, before, after
 
     def done(candidate: torch.Tensor) -> torch.Tensor:
         """(B,) how many of each face's changes the model reads on that result."""
-        pasted = x + change(x, before, candidate, REGRESS)  # (B, 3, H, W)
+        fade = _fade(constants, regions, changed, target, before, candidate)
+        pasted = x + pasted_change(x, before, candidate, fade, REGRESS)  # (B, 3, H, W)
         read = attributes.present(model.attrs_from_images(pasted.clamp(-1, 1)))
         return ((read == target) & changed).sum(1)
 
@@ -191,6 +203,14 @@ def shows_already(p, on: bool):
     """Whether the model, reading p(w|z) = p for an attribute (a float, or a tensor of them), is sure (ALREADY_SURE)
     the face shows it on / off."""
     return p >= ALREADY_SURE if on else p <= 1 - ALREADY_SURE
+
+
+def pasted_change(
+    x: torch.Tensor, before: torch.Tensor, after: torch.Tensor, fade: torch.Tensor | None, method: str
+) -> torch.Tensor:
+    """What an edit adds to the faces x: change(), and where `fade` (B, 1, H, W) is 1, what makes x `after` itself."""
+    d = change(x, before, after, method)  # (B, 3, H, W)
+    return d if fade is None else d + fade * (after - x - d)
 
 
 def change(x: torch.Tensor, before: torch.Tensor, after: torch.Tensor, method: str) -> torch.Tensor:
@@ -303,9 +323,7 @@ def edit(
                 if not shows_already(float(probs[row, i]), v > attributes.THRESHOLD):
                     w_new[row, i] = v
         before, after, fade = RULES[method](model, x, z, w, w_new)  # (B, 3, H, W) each, (B, 1, H, W) or None
-        d = change(x, before, after, method)  # (B, 3, H, W)
-        if fade is not None:
-            d = d + fade * (after - x - d)  # where fade is 1, x + d is `after`
+        d = pasted_change(x, before, after, fade, method)  # (B, 3, H, W)
         result = (x + d).clamp(-1, 1)  # a face the rule leaves alone stays exactly x
     return Edit(probs, w, w_new, x, before, after, d, result, fade)
 

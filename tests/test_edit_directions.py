@@ -484,6 +484,15 @@ def test_a_drawn_cell_takes_the_models_picture_where_it_changes_the_face():
         drawn.result.permute(0, 2, 3, 1)[full], drawn.after.clamp(-1, 1).permute(0, 2, 3, 1)[full], atol=1e-6
     )
     assert torch.equal(drawn.result[..., 32:, :], x[..., 32:, :])  # outside the footprint nothing moves
+    # with another change, whichever way the face takes: the drawn one's footprint alone fades
+    foot[3, 40:] = 1.0
+    two = editing.edit(model, x, {**on, 3: attributes.coded(True, 1.5)}, method="regress")
+    assert two.fade[..., :32, :].max() == 1 and not two.fade[..., 32:, :].any()
+    full = two.fade[:, 0] == 1
+    assert torch.allclose(
+        two.result.permute(0, 2, 3, 1)[full], two.after.clamp(-1, 1).permute(0, 2, 3, 1)[full], atol=1e-6
+    )
+    assert not torch.equal(two.result[..., 40:, :], x[..., 40:, :])  # the other change is added below
     # only the direction that is drawn: turning attribute 0 off would be added as before
     region = foot[0].expand(3, 1, S, S)
     assert not c.fade(0, torch.zeros(3, dtype=torch.bool), region, drawn.before, drawn.after).any()
