@@ -358,7 +358,7 @@ class CalibrateConfig:
     # (name, on, power, local): the only footprint power and direction a cell is tried with, where a person sees the
     # change only so. Mustache on cubed still darkens the cheeks and jaw of a face read as female; at 8 the moustache
     # is drawn over a face left clean, which a second judge sees on 7 points more faces and the bundled classifier on
-    # 1.7 fewer (docs/results.md, "A second judge"). Brown_Hair on along B_i is ginger, along the neighbours brown
+    # 1.7 fewer (docs/results.md, "A second judge"). Brown_Hair on along B_i is ginger, along the neighbours brown.
     # Bald on is drawn (below), along the neighbours, its footprint's square root: the hair round the crown goes too
     fixed: tuple[tuple[str, bool, float, bool], ...] = (
         ("Mustache", True, 8.0, False),
@@ -366,7 +366,7 @@ class CalibrateConfig:
         ("Bald", True, 0.5, True),
     )
     # (name, on): the cells the model draws outright where they change the face (module doc, "Drawn cells"). Added to
-    # the photo, Bald on is read as bald on 1% of the validation faces at any strength (docs/results.md, "Bald")
+    # the photo, Bald on is read as bald on 1% of the validation faces at any strength (docs/results.md, "Bald, drawn")
     drawn: tuple[tuple[str, bool], ...] = (("Bald", True),)
     # the strength of a cell with too few faces to calibrate on (and of attributes not calibrated at all)
     fallback_strength: float = attributes.DEFAULT_STRENGTH
