@@ -358,14 +358,24 @@ def edit_report(
     for r in done:
         per_attr.setdefault(r["attribute"], []).append(r)
 
+    def attr_mean(rs: list[dict], key: str) -> float | None:
+        v = [r[key] for r in rs if r[key] is not None]
+        return float(np.mean(v)) if v else None
+
+    # each attribute as the bar reads it: the mean of its two directions
+    attrs = {a: {k: attr_mean(rs, k) for k in MEANS} for a, rs in per_attr.items()}
+
     def mean_of(key: str) -> float | None:
-        means = [np.mean(v) for rs in per_attr.values() if (v := [r[key] for r in rs if r[key] is not None])]
+        means = [m[key] for m in attrs.values() if m[key] is not None]
         return float(np.mean(means)) if means else None
 
+    seen = {a: m["flipped"] for a, m in attrs.items() if m["flipped"] is not None}
     return {
         "method": method,
         "strength": "auto" if strength is None else strength,
         "edits": rows,
+        "attributes": attrs,
+        "lowest": min(seen, key=seen.get) if seen else None,  # the attribute seen least
         "mean": {k: mean_of(k) for k in MEANS},
     }
 

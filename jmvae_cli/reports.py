@@ -83,6 +83,9 @@ def print_evaluation(report: dict, out: Console) -> None:
         table.add_row("[bold]mean", "", "", pct(m["target_before"]), pct(m["flipped"]), pct(m["flipped_strict"]),
                       pct(m["others_unchanged"]), delta, pct(m["unmade"]))  # fmt: skip
         out.print(table)
+        if e.get("lowest"):
+            low = e["attributes"][e["lowest"]]
+            out.print(f"seen least: {e['lowest']}, {pct(low['flipped'])} (the mean of its directions)", highlight=False)
     if "likelihood" in report:
         table = Table("likelihood", "nats", "± se", "bits/dim", box=box.SIMPLE_HEAD, title="log-likelihoods",
                       title_justify="left")  # fmt: skip

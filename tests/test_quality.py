@@ -151,6 +151,9 @@ def test_evaluate_quality_counts(tr, classifier_weights):
         strict = todo & (seen[:, i] != target)
         assert (e["flipped_strict"] is None) == (not strict.any())
     assert r["edit"]["mean"]["flipped"] == pytest.approx(np.mean([e["flipped"] for e in rows]))
+    per = r["edit"]["attributes"]
+    assert set(per) == {"Smiling", "Eyeglasses"} and per["Smiling"]["flipped"] == rows[0]["flipped"]
+    assert r["edit"]["lowest"] == min(per, key=lambda a: per[a]["flipped"])
     # the other way round the tiny model is sure of the target on some faces already: those are left as they were
     back = [attributes.parse_change(e, ATTRS) for e in ("-Smiling", "+Eyeglasses")]
     rb = quality.evaluate_quality(tr.model, ATTRS, faces, attrs, train, classifier=clf, edits=back, parts=["edit"])
@@ -211,6 +214,18 @@ def test_evaluate_table(tiny_weights, classifier_weights, data_dir):
             "-f", "table", "--skip", "likelihood", "--edit", "+Male", "--edit=-Smiling")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "coherence" in r.stdout and "+Male" in r.stdout and "-Smiling" in r.stdout and "mean" in r.stdout
+    assert "seen least: " in r.stdout
+
+
+def test_an_attribute_is_the_mean_of_its_directions():
+    counts = np.zeros((3, 3, len(quality.COUNTS)))
+    at = quality.COUNTS.index
+    for e, (faces, after) in enumerate([(10, 2), (4, 3), (5, 5)]):  # Smiling on 20%, off 75%; Male on 100%
+        counts[e, 0, [at("faces"), at("after"), at("kept")]] = faces, after, faces * (len(ATTRS) - 1)
+    edits = [attributes.parse_change(e, ATTRS) for e in ("+Smiling", "-Smiling", "+Male")]
+    r = quality.edit_report(counts, edits, ATTRS, attributes.Strengths(), None, "regress")
+    assert r["attributes"]["Smiling"]["flipped"] == pytest.approx(0.475) and r["lowest"] == "Smiling"
+    assert r["mean"]["flipped"] == pytest.approx((0.475 + 1.0) / 2) and r["mean"]["others_unchanged"] == 1.0
 
 
 def one_line_error(r, *words, code=1):
