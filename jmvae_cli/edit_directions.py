@@ -484,7 +484,6 @@ def calibrate_strengths(
                 else:
                     cell = max(reach, key=lambda c: c.score(cfg.trade))
             constants.local[i, int(on)], constants.powers[i, int(on)] = cell.local, cell.power
-            constants.drawn[i, int(on)] = cell.drawn
             out.setdefault(name, {})["on" if on else "off"] = cell
             if on_cell:
                 on_cell(name, on, cell)

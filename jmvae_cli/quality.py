@@ -358,17 +358,12 @@ def edit_report(
     for r in done:
         per_attr.setdefault(r["attribute"], []).append(r)
 
-    def attr_mean(rs: list[dict], key: str) -> float | None:
-        v = [r[key] for r in rs if r[key] is not None]
+    def mean(values) -> float | None:
+        v = [x for x in values if x is not None]
         return float(np.mean(v)) if v else None
 
     # each attribute as the bar reads it: the mean of its two directions
-    attrs = {a: {k: attr_mean(rs, k) for k in MEANS} for a, rs in per_attr.items()}
-
-    def mean_of(key: str) -> float | None:
-        means = [m[key] for m in attrs.values() if m[key] is not None]
-        return float(np.mean(means)) if means else None
-
+    attrs = {a: {k: mean(r[k] for r in rs) for k in MEANS} for a, rs in per_attr.items()}
     seen = {a: m["flipped"] for a, m in attrs.items() if m["flipped"] is not None}
     return {
         "method": method,
@@ -376,7 +371,7 @@ def edit_report(
         "edits": rows,
         "attributes": attrs,
         "lowest": min(seen, key=seen.get) if seen else None,  # the attribute seen least
-        "mean": {k: mean_of(k) for k in MEANS},
+        "mean": {k: mean(m[k] for m in attrs.values()) for k in MEANS},
     }
 
 
