@@ -353,17 +353,26 @@ class CalibrateConfig:
     # (name, on, strength): the most a cell may take, where a person sees the change before the classifier does.
     # Brown_Hair on along the neighbours is brown hair at 2, the classifier sees it on under 60% of the training
     # faces at any strength, and the fallback to the largest would darken the whole head (docs/results.md, "Local
-    # directions"). Bald on, drawn, is read as bald on no more male faces at 3 than at 2, for 4 points of kept less
-    ceilings: tuple[tuple[str, bool, float], ...] = (("Brown_Hair", True, 2.0), ("Bald", True, 2.0))
+    # directions"). Bald on, drawn, is read as bald on no more male faces at 3 than at 2, for 4 points of kept less.
+    # Young on along the neighbours reaches the goal only at 4, and from 3 it tints grey hair orange
+    ceilings: tuple[tuple[str, bool, float], ...] = (
+        ("Brown_Hair", True, 2.0),
+        ("Bald", True, 2.0),
+        ("Young", True, 2.0),
+    )
     # (name, on, power, local): the only footprint power and direction a cell is tried with, where a person sees the
     # change only so. Mustache on cubed still darkens the cheeks and jaw of a face read as female; at 8 the moustache
     # is drawn over a face left clean, which a second judge sees on 7 points more faces and the bundled classifier on
     # 1.7 fewer (docs/results.md, "A second judge"). Brown_Hair on along B_i is ginger, along the neighbours brown.
-    # Bald on is drawn (below), along the neighbours, its footprint's square root: the hair round the crown goes too
+    # Bald on is drawn (below), along the neighbours, its footprint's square root: the hair round the crown goes too.
+    # Young on along B_i, footprint cubed or not, is dark eye make-up, which both classifiers read as young and a
+    # person as black eyes; along the neighbours, as fitted, it darkens grey hair and smooths the skin
+    # (docs/results.md, "Young")
     fixed: tuple[tuple[str, bool, float, bool], ...] = (
         ("Mustache", True, 8.0, False),
         ("Brown_Hair", True, 1.0, True),
         ("Bald", True, 0.5, True),
+        ("Young", True, 1.0, True),
     )
     # (name, on): the cells the model draws outright where they change the face (module doc, "Drawn cells"). Added to
     # the photo, Bald on is read as bald on 1% of the validation faces at any strength (docs/results.md, "Bald, drawn")
