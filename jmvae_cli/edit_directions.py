@@ -10,7 +10,9 @@ With z the mean of q(z|x), Y the 40 labels of the training faces, X their pixels
     readout     P (A, Z + 1)  Y on [z, 1]: r_i(z) = a_i . z + b_i, a linear reading of attribute i from z
     means       (A, 2)        the mean read-out of training faces without / with attribute i (off_i, on_i)
     footprints  F (A, S, S)   X on [Y, 1]: |coefficient| averaged over colour, scaled so the strongest tenth of
-                              the crop is 1, clipped to [0, 1], lightly blurred: where attribute i shows in photos
+                              the crop is 1 (of an attribute on a smaller part, CalibrateConfig.parts, the
+                              strongest share that part covers), clipped to [0, 1], lightly blurred: where
+                              attribute i shows in photos
     powers      (A, 2)        the power each footprint is raised to when attribute i is turned off / on, chosen
                               with the strengths (1 where not calibrated): F_i^3 keeps a moustache on the upper
                               lip where F_i darkens the whole lower face
@@ -299,11 +301,13 @@ def class_means(z: torch.Tensor, labels: torch.Tensor, read: torch.Tensor) -> to
     return torch.stack([off, on], 1)
 
 
-def footprints(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, ridge: float = 1.0) -> torch.Tensor:
+def footprints(
+    images: np.ndarray, labels: np.ndarray, rows: np.ndarray, ridge: float = 1.0, tops: list[float] | None = None
+) -> torch.Tensor:
     """(A, S, S) in [0, 1]: where each attribute shows in the photos `images` (N, S, S, 3) uint8 at `rows`,
     from the photos alone (no model): each pixel regressed on the labels (N, A), so attribute i's map is its own
     change with the others held fixed (blond hair lights the hair, not the lighter faces blond people's photos
-    also tend to have)."""
+    also tend to have). `tops` (A,): the share of each map that is 1 (None: 1 - FOOTPRINT_QUANTILE for all)."""
     design = np.concatenate([labels[rows].astype(np.float64), np.ones((len(rows), 1))], 1)  # (n, A + 1)
     xty = np.zeros((design.shape[1], images[0].size))
     for k in range(0, len(rows), 4096):
@@ -312,8 +316,10 @@ def footprints(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, ridge: 
     coef = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), xty)[:-1]  # (A, S * S * 3)
     size = images.shape[1]
     mag = torch.from_numpy(np.abs(coef).reshape(len(coef), size, size, 3).mean(-1)).float()[:, None]  # (A, 1, S, S)
-    scale = torch.quantile(mag.flatten(1), FOOTPRINT_QUANTILE, dim=1).clamp_min(1e-12)[:, None, None, None]
-    return F.avg_pool2d((mag / scale).clamp(0, 1), 3, 1, 1, count_include_pad=False)[:, 0]  # (A, S, S)
+    quantiles = [FOOTPRINT_QUANTILE] * len(mag) if tops is None else [1 - t for t in tops]
+    scale = torch.stack([torch.quantile(m.flatten(), q) for m, q in zip(mag, quantiles)]).clamp_min(1e-12)  # (A,)
+    mag = mag / scale[:, None, None, None]
+    return F.avg_pool2d(mag.clamp(0, 1), 3, 1, 1, count_include_pad=False)[:, 0]  # (A, S, S)
 
 
 def encode(model: JMVAE, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -381,6 +387,18 @@ class CalibrateConfig:
     fallback_strength: float = attributes.DEFAULT_STRENGTH
     # the directions each setting is tried with: B_i (False) and the face's neighbours' (True, EditConstants.local)
     local: tuple[bool, ...] = (False, True)
+    # (name, share): attributes that show on a part of the face smaller than the tenth of the crop a footprint's
+    # strongest values fill (FOOTPRINT_QUANTILE), and the share that part covers, which is then what is 1. Mustache's
+    # tenth reached past the upper lip into the brows, cheeks and hairline that the regression weighs a little, which
+    # no power took out: the moustache came with brown smudges there (docs/results.md, "Mustache, a smaller part")
+    parts: tuple[tuple[str, float], ...] = (("Mustache", 0.03),)
+
+    def tops(self, attr_names: list[str]) -> list[float] | None:
+        """footprints()' `tops` for the attributes `attr_names`; None where none is in self.parts."""
+        shares = dict(self.parts)
+        if not shares.keys() & set(attr_names):
+            return None
+        return [shares.get(name, 1 - FOOTPRINT_QUANTILE) for name in attr_names]
 
 
 def fit(
@@ -407,7 +425,7 @@ def fit(
         directions=regression_directions(z, y, cfg.ridge),
         readout=read,
         means=class_means(z, y, read),
-        footprints=footprints(images, labels, np.sort(train_rows), cfg.ridge),
+        footprints=footprints(images, labels, np.sort(train_rows), cfg.ridge, cfg.tops(attr_names or [])),
         recolours=recolouring(attr_names or []),
         bank=z[bank].half().float(),  # as the weights file will hold it
         bank_labels=y[bank].bool(),

@@ -352,6 +352,25 @@ def test_fit_takes_every_training_face_unless_told_to_sample():
     assert not torch.allclose(sampled.directions, every, atol=1e-3)
 
 
+def test_an_attribute_on_a_small_part_keeps_only_that_part_at_full_strength():
+    # attribute 0 darkens a 6 x 6 patch (1% of the crop) by 80 and the band below it, a tenth of the crop, by 20
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (300, len(ATTRS))).astype(np.float32)
+    images = np.full((300, S, S, 3), 150.0) + rng.normal(0, 2, (300, S, S, 3))
+    on = labels[:, 0] == 1
+    images[on, 40:46, 29:35] -= 80
+    images[on, 46:53, :] -= 20
+    images = images.clip(0, 255).astype(np.uint8)
+    rows = np.arange(300)
+    plain = edit_directions.footprints(images, labels, rows)
+    assert plain[0, 48:51, 4:60].mean() > 0.9  # the band is among the strongest tenth: as strong as the patch
+    cfg = edit_directions.CalibrateConfig(parts=((ATTRS[0], 18 / S**2),))  # half the patch
+    small = edit_directions.fit(tiny_model(), images, labels, rows, cfg, attr_names=ATTRS).footprints
+    assert small[0, 41:45, 30:34].min() > 0.9  # the patch is 1
+    assert small[0, 48:51, 4:60].max() < 0.4  # the band is a quarter of it, as its change is
+    assert torch.equal(small[1:], plain[1:])  # the other attributes as before
+
+
 def calibration(tmp_path):
     """A tiny model with constants fitted on 60 random faces, and cells(**config), which calibrates it on them (30
     faces a cell, CalibrateConfig otherwise as given) against a tiny classifier."""
