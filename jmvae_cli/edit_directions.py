@@ -390,8 +390,9 @@ class CalibrateConfig:
     # (name, share): attributes that show on a part of the face smaller than the tenth of the crop a footprint's
     # strongest values fill (FOOTPRINT_QUANTILE), and the share that part covers, which is then what is 1. Mustache's
     # tenth reached past the upper lip into the brows, cheeks and hairline that the regression weighs a little, which
-    # no power took out: the moustache came with brown smudges there (docs/results.md, "Mustache, a smaller part")
-    parts: tuple[tuple[str, float], ...] = (("Mustache", 0.03),)
+    # no power took out: the moustache came with brown smudges there. Scaled to the brows, Bushy_Eyebrows is seen on
+    # more faces for as much kept (docs/results.md, "Mustache, a smaller part")
+    parts: tuple[tuple[str, float], ...] = (("Mustache", 0.03), ("Bushy_Eyebrows", 0.03))
 
     def tops(self, attr_names: list[str]) -> list[float] | None:
         """footprints()' `tops` for the attributes `attr_names`; None where none is in self.parts."""

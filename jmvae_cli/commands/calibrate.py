@@ -50,10 +50,10 @@ def calibrate(
     classifier sees the change on --goal of the training faces that lack it (where none does, 4), the one with the
     most target seen less --trade-off times the share of the other attributes changed; `jmvae edit --strength
     auto` (the default) uses them. Five cells are held where a person sees the change differently from the
-    classifier: Eyeglasses on from 3, Mustache on to the 8th power along the regression direction (its footprint
-    scaled to its strongest 3%, round the mouth, rather than a tenth of the crop), Brown_Hair on
+    classifier: Eyeglasses on from 3, Mustache on to the 8th power along the regression direction, Brown_Hair on
     and Young on as fitted along the neighbours' and at most 2, and Bald on drawn by the model outright (the hair
-    goes) along the neighbours', its footprint's square root, at most 2.
+    goes) along the neighbours', its footprint's square root, at most 2. The footprints of Mustache and
+    Bushy_Eyebrows are scaled to their strongest 3% (the mouth, the brows) rather than a tenth of the crop.
     Validation faces are never used. Writes --out with the model's own tensors unchanged.
     """
     from jmvae_cli import edit_directions
