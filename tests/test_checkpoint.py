@@ -133,3 +133,20 @@ def test_read_meta_reads_the_header_and_stale_sidecars_are_rewritten(tmp_path):
 def test_the_bundled_model_loads():
     loaded = load_model(bundled_weights(DEFAULT_WEIGHTS_NAME))
     assert loaded.model.cfg.image_size == 64 and len(loaded.attr_names) == 40
+
+
+def test_the_bundled_edit_cells_agree_with_their_metadata_and_todays_calibrate_config():
+    # the bundled cells were set by hand more than once: the tensors edits use and the metadata people read must say
+    # the same, and a change to CalibrateConfig's defaults must come with the cells calibrated again
+    from dataclasses import asdict
+
+    from jmvae_cli.edit_directions import CalibrateConfig
+
+    loaded = load_model(bundled_weights(DEFAULT_WEIGHTS_NAME))
+    edit, c = loaded.meta["edit"], loaded.model.edit_constants
+    assert edit["config"] == json.loads(json.dumps(asdict(CalibrateConfig())))
+    for i, name in enumerate(loaded.attr_names):
+        for j, way in enumerate(("off", "on")):
+            assert float(c.powers[i, j]) == edit["powers"][name][way], (name, way)
+            assert bool(c.local[i, j]) == edit["local"][name][way], (name, way)
+            assert bool(c.drawn[i, j]) == edit["drawn"][name][way], (name, way)
