@@ -373,7 +373,7 @@ class CalibrateConfig:
     # Bald on is drawn (below), along the neighbours, its footprint's square root: the hair round the crown goes too.
     # Young on along B_i, footprint cubed or not, is dark eye make-up, which both classifiers read as young and a
     # person as black eyes; along the neighbours, as fitted, it darkens grey hair and smooths the skin
-    # (docs/results.md, "Young")
+    # (docs/results.md, "Young on, by hand")
     fixed: tuple[tuple[str, bool, float, bool], ...] = (
         ("Mustache", True, 8.0, False),
         ("Brown_Hair", True, 1.0, True),
@@ -395,7 +395,8 @@ class CalibrateConfig:
     parts: tuple[tuple[str, float], ...] = (("Mustache", 0.03), ("Bushy_Eyebrows", 0.03))
 
     def tops(self, attr_names: list[str]) -> list[float] | None:
-        """footprints()' `tops` for the attributes `attr_names`; None where none is in self.parts."""
+        """footprints()' `tops` for the attributes `attr_names`; None (every footprint's strongest tenth) where none
+        of them is in self.parts, as where the names are not known."""
         shares = dict(self.parts)
         if not shares.keys() & set(attr_names):
             return None
