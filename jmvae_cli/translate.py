@@ -495,7 +495,10 @@ def edit_faces(
         with tr.precision.autocast():
             block.read = editing.read_result(tr.model, block.result).float()  # (EDIT_BLOCK, A)
         blocks.append(block)
-    # every block has the same changes, so a field one block leaves None (the fade: nothing drawn) all leave None
+    # a block whose faces all show a drawn change already draws nothing (fade None) where another block does
+    if any(b.fade is not None for b in blocks):
+        for b in blocks:
+            b.fade = b.x.new_zeros(len(b.x), 1, *b.x.shape[2:]) if b.fade is None else b.fade  # (EDIT_BLOCK, 1, S, S)
     fields = ([getattr(b, f.name) for b in blocks] for f in dataclasses.fields(editing.Edit))
     whole = editing.Edit(*(None if ts[0] is None else torch.cat(ts) for ts in fields))
     return _edit_rows(whole, slice(len(crops)))

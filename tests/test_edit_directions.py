@@ -517,6 +517,25 @@ def test_a_drawn_cell_takes_the_models_picture_where_it_changes_the_face():
     assert not c.fade(0, torch.zeros(3, dtype=torch.bool), region, drawn.before, drawn.after).any()
 
 
+def test_a_drawn_change_keeps_its_fade_when_a_block_of_faces_shows_it_already(tmp_path, monkeypatch):
+    """edit_faces edits in blocks: a block whose faces all show a drawn change already draws nothing (no fade), and
+    the other blocks' faces must still take the model's picture where theirs fade."""
+    tr = translate.Translator.from_weights(save_tiny(tmp_path / "tiny.safetensors"), "cpu", "fp32")
+    tr.model.edit_constants = constants()
+    tr.model.edit_constants.drawn[0, 1] = True
+    crops = list(np.random.default_rng(1).integers(0, 256, (2 * translate.EDIT_BLOCK, 64, 64, 3), dtype=np.uint8))
+    probs, _ = editing.infer(tr.model, editing.to_input(crops))
+    order = probs[:, 0].argsort(descending=True).tolist()
+    crops = [crops[i] for i in order]  # the first block: the faces the model reads surest to show attribute 0
+    monkeypatch.setattr(editing, "ALREADY_SURE", float(probs[order[translate.EDIT_BLOCK - 1], 0]))
+    on = {0: attributes.coded(True, 1.5)}
+    together = translate.edit_faces(tr, crops, on)
+    assert not together.fade[: translate.EDIT_BLOCK].any() and together.fade[translate.EDIT_BLOCK :].any()
+    for i in range(translate.EDIT_BLOCK, len(crops)):
+        alone = translate.edit_faces(tr, [crops[i]], on)
+        assert torch.equal(alone.fade[0], together.fade[i]), i
+
+
 def test_a_drawn_cell_is_calibrated_drawn(tmp_path):
     model, calibrate = calibration(tmp_path)
     cells = calibrate(trade=None, goal=0.0, drawn=((ATTRS[1], True),))
