@@ -80,6 +80,15 @@ def check_strength(strength: float, what: str = "strength") -> float:
     return strength
 
 
+def check_directions(values: Mapping[int, float], attr_names: list[str] | None = None) -> None:
+    """AttributeSpecError for a change coded THRESHOLD, strength 0: it says neither on nor off, and an edit moves a
+    face one way or the other (read as off, `--set Smiling=0` took a smile away)."""
+    for i, v in values.items():
+        if v == THRESHOLD:
+            name = attr_names[i] if attr_names else f"attribute {i}"
+            raise AttributeSpecError(f"{name} at strength 0 is neither on nor off: an edit needs a strength above 0")
+
+
 def coded(on: bool, strength: float = DEFAULT_STRENGTH) -> float:
     """The value the model gets for an attribute set on / off at `strength`: the paper's +-strength, 0.5 +- s/2."""
     check_strength(strength)

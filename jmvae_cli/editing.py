@@ -316,6 +316,8 @@ def edit(
     per_face = [changes] * len(x) if isinstance(changes, Mapping) else list(changes)
     if len(per_face) != len(x):
         raise ValueError(f"{len(per_face)} sets of changes for {len(x)} faces")
+    for face_changes in per_face:
+        attributes.check_directions(face_changes)
     with torch.inference_mode():
         w_new = w.clone()  # (B, A)
         for row, face_changes in enumerate(per_face):

@@ -122,10 +122,14 @@ def _to_8_bit(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.rint(a).astype(np.uint8), "L")
     elif img.mode in ("I", "F"):
         # 32-bit int/float grey has no fixed range: 8-bit data stored wide stays put, anything larger is
-        # taken as 16-bit (what these modes hold in practice, e.g. 16-bit PNGs on older Pillow)
-        a = np.asarray(img).astype(np.float64)  # (H, W)
-        if a.max() > 255:
+        # taken as 16-bit (what these modes hold in practice, e.g. 16-bit PNGs on older Pillow), and floats no
+        # larger than 1 as the 0..1 range that float images (scientific TIFFs) use
+        a = np.nan_to_num(np.asarray(img).astype(np.float64))  # (H, W)
+        top = a.max()
+        if top > 255:
             a = a / 257
+        elif img.mode == "F" and top <= 1:
+            a = a * 255
         img = Image.fromarray(np.rint(np.clip(a, 0, 255)).astype(np.uint8), "L")
     return img
 

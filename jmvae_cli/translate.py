@@ -166,25 +166,55 @@ def _load_in_chunks(load: Callable, items: list, workers: int, window: int) -> I
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:
-    """Files, folders (their images, recursively, sorted) and globs (for shells that did not expand them).
-    Names that match nothing are kept, so that reading them reports the problem in its place."""
+    """Files, folders (their images, recursively, sorted, hidden files and folders left out) and globs (for shells
+    that did not expand them). A file a folder or glob finds again (named already, or inside two folders given) is
+    taken once. Names that match nothing are kept, so that reading them reports the problem in its place."""
     out: list[str] = []
+    seen: set = set()  # _file_id of every file taken so far
+
+    def take(found: Iterable[str]) -> None:
+        for f in found:
+            key = _file_id(f)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+
     for a in args:
         p = Path(a)
         if a == "-" or p.is_file():
-            out.append(a)
+            out.append(a)  # named by the user: kept, even twice
+            seen.add(_file_id(a))
         elif p.is_dir():
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+            take(
+                sorted(
+                    str(f)
+                    for f in p.rglob("*")
+                    if f.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                    and f.is_file()
+                )
             )
-            out.extend(found)
         elif glob.has_magic(a):
-            out.extend(sorted(f for f in glob.glob(a, recursive=True) if Path(f).is_file()) or [a])
+            found = sorted(f for f in glob.glob(a, recursive=True) if Path(f).is_file())
+            if found:
+                take(found)
+            else:
+                out.append(a)
         else:
             out.append(a)
     return out
+
+
+def earlier_edits(args: Iterable[str], sources: list[str], out_dir: Path | None) -> list[str]:
+    """The sources that folders or globs in `args` found (expand_inputs) and that are the edit this command writes
+    of another source: a run again over a folder finds its own NAME-edited.png beside NAME.jpg, or DIR/NAME.png
+    in an --out-dir inside it, and would edit the edits. A file named in `args` itself is never one of them."""
+    named = {_file_id(a) for a in args if a != "-" and Path(a).is_file()}
+    paths = {s: Path(s).resolve() for s in sources if s != "-"}
+    # of other photos: a photo that is only its own output (in the output folder) is refused later
+    # (check_edit_outputs), not left out
+    outputs = {out for s, p in paths.items() if (out := default_edit_output(s, out_dir).resolve()) != p}
+    return [s for s, p in paths.items() if p in outputs and _file_id(s) not in named]
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator[tuple[object, object]]:
@@ -368,11 +398,17 @@ def check_samples(samples: int, image_size: Callable[[int], tuple[int, int]]) ->
 def grid(tiles: np.ndarray, size: int | None = None, cols: int | None = None, gap: int = 2) -> Image.Image:
     """(N, s, s, 3) uint8 -> one image, tiles upscaled to size x size, near-square layout unless cols is given."""
     n = len(tiles)
-    if n == 1:
-        return upscale(Image.fromarray(tiles[0], "RGB"), size)
     tile = size or tiles.shape[2]
     cols = cols or math.ceil(math.sqrt(n))
-    canvas = Image.new("RGB", grid_size(n, tile, cols, gap), (255, 255, 255))
+    width, height = grid_size(n, tile, cols, gap)
+    if width * height > MAX_GRID_PIXELS:  # edit --show of many faces at a large --size
+        raise GridTooLargeError(
+            f"{n} tiles of {tile} px make a {width:,}x{height:,} image, past the {MAX_GRID_PIXELS / 1e6:.0f} Mpx above "
+            "which Pillow (and jmvae) will not open one: use a smaller --size"
+        )
+    if n == 1:
+        return upscale(Image.fromarray(tiles[0], "RGB"), size)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
     for i, t in enumerate(tiles):
         canvas.paste(upscale(Image.fromarray(t, "RGB"), size), ((i % cols) * (tile + gap), (i // cols) * (tile + gap)))
     return canvas
@@ -420,8 +456,10 @@ def check_edit_outputs(sources: list[str], outputs: list[Path], force: bool = Fa
         same_as = inputs.get(_file_id(out))
         key = out.resolve()
         if same_as is not None:
-            which = "the input image" if same_as == src else f"the input image {same_as}"
-            checked.append(JmvaeError(f"{out} is {which}: an input is never overwritten, even with --force"))
+            which = "the input image itself" if same_as == src else f"the input image {same_as}"
+            checked.append(
+                JmvaeError(f"{src}: its output {out} is {which}: an input is never overwritten, even with --force")
+            )
         elif key in taken:
             checked.append(JmvaeError(f"{src}: its output {out} is the output of {taken[key]} too: rename one"))
         elif out.exists() and not force:

@@ -75,6 +75,28 @@ def test_globs_and_default_outputs_beside_each_photo(weights_env, album):
     assert not (d / "sub" / "deep-edited.png").exists()
 
 
+def test_a_second_run_over_a_folder_leaves_its_earlier_edits_out(weights_env, album, tmp_path):
+    d, files = album
+    ok(run("edit", d, *EDIT))
+    edits = sorted(d.rglob("*-edited.png"))
+    assert len(edits) == len(files)
+    first = {f: f.read_bytes() for f in edits}
+    r = ok(run("edit", d, "--no-detect", "--set", "Smiling", "--force"))  # again, another change: edits made anew
+    assert f"left out {len(files)} earlier edits" in r.stderr and f"wrote {len(files)} edited photos" in r.stderr
+    assert sorted(d.rglob("*-edited.png")) == edits and not list(d.rglob("*-edited-edited.png"))
+    assert any(f.read_bytes() != data for f, data in first.items())
+    # named on the command line, an earlier edit is a photo like any other
+    r = ok(run("edit", edits[0], *EDIT))
+    assert edits[0].with_name(f"{edits[0].stem}-edited.png").exists() and "left out" not in r.stderr
+    for f in d.rglob("*-edited*.png"):
+        f.unlink()
+    # an --out-dir inside the folder: its files are this command's outputs, not photos to edit
+    out = d / "edited"
+    ok(run("edit", d, *EDIT, "--out-dir", out))
+    r = ok(run("edit", d, *EDIT, "--out-dir", out, "--force"))
+    assert f"wrote {len(files)} edited photos" in r.stderr and len(list(out.iterdir())) == len(files)
+
+
 def test_a_bad_photo_is_reported_and_the_others_edited(weights_env, album, tmp_path):
     d, files = album
     (d / "broken.jpg").write_bytes(b"not a jpeg at all")

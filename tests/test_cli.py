@@ -481,6 +481,14 @@ def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
     fails(
         run("edit", photo, "--no-detect", "--set", "Smiling", "--unset", "smiling"), "both --set and --unset", **USAGE
     )
+    # strength 0 says neither on nor off: read as off, --set Smiling=0 took a smile away
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling=0"), "Smiling at strength 0", **USAGE)
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--strength", "0"), code=2)
+    fails(
+        run("figure", "edit", photo, "--no-detect", "--strength", "0", "-o", tmp_path / "f.png"), "strength 0", **USAGE
+    )
+    # --size is for --show and --crop-only: an edited photo keeps its size
+    fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--size", "128"), code=2)
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "nodir" / "x.png"), "does not exist")
     fails(
         run("edit", photo, "--no-detect", "--set", "Smiling", "-o", tmp_path / "x.xyz"), "unknown image file extension"

@@ -134,6 +134,15 @@ def test_a_change_the_face_surely_shows_already_is_not_made(tr):
     assert (made.w_new[:, has] == 3.0).all() and made.delta_pixels.any()
 
 
+def test_a_change_at_strength_0_is_refused_not_read_as_off(tr):
+    i = tr.attr_names.index("Smiling")
+    with pytest.raises(attributes.AttributeSpecError, match="strength 0 is neither on nor off"):
+        editing.edit(tr.model, editing.to_input(faces(2)), {i: attributes.coded(True, 0.0)})
+    with pytest.raises(attributes.AttributeSpecError, match="Smiling at strength 0"):
+        attributes.check_directions({i: 0.5}, tr.attr_names)
+    attributes.check_directions({i: attributes.coded(True, 0.5)}, tr.attr_names)  # any strength above 0 has one
+
+
 def test_a_new_rule_is_a_function_and_a_name(tr, monkeypatch):
     def nothing(model, x, z, w, w_new):  # draws the faces as they are: the edit changes nothing
         return x, x, None

@@ -46,6 +46,13 @@ def test_32bit_int_grey_holding_16bit_values():
     assert img.getpixel((0, 0)) == (255, 255, 255)
 
 
+def test_float_grey_in_zero_to_one_is_scaled_up(tmp_path):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (8, 1))  # (8, 64): a ramp
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "f.tif")  # a float TIFF, as science tools write
+    got = np.asarray(read_image(tmp_path / "f.tif"))
+    assert np.abs(got[..., 0].astype(int) - grey).max() <= 1 and (got[..., 0] == got[..., 2]).all()
+
+
 def test_palette_with_transparency_goes_on_white():
     p = Image.new("P", (6, 6), 0)
     p.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)  # index 0 black (made transparent), 1 blue

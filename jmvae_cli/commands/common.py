@@ -79,7 +79,7 @@ EditStrengthOpt = Annotated[
         "--strength",
         metavar="auto|S",
         help="auto: each attribute's strength as calibrated in the weights (`jmvae calibrate`) for the regress "
-        "rule, else 2; a number from 0 to 10 sets every chosen attribute to 0.5 +- S/2 (1 is plain on/off, 2 the "
+        "rule, else 2; a number above 0, up to 10, sets every chosen attribute to 0.5 +- S/2 (1 is plain on/off, 2 the "
         "paper's +-2). Name=S in --set / --unset overrides it for one attribute.",
     ),
 ]
@@ -97,15 +97,16 @@ MethodOpt = Annotated[
 
 
 def parse_strength(text: str) -> float | None:
-    """--strength auto -> None; a number from 0 to MAX_STRENGTH -> itself; anything else is a usage error."""
+    """An edit's --strength: auto -> None; a number above 0 up to MAX_STRENGTH -> itself (0 would give the changes no
+    direction: attributes.check_directions); anything else is a usage error."""
     if text.strip().lower() == "auto":
         return None
     try:
         value = float(text)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is neither auto nor a number", param_hint="'--strength'") from None
-    if not 0 <= value <= MAX_STRENGTH:
-        raise typer.BadParameter(f"{text} is not from 0 to {MAX_STRENGTH:g}", param_hint="'--strength'")
+    if not 0 < value <= MAX_STRENGTH:
+        raise typer.BadParameter(f"{text} is not above 0 and at most {MAX_STRENGTH:g}", param_hint="'--strength'")
     return value
 
 

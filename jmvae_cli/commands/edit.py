@@ -75,6 +75,10 @@ def edit(
         raise typer.BadParameter(
             "--crop-only and --show each choose what is written: choose one", param_hint="'--show'"
         )
+    if size is not None and not (crop_only or show):
+        raise typer.BadParameter(
+            "sizes the faces of --show or --crop-only; an edited photo keeps its own size", param_hint="'--size'"
+        )
     if "-" in inputs and len(inputs) > 1:
         raise typer.BadParameter("stdin (-) is read only as the one input", param_hint="IMAGE")
     if output is not None and out_dir is not None:
@@ -88,6 +92,16 @@ def edit(
     from jmvae_cli import attributes, translate
 
     sources = translate.expand_inputs(inputs)
+    skipped = translate.earlier_edits(inputs, sources, out_dir) if output is None else []
+    if skipped:
+        sources = [s for s in sources if s not in skipped]
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        console.print(
+            f"note: left out {len(skipped)} earlier edit{'s' if len(skipped) > 1 else ''} of these photos, which this "
+            f"command writes again: {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not sources:
         raise JmvaeError(f"no image files found in {', '.join(inputs)}")
     if output is not None and len(sources) > 1:
@@ -111,6 +125,7 @@ def edit(
         constants_of(tr.model)  # before any photo is read: one error line naming `jmvae calibrate`
     changes = attributes.parse_set_unset(set_, unset, tr.attr_names)
     values = attributes.values(changes, editing.strengths(tr.model, rule, fixed_strength))
+    attributes.check_directions(values, tr.attr_names)
     view = translate.EditView("strip" if show else "crops" if crop_only else "photo", size, feather)
     stdin = common.read_stdin_bytes() if sources == ["-"] else None
     failed = 0
