@@ -753,6 +753,7 @@ def paste_edit(
     delta: np.ndarray,
     feather: float = DEFAULT_FEATHER,
     fade: np.ndarray | None = None,
+    base: np.ndarray | None = None,
 ) -> Image.Image:
     """Add a face crop's (n, n, 3) change in pixel units to the photo at full resolution.
 
@@ -760,7 +761,10 @@ def paste_edit(
     back with the face) and through a soft face-shaped mask (face_mask); every pixel outside that mask is left
     exactly as it was. An RGBA photo keeps its alpha, and the change goes into its colours as stored. Where `fade`
     (n, n) in [0, 1] (editing.Drawing) is 1, the photo takes the edited crop itself, upscaled: its own detail, finer
-    than the crop holds, goes with the part the edit draws anew (hair, for a bald head)."""
+    than the crop holds, goes with the part the edit draws anew (hair, for a bald head). `base` (H, W, 3) uint8: the
+    photo's RGB pixels before any of its faces was pasted, where faces are pasted one after another (render_edit):
+    the detail a fade takes out is the photo's own, not a neighbouring face's change pasted before, so that
+    overlapping faces come out the same in any order."""
     frame, n = face.frame, len(delta)
     W, H = photo.size
     b = frame.box
@@ -786,7 +790,8 @@ def paste_edit(
     region = out[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
     if faded:
         f = _warp_change(np.ascontiguousarray(fade, np.float32), m, frame.side, size)  # (h, w)
-        region -= (w * np.clip(f, 0, 1))[..., None] * region
+        own = region if base is None else base[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
+        region -= (w * np.clip(f, 0, 1))[..., None] * own
     region += d.reshape(y1 - y0, x1 - x0, 3) * w[..., None]
     out[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
     return _like(photo, out)

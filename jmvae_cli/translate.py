@@ -500,8 +500,9 @@ def render_edit(photo: Image.Image, crops: list[faces.FaceCrop], edited: editing
     if view.kind == "crops":
         return grid(edited.pixels("result"), view.size, cols=len(crops))
     fades = edited.fade_map if edited.fade is not None else [None] * len(crops)
+    base = np.asarray(photo.convert("RGB")) if len(crops) > 1 and edited.fade is not None else None
     for c, delta, fade in zip(crops, edited.delta_pixels, fades):
-        photo = faces.paste_edit(photo, c, delta, view.feather, fade)
+        photo = faces.paste_edit(photo, c, delta, view.feather, fade, base)
     return photo
 
 

@@ -636,6 +636,28 @@ def test_a_faded_paste_takes_the_edited_crop_in_place_of_the_photos_detail():
     assert np.array_equal(out[:, :30], rgb[:, :30].astype(int))  # outside the frame's mask, nothing moves
 
 
+def test_overlapping_faded_pastes_come_out_the_same_in_either_order():
+    rgb = np.full((200, 260, 3), 100, np.uint8)
+    rgb[:, ::4] = 180
+    photo = Image.fromarray(rgb, "RGB")
+    fade = np.zeros((64, 64), np.float32)
+    fade[8:56, 8:56] = 1.0
+    a = (FaceCrop(0, Frame(100, 100, 128), np.full((64, 64, 3), 120, np.uint8)), np.full((64, 64, 3), -20, np.float32))
+    b = (FaceCrop(1, Frame(160, 100, 128), np.full((64, 64, 3), 120, np.uint8)), np.full((64, 64, 3), 30, np.float32))
+
+    def both(first, second, base):
+        out = faces.paste_edit(photo, *first, 0, fade, base)
+        return np.asarray(faces.paste_edit(out, *second, 0, fade, base)).astype(int)
+
+    ab, ba = both(a, b, rgb), both(b, a, rgb)
+    assert np.abs(ab - ba).max() <= 1
+    assert np.array_equal(ab[:, :30], rgb[:, :30].astype(int))  # outside both masks nothing moves
+    alone = np.asarray(faces.paste_edit(photo, *a, 0, fade)).astype(int)
+    assert np.array_equal(ab[90:110, 60:90], alone[90:110, 60:90])  # a's part that b does not reach: a's edit
+    # pasted over the photo as edited so far, the second fade takes out the first face's change where they overlap
+    assert np.abs(both(a, b, None) - both(b, a, None)).max() > 10
+
+
 def test_paste_edit_follows_a_turned_frame():
     photo = Image.fromarray(photo_array(300, 300, seed=3), "RGB")
     frame = Frame(150, 150, 160, 30)
