@@ -340,21 +340,26 @@ class Reading:
     p: float  # the model's probability of the attribute on the face
 
 
-def _readings(probs: torch.Tensor, changes: Mapping[int, float], keep: Callable[[float, bool], bool]) -> list[Reading]:
-    """The changes, face by face, for which keep(the model's probability, whether the change turns it on) holds."""
+def _readings(
+    probs: torch.Tensor, changes: Mapping[int, float], keep: Callable[[int, int, float, bool], bool]
+) -> list[Reading]:
+    """The changes, face by face, for which keep(face, attribute, the model's probability, whether the change turns
+    it on) holds."""
     out = []
     for face in range(len(probs)):
         for i, v in changes.items():
             on, p = v > attributes.THRESHOLD, float(probs[face, i])
-            if keep(p, on):
+            if keep(face, i, p, on):
                 out.append(Reading(face, i, on, p))
     return out
 
 
 def already(edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
-    """The changes (as given to edit, the same for every face) that edit did not make: the model was sure the face
-    showed them already (shows_already)."""
-    return _readings(edited.probs.float().cpu(), changes, shows_already)
+    """The changes (as given to edit, the same for every face) that edit did not make, since the face reads so
+    already: the model was sure of it (shows_already), or, asked at strength 1 (plain on or off), read it so at all,
+    which leaves the rule's w' as its w."""
+    unmade = (edited.w_new == edited.w).cpu()  # (B, A)
+    return _readings(edited.probs.float().cpu(), changes, lambda face, i, p, on: bool(unmade[face, i]))
 
 
 def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[Reading]:
@@ -362,7 +367,7 @@ def read_back(model: JMVAE, edited: Edit, changes: Mapping[int, float]) -> list[
     (8-bit) through q(z|x), sees on the wrong side of attributes.THRESHOLD: changes that look weak. Edit.read where
     the caller has read the results already (translate.edit_faces: a block at a time, as img2attr reads), else here."""
     probs = (edited.read if edited.read is not None else read_result(model, edited.result)).float().cpu()  # (B, A)
-    return _readings(probs, changes, lambda p, on: bool(attributes.present(p)) != on)
+    return _readings(probs, changes, lambda face, i, p, on: bool(attributes.present(p)) != on)
 
 
 def read_result(model: JMVAE, result: torch.Tensor) -> torch.Tensor:

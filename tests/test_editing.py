@@ -132,6 +132,13 @@ def test_a_change_the_face_surely_shows_already_is_not_made(tr):
     p[:, has] = (0.5 + editing.ALREADY_SURE) / 2
     made = editing.edit(tr.model, x, {has: 3.0}, probs=p)
     assert (made.w_new[:, has] == 3.0).all() and made.delta_pixels.any()
+    assert editing.already(same, {has: 3.0, lacks: -1.0}) == [
+        editing.Reading(f, i, on, float(probs[f, i])) for f in range(2) for i, on in ((has, True), (lacks, False))
+    ]
+    assert editing.already(made, {has: 3.0}) == [] and editing.already(one, {has: 3.0, lacks: 2.0})[0].index == has
+    # at strength 1, plain on, a face read as showing it at all is left as it is: said so too
+    plain = editing.edit(tr.model, x, {has: attributes.coded(True, 1.0)}, probs=p)
+    assert torch.equal(plain.result, x) and [r.index for r in editing.already(plain, {has: 1.0})] == [has, has]
 
 
 def test_a_change_at_strength_0_is_refused_not_read_as_off(tr):
