@@ -508,6 +508,8 @@ def test_all_faces_in_one_photo(weights_env, tmp_path):
     one = ok(run("img2attr", src, "-f", "json"))
     assert len(json.loads(one.stdout)) == 1  # the best only, and stderr says which
     assert "2 faces found, used the one at x " in one.stderr and "--all-faces" in one.stderr
+    piped = ok(run("img2attr", "-", "-f", "json", input=src.read_bytes()))
+    assert piped.stderr.startswith("<stdin>: 2 faces found")  # named as its errors name it
 
     ok(run("edit", src, "--all-faces", "--set", "Smiling", "-o", tmp_path / "out.png"))
     boxes = [f.box for f in faces.find_faces(images.read_image(src), all_faces=True)]

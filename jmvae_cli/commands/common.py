@@ -159,9 +159,9 @@ def stdout_is_tty() -> bool:
 def note_face_choice(file: str, crop) -> None:
     """Where a photo held several faces and one was used, say which (stderr), so that a wrong pick is noticed."""
     if crop is not None and crop.found > 1:
-        b = crop.box
+        b, name = crop.box, "<stdin>" if file == "-" else file  # as errors name it
         console.print(
-            f"{file}: {crop.found} faces found, used the one at x {b.x:.0f}, y {b.y:.0f}, {b.w:.0f}x{b.h:.0f} px "
+            f"{name}: {crop.found} faces found, used the one at x {b.x:.0f}, y {b.y:.0f}, {b.w:.0f}x{b.h:.0f} px "
             "(--all-faces uses every one)",
             highlight=False,
             soft_wrap=True,
