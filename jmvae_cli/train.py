@@ -253,7 +253,8 @@ def options_for(given: dict) -> TrainOptions:
     if not opts.resume or not state.is_file():  # a missing state is train()'s error to report
         return opts
     saved = {k: v for k, v in options_of(read_meta(state)).items() if k not in options_on_resume("machine")}
-    saved.update(init=None, resume=True)
+    # the folder resumed is the one whose state was read, --out typed or not: the saved run's own may be elsewhere
+    saved.update(out=opts.out, init=None, resume=True)
     return TrainOptions.from_dict({**saved, **given})
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,7 +193,7 @@ def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data,
     assert any(k.startswith("dec_x.") and "running_mean" in k for k in changed)
 
 
-def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_path, capsys):
+def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_path, capsys, monkeypatch):
     train(options(data, tmp_path / "a", epochs=1))
     before = load_model(tmp_path / "a" / "model.safetensors").model
     init = tmp_path / "a" / "model.safetensors"
@@ -207,6 +208,10 @@ def test_a_wider_decoder_learns_on_the_init_models_frozen_encoders(data, tmp_pat
     train(options_for({"data": [data], "out": tmp_path / "b", "epochs": 2, "resume": True, "progress": False}))
     resumed = load_model(tmp_path / "b" / "model.safetensors")
     assert resumed.meta["epochs_done"] == 2 and resumed.model.cfg.decoder_width == 2
+    # a run copied to the default folder resumes there, not in the folder it was saved from
+    shutil.copytree(tmp_path / "b", tmp_path / "runs" / "jmvae")
+    monkeypatch.chdir(tmp_path)
+    assert options_for({"data": [data], "resume": True}).out == Path("runs/jmvae")
     # a further fine-tune of the wide model keeps its decoder unless told otherwise
     train(
         options(data, tmp_path / "c", epochs=1, init=tmp_path / "b" / "model.safetensors", train_only="image-decoder")
