@@ -41,7 +41,21 @@ class WeightsError(JmvaeError):
     pass
 
 
+def check_weights_output(path: str | Path) -> Path:
+    """WeightsError where a weights file cannot be written at `path`, checked before the work that makes it: a
+    missing folder, a folder in the way, or a .json name, which the metadata beside it (NAME.json) would overwrite."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        raise WeightsError(f"{path}: its metadata is written beside it as NAME.json: name the weights NAME.safetensors")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a weights file")
+    if not path.parent.is_dir():
+        raise WeightsError(f"{path}: output folder {str(path.parent)!r} does not exist")
+    return path
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    check_weights_output(path)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, st_save(tensors, metadata={FORMAT: json.dumps(meta)}))

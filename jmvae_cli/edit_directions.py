@@ -553,11 +553,11 @@ def calibrate_weights(
     `force`). Returns the metadata's "edit" entry."""
     cfg = cfg or CalibrateConfig()
     from jmvae_cli import quality
-    from jmvae_cli.checkpoint import WeightsError, load_model, save_edit_constants
+    from jmvae_cli.checkpoint import WeightsError, check_weights_output, load_model, save_edit_constants
     from jmvae_cli.data import Preprocess, load_data
     from jmvae_cli.model import JMVAE
 
-    out = Path(out)
+    out = check_weights_output(out)
     if out.exists() and not force:
         raise JmvaeError(f"{out} exists: --force overwrites it")
     loaded = load_model(weights, device)

@@ -44,6 +44,15 @@ def test_model_round_trip_keeps_outputs(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_weights_are_not_written_where_their_metadata_or_a_folder_would_clash(tmp_path):
+    model = trained_tiny_model()
+    (tmp_path / "d").mkdir()
+    for bad, words in [("m.json", "name the weights"), ("d", "is a folder"), ("nope/m.safetensors", "does not exist")]:
+        with pytest.raises(WeightsError, match=words):
+            save_model(tmp_path / bad, model, META)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not list((tmp_path / "d").iterdir())
+
+
 def test_train_state_round_trip_is_exact(tmp_path):
     model = trained_tiny_model().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

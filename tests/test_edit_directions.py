@@ -227,6 +227,9 @@ def test_calibrate_writes_refuses_to_overwrite_and_edits_with_auto(tmp_path, mak
     assert checkpoint.load_model(out).model.edit_constants is not None
     fails(run(*args), "exists", "--force")
     assert run(*args, "--force").exit_code == 0
+    # where the result could not be written, before any of the work: one line
+    for bad in (tmp_path / "nodir" / "c.safetensors", tmp_path / "c.json", tmp_path):
+        fails(run(*[bad if a == out else a for a in args], "--force"), str(bad))
     # the calibrated model edits with its rule and strengths by default
     crop = tmp_path / "crop.png"
     r = run("edit", photo, "--no-detect", "--set", "Smiling", "--crop-only", "-o", crop, "--weights", out)
