@@ -244,7 +244,10 @@ def read_record(text: str, attr_names: list[str], name: str = "<stdin>") -> tupl
     else:
         lines = text.splitlines()
         delim = "\t" if "\t" in lines[0] else ","
-        rows = list(csv.reader(io.StringIO(text), delimiter=delim))
+        try:
+            rows = list(csv.reader(io.StringIO(text), delimiter=delim))
+        except csv.Error as e:  # a field past csv's size limit, a stray line break: not img2attr's output
+            raise AttrsFileError(f"{name}: not img2attr's output in any format ({e})") from None
         if len(rows) < 2:
             raise AttrsFileError(f"{name}: a header and at least one row are needed")
         header, row = rows[0], rows[1]

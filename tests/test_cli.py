@@ -344,6 +344,13 @@ def test_attr2img_errors(weights_env, tmp_path):
     fails(run("attr2img", "-o", tmp_path / "a.png", "--base", "zeros", "--attrs", "-"), code=2)
     fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", tmp_path / "none.json"), "none.json")
     fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", "-", input="{broken"), "not valid JSON")
+    # an image piped in by mistake, or a field past csv's size limit: one line each, from stdin as from a file
+    png = tmp_path / "p.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", "-", input=png.read_bytes()), "<stdin>: cannot read")
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", png), "p.png: cannot read")
+    (tmp_path / "long.txt").write_text("x" * 200_000 + "\n" + "y\n")
+    fails(run("attr2img", "-o", tmp_path / "a.png", "--attrs", tmp_path / "long.txt"), "not img2attr's output")
     fails(run("attr2img", "-o", tmp_path / "a.png", "--samples", -1), code=2)
 
 

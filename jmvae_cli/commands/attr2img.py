@@ -60,13 +60,11 @@ def attr2img(
     values = attributes.values(attributes.parse_set_unset(set_, unset, tr.attr_names), strength)
     translate.check_samples(samples, lambda n: translate.grid_size(1 + n, size or tr.image_size))
     if attrs is not None:
-        if attrs == "-":
-            text, name = sys.stdin.read(), "<stdin>"
-        else:
-            try:
-                text, name = Path(attrs).read_text(encoding="utf-8"), attrs
-            except (OSError, UnicodeDecodeError) as e:
-                raise JmvaeError(f"{attrs}: cannot read attributes ({getattr(e, 'strerror', None) or e})") from None
+        name = "<stdin>" if attrs == "-" else attrs
+        try:  # the same bytes read alike from stdin and from a file, whatever the locale
+            text = (sys.stdin.buffer.read() if attrs == "-" else Path(attrs).read_bytes()).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise JmvaeError(f"{name}: cannot read attributes ({getattr(e, 'strerror', None) or e})") from None
         probs, _ = attributes.read_record(text, tr.attr_names, name)
         w = attributes.binarize(probs, soft)
     else:
