@@ -57,10 +57,11 @@ class Table(Writer):
         self.console = Console(file=out, highlight=False)
 
     def write(self, file, face, probs):
+        from rich.markup import escape
         from rich.table import Table
 
         title = file if face is None else f"{file} (face {face})"
-        table = Table("attribute", "probability", "present", title=title, title_justify="left")
+        table = Table("attribute", "probability", "present", title=escape(title), title_justify="left")
         for n, p in self.kept(probs):
             table.add_row(n, f"{p:.3f}", "[green]yes[/]" if p >= self.threshold else "[dim]no[/]")
         self.console.print(table)

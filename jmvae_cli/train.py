@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from filelock import FileLock, Timeout
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -152,7 +153,9 @@ def claimed(out: Path):
     try:
         removed = remove_stale_temporaries(out) + remove_stale_temporaries(out / SAMPLES_DIR)
         if removed:
-            console.print(f"removed {len(removed)} temporary files that a killed run left in {out}", highlight=False)
+            console.print(
+                f"removed {len(removed)} temporary files that a killed run left in {out}", highlight=False, markup=False
+            )
         yield
     finally:
         lock.release()
@@ -189,6 +192,7 @@ def bring_in_step(out: Path, start: "Start") -> None:
                 f"{model_file} was behind the checkpoint (a save was cut short): exported it again, "
                 f"epoch {start.epochs_done} (step {start.step})",
                 highlight=False,
+                markup=False,
             )
         for path in (out / STATE_FILE, model_file):
             rewrite_stale_sidecar(path)
@@ -882,7 +886,7 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M parameters, "
             f"{device.type} {prec.name}"
             + (f", {d.world} processes" if d.world > 1 else "")
-            + (f", from {start.source}" if opts.init else "")
+            + (f", from {escape(str(start.source))}" if opts.init else "")
             + (", compiled" if opts.compile else "")
         )
     return trainer.run()

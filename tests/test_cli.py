@@ -236,6 +236,18 @@ def test_no_face_names_the_file(weights_env, tmp_path):
     ok(run("img2attr", p, "--no-detect"))
 
 
+def test_file_names_with_brackets_are_printed_as_they_are(weights_env, tmp_path):
+    d = tmp_path / "old [draft]" / "a[/b]"  # Rich would read "[draft]" as a style, "[/b]" as an unmatched close
+    d.mkdir(parents=True)
+    p = write_photo(d / "x [v2].png", 64, 64, seed=1)
+    table = ok(run("img2attr", p, "--no-detect", "-f", "table"))
+    bare = lambda text: "".join(text.split())  # noqa: E731 (a title wraps at the table's width)
+    assert bare(str(p)) in bare(table.stdout)
+    fails(run("img2attr", d / "nope [1].jpg"), f"{d / 'nope [1].jpg'}: no such file")
+    r = ok(run("edit", p, "--no-detect", "--set", "Smiling", "--print-attrs"))
+    assert f"wrote {d / 'x [v2]-edited.png'}" in r.stderr and bare(str(p)) in bare(r.stderr)
+
+
 # ----------------------------------------------------------------------------- image files that should work or fail
 
 

@@ -75,4 +75,4 @@ def calibrate(
         weights, data, out, classifier=classifier, cfg=cfg, force=force, device=pick_device(device.value),
         progress=console.is_terminal, on_cell=report,
     )  # fmt: skip
-    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True, markup=False)

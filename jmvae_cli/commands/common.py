@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from jmvae_cli import editing, formats, runtime
 from jmvae_cli.attributes import MAX_STRENGTH
@@ -147,7 +148,9 @@ def load_translator(weights: Path | None, device: Device, verbose: bool, batch: 
     if verbose:
         how = tr.precision.name if batch else "fp32"
         console.print(
-            f"weights {tr.weights} ({len(tr.attr_names)} attributes), device {tr.device} ({how})", highlight=False
+            f"weights {tr.weights} ({len(tr.attr_names)} attributes), device {tr.device} ({how})",
+            highlight=False,
+            markup=False,
         )
     return tr
 
@@ -164,13 +167,14 @@ def note_face_choice(file: str, crop) -> None:
             f"{name}: {crop.found} faces found, used the one at x {b.x:.0f}, y {b.y:.0f}, {b.w:.0f}x{b.h:.0f} px "
             "(--all-faces uses every one)",
             highlight=False,
+            markup=False,  # file names hold brackets: "old [draft]/x.jpg"
             soft_wrap=True,
         )
 
 
 def print_error(message: str) -> None:
     # soft_wrap: one line however narrow the terminal (or 80 columns when stderr is not one)
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class OutputError(JmvaeError):
@@ -250,7 +254,7 @@ def write_output_image(img, output: str) -> None:
         stream.flush()
     else:
         images.write_image(img, Path(output))
-        console.print(f"wrote {output}", highlight=False)
+        console.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
 
 
 def read_stdin_bytes() -> bytes:

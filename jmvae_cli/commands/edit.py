@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from jmvae_cli import editing
 from jmvae_cli.commands import common
@@ -100,6 +101,7 @@ def edit(
             f"note: left out {len(skipped)} earlier edit{'s' if len(skipped) > 1 else ''} of these photos, which this "
             f"command writes again: {shown}",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
     if not sources:
@@ -149,10 +151,12 @@ def edit(
             if r.image is not None:
                 common.write_output_image(r.image, "-")
             elif len(sources) == 1:
-                console.print(f"wrote {r.output}", highlight=False)
+                console.print(f"wrote {r.output}", highlight=False, markup=False, soft_wrap=True)
     if len(sources) > 1:
         where = f" to {out_dir}" if out_dir is not None else ""
-        console.print(f"wrote {len(sources) - failed} edited photos{where}", highlight=False)
+        console.print(
+            f"wrote {len(sources) - failed} edited photos{where}", highlight=False, markup=False, soft_wrap=True
+        )
         if failed:
             console.print(f"{failed} of {len(sources)} photos failed", highlight=False)
     if failed:
@@ -173,6 +177,7 @@ def _note_already(r, tr, values: dict[int, float]) -> None:
             f"note: {_where(r, seen.face)}: {tr.attr_names[seen.index]} is already {'on' if seen.on else 'off'} "
             f"(the model reads p={seen.p:.2f}): left as it is",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
 
@@ -188,7 +193,7 @@ def _warn_weak(r, tr, values: dict[int, float]) -> None:
         option = "--set" if weak.on else "--unset"
         hint = f"; try {option} {attr}={stronger:g}" if stronger > used else ""
         console.print(
-            f"[yellow]warning:[/] {_where(r, weak.face)}: {attr} looks weak after the edit (the model reads p={weak.p:.2f}){hint}",
+            f"[yellow]warning:[/] {escape(_where(r, weak.face))}: {attr} looks weak after the edit (the model reads p={weak.p:.2f}){hint}",
             highlight=False,
             soft_wrap=True,
         )
@@ -200,7 +205,7 @@ def _print_attrs(r, attr_names: list[str], values: dict[int, float]) -> None:
     name = "<stdin>" if r.file == "-" else r.file
     for k, c in enumerate(r.crops):
         title = name if len(r.crops) == 1 else f"{name} (face {c.face})"
-        table = Table("attribute", "probability", "w", "w'", title=title, title_justify="left")
+        table = Table("attribute", "probability", "w", "w'", title=escape(title), title_justify="left")
         for i, n in enumerate(attr_names):
             w_new = float(r.edit.w_new[k, i])
             table.add_row(

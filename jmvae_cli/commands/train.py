@@ -60,7 +60,7 @@ def train(ctx: typer.Context, format: common.Format | None = None, **options):
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
     opts = options_for(given)
     metrics = run_training(opts)
-    console.print(f"saved {opts.out / 'model.safetensors'}", highlight=False)
+    console.print(f"saved {opts.out / 'model.safetensors'}", highlight=False, markup=False)
     if format == common.Format.json:
         print(json.dumps(metrics))
 
