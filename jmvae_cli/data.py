@@ -177,7 +177,8 @@ def _check_unique(attr_file: Path, names: list[str]) -> None:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        # UTF-8 whatever the locale, and the byte-order mark of a spreadsheet's "CSV UTF-8" dropped
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
 
@@ -310,14 +311,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jmvae"
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """(size, modification time in ns) of a file, None if there is none: what tells that an image was overwritten,
-    deleted or repaired without reading it (the quick check of make and rsync)."""
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(size, modification time in ns, mode) of a file, None if there is none: what tells that an image was
+    overwritten, deleted or repaired without reading it (the quick check of make and rsync), and that one unreadable
+    for its permissions was made readable (chmod changes neither size nor time)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_mode
 
 
 def _cache_key(

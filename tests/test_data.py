@@ -339,6 +339,26 @@ def test_changed_images_rebuild_the_cache(tmp_path, make_celeba, change):
         assert_rows_line_up(d)
 
 
+def test_an_image_made_readable_again_rebuilds_the_cache(tmp_path, make_celeba):
+    # chmod 000 and back changes neither the size nor the time: the stamp holds the mode too (root reads any file,
+    # so the skip itself is not reproduced here)
+    image = make_celeba(tmp_path, 2, size=(89, 109)) / "img_align_celeba" / "000001.jpg"
+    before = data._stamp(image)
+    image.chmod(0)
+    assert data._stamp(image)[:2] == before[:2] and data._stamp(image) != before
+    image.chmod(0o644)
+
+
+def test_an_attribute_csv_with_a_byte_order_mark_reads(tmp_path, make_generic):
+    root = make_generic(tmp_path, 5, ["Smiling", "Male"])
+    plain = load_data([root], cache_dir=tmp_path / "cache", progress=False)
+    csv = root / "attributes.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # a spreadsheet's "CSV UTF-8"
+    d = load_data([root], cache_dir=tmp_path / "cache", progress=False)
+    assert d.attr_names == plain.attr_names and d.names == plain.names
+    np.testing.assert_array_equal(d.attrs, plain.attrs)
+
+
 def test_incomplete_cache_is_not_trusted(tmp_path, make_celeba):
     root, cache = make_celeba(tmp_path, 6, size=(89, 109)), tmp_path / "cache"
     first = np.array(load_data([root], cache_dir=cache, progress=False).images)
