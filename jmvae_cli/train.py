@@ -846,13 +846,13 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         raise JmvaeError(
             "--time-limit, --gan and --compile work in single-process runs only (under torchrun, set --epochs)"
         )
-    if opts.gan and not issubclass(registry.model_class(opts.model), JMVAE):
-        raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to --model {opts.model}")
     if opts.train_only != "all":
         if not (opts.init or opts.resume):
             raise JmvaeError(f"--train-only {opts.train_only} fine-tunes a trained model: give it with --init")
     check_out_dir(opts)
     start = starting_point(opts)
+    if opts.gan and not issubclass(registry.model_class(start.cfg.model), JMVAE):  # the model --init gave, if any
+        raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to a {start.cfg.model} model")
     if d.main:
         bring_in_step(opts.out, start)
     if start.epochs_done >= opts.epochs:

@@ -148,6 +148,9 @@ def test_baselines_train_and_round_trip(data, tmp_path, model):
     assert loaded.model.cfg.model == model
     if model != "classifier":
         assert "bits_per_dim" in metrics(out)[0]["val"]
+    # --gan fine-tunes a JMVAE's decoder: a baseline given by --init is refused by its own kind, in one line
+    with pytest.raises(JmvaeError, match=f"does not apply to a {model} model"):
+        train(options(data, tmp_path / "gan", epochs=1, gan=True, init=out / "model.safetensors"))
 
 
 def test_gan_trains_both_players_and_resumes_both(data, tmp_path):
