@@ -170,6 +170,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
     from jmvae_cli.edit_directions import EDIT_PREFIX, EditConstants
 
     tensors, meta = _read(path)
+    if meta.get("kind") == "train_state":
+        raise WeightsError(f"{path} is a run's training state, not a model: use the model.safetensors beside it")
     bad = count_nonfinite(tensors.values())
     if bad:
         raise WeightsError(

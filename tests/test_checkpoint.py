@@ -67,6 +67,8 @@ def test_train_state_round_trip_is_exact(tmp_path):
     opt2.load_state_dict(opt_states["optimizer"])
     for i, s in opt.state_dict()["state"].items():
         assert torch.equal(opt2.state_dict()["state"][i]["exp_avg"], s["exp_avg"])
+    with pytest.raises(WeightsError, match="training state, not a model: use the model.safetensors"):
+        load_model(tmp_path / "s.safetensors")  # given as --weights or --init by mistake
 
 
 def test_not_safetensors_is_a_clear_error(tmp_path):
