@@ -63,6 +63,7 @@ from jmvae_cli.runtime import Precision, pick_device
 from jmvae_cli.train_options import (
     TRAINED_PARTS,
     TrainOptions,
+    default_of,
     describe_value,
     flag,
     options_on_resume,
@@ -449,6 +450,17 @@ def starting_point(opts: TrainOptions) -> Start:
     if opts.init:
         loaded = load_model(opts.init)
         # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
+        # An option given that would shape another model is refused rather than silently taken from the init's.
+        shaped = [
+            f"{describe_value(n, getattr(opts, n))} (the model's: {getattr(loaded.model.cfg, n)})"
+            for n in ("model", "objective", "latent_dim")
+            if getattr(opts, n) not in (default_of(n), getattr(loaded.model.cfg, n))
+        ]
+        if shaped:
+            raise JmvaeError(
+                f"--init {opts.init}: {'; '.join(shaped)} would train another model than the one it holds; leave "
+                "them out (a fine-tune keeps its model's architecture)"
+            )
         cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
         state, source, fresh = loaded.model.state_dict(), f"--init {opts.init}", None
         if opts.decoder_width not in (None, cfg.decoder_width):

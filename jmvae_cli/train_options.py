@@ -185,6 +185,11 @@ def _field(name: str):
     return next(f for f in fields(TrainOptions) if f.name == name)
 
 
+def default_of(name: str):
+    """An option's default value."""
+    return _field(name).default
+
+
 def flag(name: str) -> str:
     """The command line's spelling of an option: --latent-dim."""
     return _field(name).metadata.get("flags", (f"--{name.replace('_', '-')}",))[0]

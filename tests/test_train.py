@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -174,6 +175,10 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
     train(options(data, tmp_path / "b", epochs=1, init=tmp_path / "a" / "model.safetensors", alpha=2.0))
     b = load_model(tmp_path / "b" / "model.safetensors")
     assert b.model.cfg.alpha == 2.0 and b.meta["train"]["init"].endswith("model.safetensors")
+    # what shapes the model comes from the init: given otherwise, one line rather than silently ignored
+    for kw, said in [({"latent_dim": 8}, "--latent-dim 8 (the model's: 4)"), ({"model": "vae"}, "--model vae")]:
+        with pytest.raises(JmvaeError, match=re.escape(said)):
+            train(options(data, tmp_path / "c", epochs=1, init=tmp_path / "a" / "model.safetensors", **kw))
 
 
 def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data, tmp_path):
