@@ -869,6 +869,11 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         bring_in_step(opts.out, start)
     if start.epochs_done >= opts.epochs:
         raise JmvaeError(f"{opts.out} is already trained for {start.epochs_done} epochs: raise --epochs to train on")
+    if opts.time_limit is not None and start.train_seconds >= 60 * opts.time_limit:  # it counts over resumes
+        raise JmvaeError(
+            f"{opts.out} has trained for {start.train_seconds / 60:.1f} minutes, its --time-limit of "
+            f"{opts.time_limit:g}: raise --time-limit to train on"
+        )
     torch.manual_seed(opts.seed + d.rank)
 
     load = dict(

@@ -181,6 +181,18 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
             train(options(data, tmp_path / "c", epochs=1, init=tmp_path / "a" / "model.safetensors", **kw))
 
 
+def test_a_spent_time_limit_is_said_on_resume_not_trained_a_step_further(data, tmp_path):
+    out = tmp_path / "t"
+    train(options(data, out, epochs=50, time_limit=0.0005))  # 30 ms: it stops long before 50 epochs
+    done = load_model(out / "model.safetensors").meta["epochs_done"]
+    assert 1 <= done < 50
+    with pytest.raises(JmvaeError, match="raise --time-limit to train on"):
+        train(options(data, out, epochs=50, time_limit=0.0005, resume=True))
+    assert len(metrics(out)) == done  # nothing trained, nothing logged
+    train(options(data, out, epochs=done + 1, time_limit=10, resume=True))
+    assert load_model(out / "model.safetensors").meta["epochs_done"] == done + 1
+
+
 def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data, tmp_path):
     train(options(data, tmp_path / "a", epochs=1))
     before = load_model(tmp_path / "a" / "model.safetensors").model.state_dict()
