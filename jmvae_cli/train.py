@@ -253,13 +253,15 @@ def resume_conflicts(opts: TrainOptions, meta: dict) -> list[str]:
 def options_for(given: dict) -> TrainOptions:
     """The options of a run from those a user gave (by field name); with resume=True the others are the saved
     run's, so that `--resume --epochs 40` is enough."""
-    opts = TrainOptions(**given)
-    state = opts.out / STATE_FILE
-    if not opts.resume or not state.is_file():  # a missing state is train()'s error to report
-        return opts
+    out = Path(given.get("out", default_of("out")))
+    state = out / STATE_FILE
+    if not given.get("resume") or not state.is_file():  # a missing state is train()'s error to report
+        if "data" not in given:  # which --resume alone leaves to the saved run
+            raise JmvaeError(f"--resume: no {STATE_FILE} in {out} to resume from")
+        return TrainOptions(**given)
     saved = {k: v for k, v in options_of(read_meta(state)).items() if k not in options_on_resume("machine")}
     # the folder resumed is the one whose state was read, --out typed or not: the saved run's own may be elsewhere
-    saved.update(out=opts.out, init=None, resume=True)
+    saved.update(out=out, init=None, resume=True)
     return TrainOptions.from_dict({**saved, **given})
 
 

@@ -191,6 +191,11 @@ def test_after_a_kill_metrics_list_each_epoch_once(data, tmp_path, arch, monkeyp
     ok(train_cli(data, out, "--resume", "--epochs", "3"))
     assert [m["epoch"] for m in metrics(out)] == [1, 2, 3]
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+    # --resume alone: every other option, --data too, is the saved run's; a new run without --data is a usage error
+    ok(runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "4", "--device", "cpu"]))
+    assert [m["epoch"] for m in metrics(out)] == [1, 2, 3, 4]
+    r = runner.invoke(app, ["train", "--out", str(out.parent / "new")])
+    assert r.exit_code == 2 and "--data" in r.output and not (out.parent / "new").exists()
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(data, tmp_path, arch):

@@ -33,12 +33,14 @@ def _parameter(f) -> inspect.Parameter:
         kw["callback"] = _above(meta["above"])
     elif f.type in (float, float | None):
         kw["callback"] = common.finite
-    if f.name == "data":
+    if f.name == "data":  # required, but by train() below: --resume takes the saved run's
         kw["show_default"] = False
     names = choices(meta)
     annotation = Literal[names] if names is not None else f.type
     option = typer.Option(*meta.get("flags", ()), help=help_text(f.name), **kw)
-    if f.default is not MISSING:
+    if f.name == "data":
+        default = None
+    elif f.default is not MISSING:
         default = f.default
     elif f.default_factory is not MISSING:
         default = f.default_factory()
@@ -58,6 +60,8 @@ def train(ctx: typer.Context, format: common.Format | None = None, **options):
 
     # Only what was typed (or set in the environment): on --resume the rest comes from the saved run.
     given = {k: v for k, v in options.items() if ctx.get_parameter_source(k).name != "DEFAULT"}
+    if "data" not in given and not given.get("resume"):
+        raise typer.BadParameter("give the training images: --data FOLDER (repeat for several)", param_hint="'--data'")
     opts = options_for(given)
     metrics = run_training(opts)
     console.print(f"saved {opts.out / 'model.safetensors'}", highlight=False, markup=False)
