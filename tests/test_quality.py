@@ -243,6 +243,8 @@ def test_evaluate_errors(tiny_weights, classifier_weights, data_dir, tmp_path):
     one_line_error(run(*base, "--classifier", other), "Eyeglasses")
     one_line_error(run(*base, "--classifier", classifier_weights, "--split", "test"), "no test images")
     one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Bald"), "Bald", code=2)
+    said = "Smiling at strength 0 is neither on nor off"
+    one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Smiling=0"), said, code=2)
     one_line_error(run(*base, "--classifier", tmp_path / "missing.safetensors"), "not found")
     assert run(*base, "--skip", "img2attr", "--skip", "attr2img", "--skip", "edit").exit_code == 2
     assert run(*base, "-f", "csv").exit_code == 2

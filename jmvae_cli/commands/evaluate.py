@@ -85,6 +85,8 @@ def evaluate(
 
     tr = common.load_translator(weights, device, verbose)
     names = tr.attr_names
+    changes = [attributes.parse_change(e, names) for e in edits] if edits else None  # read before the data
+    attributes.check_directions({c.index: c.value(1.0) for c in changes or []}, names)  # an own strength of 0
     faces = quality.align_attributes(
         load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names
     )
@@ -114,7 +116,7 @@ def evaluate(
                 faces.attrs[train_idx],
                 classifier=cls,
                 parts=parts,
-                edits=[attributes.parse_change(e, names) for e in edits] if edits else None,
+                edits=changes,
                 strength=fixed_strength,
                 method=None if method is None else method.value,
                 batch_size=batch_size,
