@@ -135,7 +135,9 @@ def init_distributed(device_name: str) -> Dist:
 @contextmanager
 def claimed(out: Path):
     """Create OUT and hold its lock while the block runs, so that a second run into it is refused rather than
-    mixed with this one; temporaries that killed runs left in it are removed first."""
+    mixed with this one; temporaries that killed runs left in it are removed first. A folder made here that the run
+    leaves holding only its lock (it failed before writing anything: bad --data, say) is removed again."""
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -160,6 +162,12 @@ def claimed(out: Path):
         yield
     finally:
         lock.release()
+        if made and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            try:
+                (out / LOCK_FILE).unlink()
+                out.rmdir()
+            except OSError:  # another run took the folder meanwhile: it is that run's
+                pass
 
 
 def check_out_dir(opts: TrainOptions) -> None:

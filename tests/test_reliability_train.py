@@ -218,6 +218,15 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(data, tmp_
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_run_that_fails_before_writing_leaves_no_folder(data, tmp_path, arch):
+    out = tmp_path / "runs" / "new"
+    fails(train_cli(tmp_path / "no-data", out, "--epochs", "1"), "no-data")
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder that was there before stays
+    fails(train_cli(tmp_path / "no-data", out, "--epochs", "1"), "no-data")
+    assert out.is_dir()
+
+
 def test_out_that_is_a_file_or_cannot_be_written(data, tmp_path, arch):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
