@@ -200,9 +200,15 @@ def pca_points(
     projected on their two leading principal components. -> (points (K * n_bases, 2), attribute number of each
     point (K * n_bases,), share of the variance each component explains (2,), attribute names (K,))."""
     changes = [attributes.parse_change(a, tr.attr_names) for a in attrs or defaults(PCA_ATTRIBUTES, tr.attr_names)]
-    for c in changes:
+    if not changes:
+        raise attributes.AttributeSpecError("the model has none of the paper's PCA attributes: choose some with --attr")
+    if len(changes) > len(PALETTE):
+        raise attributes.AttributeSpecError(f"the PCA tells at most {len(PALETTE)} attributes apart, one colour each")
+    for k, c in enumerate(changes):
         if not c.on:
             raise attributes.AttributeSpecError(f"the PCA colours attributes set on: give {c.name}, not its opposite")
+        if c.index in [d.index for d in changes[:k]]:
+            raise attributes.AttributeSpecError(f"{c.name} is given twice: each attribute is one colour")
     idx = [c.index for c in changes]
     bases = np.random.default_rng(seed).integers(0, 2, (n_bases, len(tr.attr_names))).astype(np.float32)  # (N, A)
     bases[:, idx] = 0  # each point then carries exactly one of the attributes shown, the one it is coloured by
@@ -213,8 +219,11 @@ def pca_points(
     z = tr.model.q_w(w).mu.double().cpu()  # (K * N, Z)
     z = z - z.mean(0)
     _, s, vh = torch.linalg.svd(z, full_matrices=False)
-    points = (z @ vh[:2].T).numpy()  # (K * N, 2)
-    explained = (s[:2] ** 2 / (s**2).sum()).numpy()  # (2,)
+    # a latent of one dimension has one component: the second axis is then 0
+    points = np.zeros((len(z), 2))  # (K * N, 2)
+    points[:, : len(vh[:2])] = (z @ vh[:2].T).numpy()
+    explained = np.zeros(2)  # (2,)
+    explained[: len(s[:2])] = (s[:2] ** 2 / (s**2).sum()).numpy()
     labels = np.repeat(np.arange(len(idx)), n_bases)  # (K * N,)
     return points, labels, explained, [tr.attr_names[i] for i in idx]
 
@@ -302,7 +311,9 @@ def edit_figure(
         now = bool(attributes.present(p[change.index]))
         # one edit per call, as `jmvae edit` makes it: a tile is exactly that command's --crop-only result (a batch
         # of all the columns would differ from it in the last bits of a float, now and then in a pixel)
-        edit = editing.edit(tr.model, x, {change.index: change.value(strength, now)}, probs=probs, method=method)
+        values = {change.index: change.value(strength, now)}
+        attributes.check_directions(values, tr.attr_names)  # by its name, where editing.edit knows only its index
+        edit = editing.edit(tr.model, x, values, probs=probs, method=method)
         tiles.append(edit.pixels("result")[0])
         labels.append(_label(change, change.direction(now)))
     ranked = [i for i in np.argsort(-p, kind="stable") if attributes.present(p[i])][:top]

@@ -26,8 +26,9 @@ def print_evaluation(report: dict, out: Console) -> None:
     def scores_table(title: str, groups: list[tuple[str, dict, tuple[str, ...]]], caption: str) -> None:
         """One row per attribute, columns grouped as (group heading, summary, scores), the mean row last."""
         heads = {"accuracy": "acc", "balanced_accuracy": "bal", "f1": "F1"}
-        table = Table("\nattribute", box=box.SIMPLE_HEAD, title=title, caption=caption, title_justify="left",
-                      caption_justify="left")  # fmt: skip
+        table = Table(box=box.SIMPLE_HEAD, title=title, caption=caption, title_justify="left", caption_justify="left")
+        # whole names, however narrow the terminal: cut, Wearing_Necklace and Wearing_Necktie read alike
+        table.add_column("\nattribute", no_wrap=True, min_width=max(map(len, names), default=9))
         cells = []
         for heading, summ, keys in groups:
             for j, key in enumerate(keys):

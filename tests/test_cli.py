@@ -504,7 +504,9 @@ def test_edit_usage_and_attribute_errors(weights_env, photo, tmp_path):
     fails(run("edit", photo, "--no-detect", "--set", "Smiling=0"), "Smiling at strength 0", **USAGE)
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--strength", "0"), code=2)
     fails(
-        run("figure", "edit", photo, "--no-detect", "--strength", "0", "-o", tmp_path / "f.png"), "strength 0", **USAGE
+        run("figure", "edit", photo, "--no-detect", "--strength", "0", "--attr", "Young", "-o", tmp_path / "f.png"),
+        "Young at strength 0",
+        **USAGE,
     )
     # --size is for --show and --crop-only: an edited photo keeps its size
     fails(run("edit", photo, "--no-detect", "--set", "Smiling", "--size", "128"), code=2)

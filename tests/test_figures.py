@@ -1,14 +1,21 @@
 """The paper's figures: their layout, that their tiles are what attr2img and edit make, and `jmvae figure`."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from jmvae_cli import attributes, editing, figures, translate
+from jmvae_cli.checkpoint import save_model
+from jmvae_cli.model import JMVAE
 from tests.conftest import run
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
     ATTRS,
+    PREPROCESS,
     photo_array,
+    save_tiny,
+    tiny_model,
     tiny_weights,
     weights_env,
     write_photo,
@@ -85,6 +92,23 @@ def test_pca_figure_has_a_legend_colour_per_attribute(tr):
     assert img.size == (720, 540)
     colours = {tuple(c) for c in np.array(img).reshape(-1, 3)}
     assert figures.PALETTE[0] in colours and figures.PALETTE[1] in colours and figures.PALETTE[2] not in colours
+
+
+def test_pca_refuses_what_it_cannot_tell_apart(tr, tmp_path):
+    for attrs, said in [
+        (["Male", "male"], "Male is given twice"),
+        ([*ATTRS, *["Male"] * 11][: len(figures.PALETTE) + 1], f"at most {len(figures.PALETTE)} attributes"),
+    ]:
+        with pytest.raises(attributes.AttributeSpecError, match=said):
+            figures.pca_points(tr, attrs, n_bases=4)
+    other = translate.Translator.from_weights(save_tiny(tmp_path / "o.safetensors", ["Foo", "Bar"]), "cpu", "fp32")
+    with pytest.raises(attributes.AttributeSpecError, match="choose some with --attr"):
+        figures.pca_points(other, [], n_bases=4)
+    one_dim = JMVAE(dataclasses.replace(tiny_model().cfg, latent_dim=1)).eval()
+    save_model(tmp_path / "z1.safetensors", one_dim, {"attr_names": ATTRS, "preprocess": PREPROCESS})
+    flat = translate.Translator.from_weights(tmp_path / "z1.safetensors", "cpu", "fp32")
+    points, _, explained, _ = figures.pca_points(flat, ["Male"], n_bases=4)  # one dimension: one component
+    assert points.shape == (4, 2) and not points[:, 1].any() and explained[1] == 0
 
 
 def test_edit_figure(tr):

@@ -217,6 +217,23 @@ def test_evaluate_table(tiny_weights, classifier_weights, data_dir):
     assert "seen least: " in r.stdout
 
 
+def test_the_table_keeps_whole_attribute_names_on_a_narrow_terminal():
+    import io
+
+    from rich.console import Console
+
+    from jmvae_cli import reports
+
+    names = ["Wearing_Necklace", "Wearing_Necktie", "Mouth_Slightly_Open"]
+    scores = {k: 0.5 for k in ("accuracy", "balanced_accuracy", "f1")}
+    summary = {"per_attribute": {n: scores for n in names}, "mean": scores}
+    report = {"weights": "w", "images": 2, "split": "val", "attributes": names,
+              "img2attr": {"q_x": summary, "q_xw_zero": summary, "majority": summary}}  # fmt: skip
+    out = io.StringIO()
+    reports.print_evaluation(report, Console(file=out, width=60))
+    assert all(n in out.getvalue() for n in names)
+
+
 def test_an_attribute_is_the_mean_of_its_directions():
     counts = np.zeros((3, 3, len(quality.COUNTS)))
     at = quality.COUNTS.index
@@ -245,6 +262,8 @@ def test_evaluate_errors(tiny_weights, classifier_weights, data_dir, tmp_path):
     one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Bald"), "Bald", code=2)
     said = "Smiling at strength 0 is neither on nor off"
     one_line_error(run(*base, "--classifier", classifier_weights, "--edit", "+Smiling=0"), said, code=2)
+    twice = ["--edit", "+Smiling", "--edit", "-Smiling", "--edit", "+smiling=3"]
+    one_line_error(run(*base, "--classifier", classifier_weights, *twice), "+Smiling is given twice", code=2)
     one_line_error(run(*base, "--classifier", tmp_path / "missing.safetensors"), "not found")
     assert run(*base, "--skip", "img2attr", "--skip", "attr2img", "--skip", "edit").exit_code == 2
     assert run(*base, "-f", "csv").exit_code == 2

@@ -26,7 +26,7 @@ def photo(tmp_path):
 WRITERS = {  # each command that writes an image, minus its -o
     "attr2img": lambda photo: ["attr2img", "--set", "Smiling"],
     "edit": lambda photo: ["edit", photo, "--no-detect", "--set", "Smiling", "--force"],
-    "figure": lambda photo: ["figure", "edit", photo, "--no-detect", "--size", "32"],
+    "figure": lambda photo: ["figure", "edit", photo, "--no-detect", "--size", "48"],
 }
 
 

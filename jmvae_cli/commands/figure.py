@@ -43,7 +43,9 @@ def figure(
     bases: Annotated[int, typer.Option("--bases", min=2, help="pca: random base vectors per attribute.")] = 200,
     strength: common.StrengthOpt = 2.0,
     seed: common.SeedOpt = 0,
-    size: Annotated[int, typer.Option("--size", min=16, max=512, help="faces, edit: pixels per face tile.")] = 96,
+    size: Annotated[
+        int, typer.Option("--size", min=48, max=512, help="faces, edit: pixels per face tile (48 fits the labels).")
+    ] = 96,
     no_detect: common.NoDetectOpt = False,
     weights: common.WeightsOpt = None,
     device: common.DeviceOpt = common.Device.auto,
