@@ -99,6 +99,7 @@ SCANS = (
     Scan("haarcascade_frontalface_alt2.xml", 1, face_min=FACE_SURE),
 )
 MAX_CANDIDATES = 12  # boxes aligned per scan, largest first: a cluttered photo can give dozens of false ones
+MAX_CANDIDATES_ALL = 64  # ... where every face is asked for (a group photo holds more than 12)
 SAME_FACE = 0.3  # two aligned frames whose centres are closer than this share of their side are one face
 OVER_SIZE = 1.5  # ... and a frame over another, this many times larger or smaller, is not another face beside it
 # Sharpness (see _sharpness: about 1 for a sharp face, 0 for a blurred one) from which a face counts as in focus:
@@ -257,11 +258,16 @@ class _Photo:
         return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(self.grey)
 
     def scan(
-        self, angle: float, min_share: float = 0.0, how: Scan = Scan(), within: Frame | None = None
+        self,
+        angle: float,
+        min_share: float = 0.0,
+        how: Scan = Scan(),
+        within: Frame | None = None,
+        most: int = MAX_CANDIDATES,
     ) -> list[Frame]:
-        """The cascade's boxes for a copy turned by -angle degrees (faces turned by +angle come out upright), as
-        frames turned by +angle in the photo's pixels, largest first. `within` (upright only): only the boxes
-        inside that frame's square, and smaller than a face behind (_behind) could be."""
+        """The cascade's `most` largest boxes for a copy turned by -angle degrees (faces turned by +angle come out
+        upright), as frames turned by +angle in the photo's pixels, largest first. `within` (upright only): only the
+        boxes inside that frame's square, and smaller than a face behind (_behind) could be."""
         grey, back = (self.local_contrast if how.enhanced else self.grey), None
         x0 = y0 = 0
         biggest = (0, 0)  # OpenCV's "no limit"
@@ -294,7 +300,7 @@ class _Photo:
             hits = cascade.detectMultiScale(grey, 1.1, 0, minSize=(smallest, smallest), maxSize=biggest)
             boxes = _group(hits, how.neighbors)
         frames = []
-        for x, y, bw in sorted(boxes, key=lambda b: -b[2])[:MAX_CANDIDATES]:
+        for x, y, bw in sorted(boxes, key=lambda b: -b[2])[:most]:
             centre = np.array([x0 + x + bw / 2, y0 + y + bw / 2])  # in the scanned copy
             if back is not None:  # cv2's matrices map pixel centres, which lie half a pixel off the corners
                 centre = back[:, :2] @ (centre - 0.5) + back[:, 2] + 0.5
@@ -511,7 +517,8 @@ def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
             if settled():
                 break
             for angle in angles:
-                found = [f for f in photo.align(photo.scan(angle, how=how)) if f.score >= how.face_min]
+                boxes = photo.scan(angle, how=how, most=MAX_CANDIDATES_ALL if all_faces else MAX_CANDIDATES)
+                found = [f for f in photo.align(boxes) if f.score >= how.face_min]
                 faces = _merge(faces + found)
     ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
     return photo, every_face(ranked, photo.shows_eyes) if all_faces else ranked

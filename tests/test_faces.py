@@ -636,6 +636,16 @@ def test_a_faded_paste_takes_the_edited_crop_in_place_of_the_photos_detail():
     assert np.array_equal(out[:, :30], rgb[:, :30].astype(int))  # outside the frame's mask, nothing moves
 
 
+@needs_hq
+def test_all_faces_finds_every_face_of_a_group_of_more_than_a_scans_usual_boxes():
+    group = Image.new("RGB", (4 * 130, 4 * 130), (128, 128, 128))
+    for k, f in enumerate(sorted(HQ.glob("*.jpg"))[:16]):  # 16 faces of one size: more than MAX_CANDIDATES
+        group.paste(Image.open(f).resize((120, 120)), ((k % 4) * 130 + 5, (k // 4) * 130 + 5))
+    found = find_faces(group, all_faces=True)
+    cells = sorted({(int(f.cx // 130), int(f.cy // 130)) for f in found})
+    assert len(found) == 16 and cells == [(i, j) for i in range(4) for j in range(4)]
+
+
 def test_overlapping_faded_pastes_come_out_the_same_in_either_order():
     rgb = np.full((200, 260, 3), 100, np.uint8)
     rgb[:, ::4] = 180
