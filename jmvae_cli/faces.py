@@ -43,9 +43,13 @@ FRAME_DX = -0.0042
 FRAME_DY = -0.0852
 
 # Detection runs on a grey copy whose longer side is brought into this range: big photos shrink for speed, and
-# small ones grow, since on 89x109 CelebA images the cascade misses more faces and draws its boxes wider.
+# small ones grow, since on 89x109 CelebA images the cascade misses more faces and draws its boxes wider. A long
+# strip (a panorama) shrinks only to as many pixels as DETECT_MAX_SIDE square would hold, not to that side.
 DETECT_MIN_SIDE = 256
 DETECT_MAX_SIDE = 640
+# A big photo in which the search finds no face is searched again at this many times the detection copy's size (at
+# most the photo's own): the cascade sees no face under 24 pixels, which is a face of 140 px in a 4000 px photo.
+DETECT_RETRY = 2.0
 # When only the best face is wanted, a first scan looks for faces at least this share of the photo's shorter side
 # (a portrait or a face crop) at a fifth of the cost of the full scan, which runs only if that one settles nothing.
 LARGEST_FIRST_SHARE = 0.45
@@ -220,10 +224,12 @@ def _cascade(name: str) -> "cv2.CascadeClassifier":
 class _Photo:
     """A photo as the search needs it: a grey detection copy and an RGB pyramid for the aligner's views."""
 
-    def __init__(self, img: Image.Image):
+    def __init__(self, img: Image.Image, zoom: float = 1.0):
         self.rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # (H, W, 3) uint8
         h, w = self.rgb.shape[:2]
-        self.scale = min(max(1.0, DETECT_MIN_SIDE / max(w, h)), DETECT_MAX_SIDE / max(w, h))
+        # the longer side to DETECT_MAX_SIDE, or a strip to the pixels of a 4:3 photo of that side
+        shrunk = max(DETECT_MAX_SIDE / max(w, h), math.sqrt(DETECT_MAX_SIDE**2 * 3 / 4 / (w * h)))
+        self.scale = min(max(1.0, DETECT_MIN_SIDE / max(w, h)), shrunk * zoom)  # zoom: DETECT_RETRY, or 1
         size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
         grey = cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
         # not histogram-equalised: the cascade scales each window to unit contrast itself, and equalising a photo
@@ -494,8 +500,19 @@ def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
     face over its middle: MEDIUM_SHARE), so faces elsewhere may be missing from the list. The turned copies are
     scanned all or none: a face found on one copy may be a box of clutter around a smaller face at another angle,
     which ranking then puts first (rank). With all_faces, each face comes once and boxes that are not faces go
-    (every_face). The frames are the aligner's before its last steps (refine)."""
+    (every_face). The frames are the aligner's before its last steps (refine). A photo shrunk for detection in
+    which none is found is searched again at DETECT_RETRY times that size, for upright faces (_search_in)."""
     photo = _Photo(img)
+    found = _search_in(photo, all_faces)
+    if not found and photo.scale < 1:  # faces too small for the cascade in the detection copy of a big photo
+        photo = _Photo(img, DETECT_RETRY)
+        found = _search_in(photo, all_faces, retry=True)
+    return photo, found
+
+
+def _search_in(photo: "_Photo", all_faces: bool, retry: bool = False) -> list[Face]:
+    """_search in one detection copy of the photo; `retry`: in the larger copy, by SCANS' first scan upright only,
+    since at four times the pixels the whole search of a photo without a face would take seconds more."""
     faces: list[Face] = []
 
     def settles(f: Face) -> bool:
@@ -504,7 +521,7 @@ def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
     def settled() -> bool:
         return not all_faces and any(settles(f) for f in faces)
 
-    if not all_faces:
+    if not (all_faces or retry):
         faces += [f for f in photo.as_face_crop() if settles(f)]
         if not settled():
             faces += photo.align(photo.scan(0, LARGEST_FIRST_SHARE, Scan(QUICK_CASCADE)))
@@ -512,8 +529,8 @@ def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
             medium = photo.align(photo.scan(0, MEDIUM_SHARE, Scan(QUICK_CASCADE)))
             if any(settles(f) and photo.shows_eyes(f.frame) and not photo.covered(f) for f in medium):
                 faces = _merge(faces + medium)
-    for how in SCANS:
-        for angles in ((0,), ROTATIONS):
+    for how in SCANS[:1] if retry else SCANS:
+        for angles in ((0,),) if retry else ((0,), ROTATIONS):
             if settled():
                 break
             for angle in angles:
@@ -521,7 +538,7 @@ def _search(img: Image.Image, all_faces: bool) -> tuple["_Photo", list[Face]]:
                 found = [f for f in photo.align(boxes) if f.score >= how.face_min]
                 faces = _merge(faces + found)
     ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
-    return photo, every_face(ranked, photo.shows_eyes) if all_faces else ranked
+    return every_face(ranked, photo.shows_eyes) if all_faces else ranked
 
 
 def refine(searches: list[tuple[_Photo, list[Face]]], every: bool) -> list[list[Face]]:

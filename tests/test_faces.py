@@ -637,6 +637,15 @@ def test_a_faded_paste_takes_the_edited_crop_in_place_of_the_photos_detail():
 
 
 @needs_hq
+@pytest.mark.parametrize("size, side", [((2000, 1500), 72), ((4000, 120), 110)])
+def test_a_small_face_in_a_big_photo_or_a_long_strip_is_found(size, side):
+    photo = Image.new("RGB", size, (190, 180, 170))
+    photo.paste(Image.open(sorted(HQ.glob("*.jpg"))[0]).resize((side, side)), (size[0] // 2, (size[1] - side) // 2))
+    (frame,) = find_faces(photo)
+    assert abs(frame.cx - size[0] // 2 - side / 2) < side / 4 and abs(frame.side - side) < side / 4
+
+
+@needs_hq
 def test_all_faces_finds_every_face_of_a_group_of_more_than_a_scans_usual_boxes():
     group = Image.new("RGB", (4 * 130, 4 * 130), (128, 128, 128))
     for k, f in enumerate(sorted(HQ.glob("*.jpg"))[:16]):  # 16 faces of one size: more than MAX_CANDIDATES
