@@ -359,11 +359,25 @@ class _Photo:
         face = self.align([Frame(w / 2, h / 2, min(w, h))], boxes=False)[0]
         if face.frame.side < FACE_CROP_SHARE * max(w, h) or face.score < FACE_SURE:
             return []
+        return [face] if self.upright(face) else []
+
+    def upright_turn(self, face: Face) -> Face:
+        """The face, or where it is upside down (upright() fails on it and holds for it turned half round) the face
+        turned and aligned again: the aligner frames an upside-down face as an upright one. Only turned, never
+        dropped: upright() misses some real faces (small, blurred ones), which turned are no faces either."""
+        if self.upright(face):
+            return face
+        turned = self.align([replace(face.frame, angle=face.frame.angle + 180)], boxes=False)[0]
+        return turned if self.upright(turned) else face
+
+    def upright(self, face: Face) -> bool:
+        """Whether the quick cascade finds a face of the size the frame implies in the frame's upright view
+        (FACE_CROP_CHECK px): the aligner's face score alone passes an upside-down face for an upright one."""
         grey = cv2.cvtColor(self.view(face.frame, FACE_CROP_CHECK), cv2.COLOR_RGB2GRAY)
         box = FACE_CROP_CHECK / FRAME_SCALE
         smallest, biggest = round(0.8 * box), round(1.25 * box)
         found = _cascade(QUICK_CASCADE).detectMultiScale(grey, 1.1, 2, minSize=(smallest,) * 2, maxSize=(biggest,) * 2)
-        return [face] if len(found) else []
+        return len(found) > 0
 
     def covered(self, face: Face) -> bool:
         """Whether a smaller face lies over the middle of this one (_behind: a poster behind a person), by a scan of
@@ -537,7 +551,8 @@ def _search_in(photo: "_Photo", all_faces: bool, retry: bool = False) -> list[Fa
                 boxes = photo.scan(angle, how=how, most=MAX_CANDIDATES_ALL if all_faces else MAX_CANDIDATES)
                 found = [f for f in photo.align(boxes) if f.score >= how.face_min]
                 faces = _merge(faces + found)
-    ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
+    faces = [photo.upright_turn(f) for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED]
+    ranked = rank(faces, photo.shows_eyes)
     return every_face(ranked, photo.shows_eyes) if all_faces else ranked
 
 

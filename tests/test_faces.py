@@ -646,6 +646,23 @@ def test_a_small_face_in_a_big_photo_or_a_long_strip_is_found(size, side):
 
 
 @needs_hq
+def test_an_upside_down_face_is_read_turned_not_as_an_upright_one():
+    turned = 0
+    for f in sorted(HQ.glob("*.jpg"))[1:9]:  # eight, of which the aligner's score alone took five for upright
+        face = Image.open(f).convert("RGB")
+        (upright,) = find_faces(face)
+        try:
+            (frame,) = find_faces(face.rotate(180))
+        except NoFaceError:
+            continue
+        assert abs(abs(frame.angle) - 180) < 15  # found: turned half round, at the place and size of the upright
+        assert abs(frame.cx - (256 - upright.cx)) < 12 and abs(frame.cy - (256 - upright.cy)) < 12
+        assert abs(frame.side / upright.side - 1) < 0.1
+        turned += 1
+    assert turned >= 3
+
+
+@needs_hq
 def test_all_faces_finds_every_face_of_a_group_of_more_than_a_scans_usual_boxes():
     group = Image.new("RGB", (4 * 130, 4 * 130), (128, 128, 128))
     for k, f in enumerate(sorted(HQ.glob("*.jpg"))[:16]):  # 16 faces of one size: more than MAX_CANDIDATES
