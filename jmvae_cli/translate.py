@@ -170,20 +170,21 @@ def expand_inputs(args: Iterable[str]) -> list[str]:
     that did not expand them). A file a folder or glob finds again (named already, or inside two folders given) is
     taken once. Names that match nothing are kept, so that reading them reports the problem in its place."""
     out: list[str] = []
-    seen: set = set()  # _file_id of every file taken so far
+    # the absolute path of every file taken so far: by name, not by file, since two names of one file (hard links,
+    # a folder of copies linked to save space) are two photos to a user, each with its own edit
+    seen: set[str] = set()
 
     def take(found: Iterable[str]) -> None:
         for f in found:
-            key = _file_id(f)
-            if key not in seen:
-                seen.add(key)
+            if os.path.abspath(f) not in seen:
+                seen.add(os.path.abspath(f))
                 out.append(f)
 
     for a in args:
         p = Path(a)
         if a == "-" or p.is_file():
             out.append(a)  # named by the user: kept, even twice
-            seen.add(_file_id(a))
+            seen.add(os.path.abspath(a))
         elif p.is_dir():
             take(
                 sorted(
@@ -209,12 +210,12 @@ def earlier_edits(args: Iterable[str], sources: list[str], out_dir: Path | None)
     """The sources that folders or globs in `args` found (expand_inputs) and that are the edit this command writes
     of another source: a run again over a folder finds its own NAME-edited.png beside NAME.jpg, or DIR/NAME.png
     in an --out-dir inside it, and would edit the edits. A file named in `args` itself is never one of them."""
-    named = {_file_id(a) for a in args if a != "-" and Path(a).is_file()}
+    named = {os.path.abspath(a) for a in args if a != "-" and Path(a).is_file()}
     paths = {s: Path(s).resolve() for s in sources if s != "-"}
     # of other photos: a photo that is only its own output (in the output folder) is refused later
     # (check_edit_outputs), not left out
     outputs = {out for s, p in paths.items() if (out := default_edit_output(s, out_dir).resolve()) != p}
-    return [s for s, p in paths.items() if p in outputs and _file_id(s) not in named]
+    return [s for s, p in paths.items() if p in outputs and os.path.abspath(s) not in named]
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator[tuple[object, object]]:

@@ -1,6 +1,7 @@
 """The translation library: average faces and grids, pasting an edit back into the photo, batches of files."""
 
 import multiprocessing
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def test_expand_inputs_takes_a_file_found_twice_once(tmp_path):
     # a file named and inside a folder given, a folder given twice: each file once; hidden folders left out
     assert translate.expand_inputs([a, d, d + "/*.jpg"]) == [a, str(tmp_path / "d" / "b.jpg")]
     assert translate.expand_inputs([a, a]) == [a, a]  # named twice by the user: as asked
+    os.link(a, tmp_path / "d" / "c.jpg")  # another name of the same file: another photo
+    assert len(translate.expand_inputs([d])) == 3
 
 
 def test_earlier_edits_are_only_those_found_not_named(tmp_path):
