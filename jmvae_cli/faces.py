@@ -203,6 +203,7 @@ class Face:
     # some block of the face's middle shows no fine detail at all: a sharp face does not have one, a blurred face
     # behind a sharp one (which would lend it its detail elsewhere) does
     blurred_patch: bool = False
+    upright: bool = False  # checked so already (_Photo.upright)
 
 
 _per_thread = threading.local()
@@ -359,13 +360,13 @@ class _Photo:
         face = self.align([Frame(w / 2, h / 2, min(w, h))], boxes=False)[0]
         if face.frame.side < FACE_CROP_SHARE * max(w, h) or face.score < FACE_SURE:
             return []
-        return [face] if self.upright(face) else []
+        return [replace(face, upright=True)] if self.upright(face) else []
 
     def upright_turn(self, face: Face) -> Face:
         """The face, or where it is upside down (upright() fails on it and holds for it turned half round) the face
         turned and aligned again: the aligner frames an upside-down face as an upright one. Only turned, never
         dropped: upright() misses some real faces (small, blurred ones), which turned are no faces either."""
-        if self.upright(face):
+        if face.upright or self.upright(face):
             return face
         turned = self.align([replace(face.frame, angle=face.frame.angle + 180)], boxes=False)[0]
         return turned if self.upright(turned) else face
@@ -551,9 +552,14 @@ def _search_in(photo: "_Photo", all_faces: bool, retry: bool = False) -> list[Fa
                 boxes = photo.scan(angle, how=how, most=MAX_CANDIDATES_ALL if all_faces else MAX_CANDIDATES)
                 found = [f for f in photo.align(boxes) if f.score >= how.face_min]
                 faces = _merge(faces + found)
-    faces = [photo.upright_turn(f) for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED]
-    ranked = rank(faces, photo.shows_eyes)
-    return every_face(ranked, photo.shows_eyes) if all_faces else ranked
+    ranked = rank([f for f in faces if f.score >= FACE_MIN and f.sharpness >= BLURRED], photo.shows_eyes)
+    if all_faces:
+        return [photo.upright_turn(f) for f in every_face(ranked, photo.shows_eyes)]
+    # only the face that will be read (refine's: the first large enough) is checked: the check costs a cascade
+    used = next((i for i, f in enumerate(ranked) if f.frame.side >= MIN_FACE_SIDE), None)
+    if used is not None:
+        ranked[used] = photo.upright_turn(ranked[used])
+    return ranked
 
 
 def refine(searches: list[tuple[_Photo, list[Face]]], every: bool) -> list[list[Face]]:
