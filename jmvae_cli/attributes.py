@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -196,6 +196,16 @@ def parse_set_unset(set_specs: Iterable[str], unset_specs: Iterable[str], attr_n
     if both:
         raise AttributeSpecError(f"{', '.join(attr_names[i] for i in both)}: both --set and --unset")
     return on + off
+
+
+def first_repeat(changes: Iterable[Change], key: Callable[[Change], object]) -> Change | None:
+    """The first change whose key(change) an earlier one has, or None."""
+    seen = set()
+    for c in changes:
+        if key(c) in seen:
+            return c
+        seen.add(key(c))
+    return None
 
 
 def values(changes: Iterable[Change], strength: float | Strengths = DEFAULT_STRENGTH) -> dict[int, float]:

@@ -44,7 +44,7 @@ FRAME_DY = -0.0852
 
 # Detection runs on a grey copy whose longer side is brought into this range: big photos shrink for speed, and
 # small ones grow, since on 89x109 CelebA images the cascade misses more faces and draws its boxes wider. A long
-# strip (a panorama) shrinks only to as many pixels as DETECT_MAX_SIDE square would hold, not to that side.
+# strip (a panorama) shrinks only to as many pixels as a 4:3 photo of that longer side holds.
 DETECT_MIN_SIDE = 256
 DETECT_MAX_SIDE = 640
 # A big photo in which the search finds no face is searched again at this many times the detection copy's size (at

@@ -204,11 +204,12 @@ def pca_points(
         raise attributes.AttributeSpecError("the model has none of the paper's PCA attributes: choose some with --attr")
     if len(changes) > len(PALETTE):
         raise attributes.AttributeSpecError(f"the PCA tells at most {len(PALETTE)} attributes apart, one colour each")
-    for k, c in enumerate(changes):
+    for c in changes:
         if not c.on:
             raise attributes.AttributeSpecError(f"the PCA colours attributes set on: give {c.name}, not its opposite")
-        if c.index in [d.index for d in changes[:k]]:
-            raise attributes.AttributeSpecError(f"{c.name} is given twice: each attribute is one colour")
+    twice = attributes.first_repeat(changes, lambda c: c.index)
+    if twice is not None:
+        raise attributes.AttributeSpecError(f"{twice.name} is given twice: each attribute is one colour")
     idx = [c.index for c in changes]
     bases = np.random.default_rng(seed).integers(0, 2, (n_bases, len(tr.attr_names))).astype(np.float32)  # (N, A)
     bases[:, idx] = 0  # each point then carries exactly one of the attributes shown, the one it is coloured by

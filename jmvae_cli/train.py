@@ -265,7 +265,9 @@ def options_for(given: dict) -> TrainOptions:
     state = out / STATE_FILE
     if not given.get("resume") or not state.is_file():  # a missing state is train()'s error to report
         if "data" not in given:  # which --resume alone leaves to the saved run
-            raise JmvaeError(f"--resume: no {STATE_FILE} in {out} to resume from")
+            raise JmvaeError(
+                f"--resume: no {STATE_FILE} in {out} to resume from" if given.get("resume") else "no --data given"
+            )
         return TrainOptions(**given)
     saved = {k: v for k, v in options_of(read_meta(state)).items() if k not in options_on_resume("machine")}
     # the folder resumed is the one whose state was read, --out typed or not: the saved run's own may be elsewhere

@@ -95,7 +95,8 @@ def edit(
     sources = translate.expand_inputs(inputs)
     skipped = translate.earlier_edits(inputs, sources, out_dir) if output is None else []
     if skipped:
-        sources = [s for s in sources if s not in skipped]
+        left_out = set(skipped)
+        sources = [s for s in sources if s not in left_out]
         shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
         console.print(
             f"note: left out {len(skipped)} earlier edit{'s' if len(skipped) > 1 else ''} of these photos, which this "

@@ -87,9 +87,9 @@ def evaluate(
     names = tr.attr_names
     changes = [attributes.parse_change(e, names) for e in edits] if edits else None  # read before the data
     attributes.check_directions({c.index: c.value(1.0) for c in changes or []}, names)  # an own strength of 0
-    for k, c in enumerate(changes or []):
-        if any((d.index, d.on) == (c.index, c.on) for d in changes[:k]):  # it would count twice in the means
-            raise attributes.AttributeSpecError(f"--edit {'+' if c.on else '-'}{c.name} is given twice")
+    twice = attributes.first_repeat(changes or [], lambda c: (c.index, c.on))  # it would count twice in the means
+    if twice is not None:
+        raise attributes.AttributeSpecError(f"--edit {'+' if twice.on else '-'}{twice.name} is given twice")
     faces = quality.align_attributes(
         load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names
     )
