@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from jmvae_cli import editing
+from jmvae_cli import editing, photo_files
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
@@ -92,8 +92,8 @@ def edit(
 
     from jmvae_cli import attributes, translate
 
-    sources = translate.expand_inputs(inputs)
-    skipped = translate.earlier_edits(inputs, sources, out_dir) if output is None else []
+    sources = photo_files.expand_inputs(inputs)
+    skipped = photo_files.earlier_edits(inputs, sources, out_dir) if output is None else []
     if skipped:
         left_out = set(skipped)
         sources = [s for s in sources if s not in left_out]
@@ -117,8 +117,8 @@ def edit(
     if output == "-":
         targets = [None]
     else:
-        paths = [Path(output)] if output else [translate.default_edit_output(s, out_dir) for s in sources]
-        targets = translate.check_edit_outputs(sources, paths, force)
+        paths = [Path(output)] if output else [photo_files.default_edit_output(s, out_dir) for s in sources]
+        targets = photo_files.check_edit_outputs(sources, paths, force)
 
     tr = common.load_translator(weights, device, verbose)
     rule = method.value if method is not None else editing.default_method(tr.model)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from jmvae_cli import formats
+from jmvae_cli import formats, photo_files
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
@@ -54,7 +54,7 @@ def img2attr(
 
     from jmvae_cli import translate
 
-    sources = translate.expand_inputs(inputs)
+    sources = photo_files.expand_inputs(inputs)
     if not sources:
         raise JmvaeError(f"no image files found in {', '.join(inputs)}")
     stdin = common.read_stdin_bytes() if "-" in sources else None
