@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 sys.path.insert(0, str(ROOT))
 
-from jmvae_cli.checkpoint import bundled_weights, load_model  # noqa: E402
+from jmvae_cli.bundled import bundled_weights  # noqa: E402
+from jmvae_cli.checkpoint import load_model  # noqa: E402
 from jmvae_cli.data import load_data  # noqa: E402
 from jmvae_cli.likelihood import evaluate_likelihoods  # noqa: E402
 from jmvae_cli.runtime import pick_device  # noqa: E402

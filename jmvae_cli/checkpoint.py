@@ -18,7 +18,6 @@ Non-finite weights (a diverged run) are never loaded: they would give NaN probab
 import json
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from jmvae_cli.bundled import bundled_weights
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.files import atomic_write
 from jmvae_cli.model import JMVAEConfig
@@ -210,15 +210,6 @@ def default_weights() -> Path:
     if env:
         return Path(env)
     return bundled_weights(DEFAULT_WEIGHTS_NAME)
-
-
-def bundled_weights(name: str) -> Path:
-    """A file of the models shipped with the package."""
-    try:
-        folder = resources.files("jmvae_cli.weights")
-    except ModuleNotFoundError:  # a source checkout on sys.path, not installed: weights/ sits beside the package
-        folder = Path(__file__).resolve().parents[1] / "weights"
-    return Path(str(folder.joinpath(name)))
 
 
 # ----------------------------------------------------------------------------- the training state

@@ -99,7 +99,15 @@ def view_input(views: np.ndarray):
 class Aligner:
     steps: np.ndarray  # (S, N_FEATURES, 4): features -> pose / POSE_UNITS, one map per step
     face: np.ndarray  # (N_FEATURES,): features -> face score, > 0 for a face
-    refiner: object | None = None  # refiner_network() in eval mode, or None (the HOG steps alone)
+    refiner_state: dict[str, np.ndarray] | None = None  # the refiner's tensors as its file holds them, or None
+    path: str = ""  # the file it was read from, for errors
+
+    @functools.cached_property
+    def refiner(self):
+        """refiner_network() in eval mode, built from refiner_state on first use, or None (the HOG steps alone).
+        Not when the file is read: the search itself needs no torch, and runs before torch is imported
+        (faces.search_ahead). A network set here (benchmarks/calibrate_faces.py) is used as it is."""
+        return None if self.refiner_state is None else _refiner(self.refiner_state, self.path)
 
     def pose(self, step: int, feats: np.ndarray) -> np.ndarray:
         """(B, N_FEATURES) -> (B, 4) poses (tx, ty, log s, a in radians) of the views in the training frame."""
@@ -155,7 +163,7 @@ class Aligner:
 
 
 def _bundled_path() -> Path:
-    from jmvae_cli.checkpoint import bundled_weights
+    from jmvae_cli.bundled import bundled_weights
 
     # weights/ beside the package in a source checkout (even where another checkout is installed), else installed
     local = Path(__file__).resolve().parents[1] / "weights" / WEIGHTS_NAME
@@ -175,17 +183,17 @@ def save(path, aligner: Aligner, meta: dict[str, str]) -> None:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _refiner(tensors: dict[str, np.ndarray]):
-    """The refiner stored in `tensors`, in eval mode, or None where the file has none (HOG steps only)."""
+def _refiner(state: dict[str, np.ndarray], path: str):
+    """The refiner of a file's `state` (its tensors, their names without REFINER_PREFIX), in eval mode."""
     import torch
 
-    state = {k[len(REFINER_PREFIX) :]: torch.from_numpy(v) for k, v in tensors.items() if k.startswith(REFINER_PREFIX)}
-    if not state:
-        return None
-    net = refiner_network(width=2 * state["0.weight"].shape[0])
-    missing = net.load_state_dict(state, strict=False).missing_keys
+    try:
+        net = refiner_network(width=2 * state["0.weight"].shape[0])
+        missing = net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False).missing_keys
+    except (KeyError, RuntimeError) as e:
+        raise JmvaeError(f"{path}: not a usable face aligner ({e})") from None
     if any(not k.endswith("num_batches_tracked") for k in missing):  # batch norm's step counters are not stored
-        raise RuntimeError(f"the refiner lacks {', '.join(missing)}")
+        raise JmvaeError(f"{path}: not a usable face aligner (the refiner lacks {', '.join(missing)})")
     return net.eval()
 
 
@@ -195,8 +203,9 @@ def load(path) -> Aligner:
 
     try:
         t = load_file(str(path))
-        aligner = Aligner(t["steps"], t["face"], _refiner(t))
-    except (OSError, KeyError, RuntimeError, SafetensorError) as e:
+        state = {k[len(REFINER_PREFIX) :]: v for k, v in t.items() if k.startswith(REFINER_PREFIX)}
+        aligner = Aligner(t["steps"], t["face"], state or None, str(path))
+    except (OSError, KeyError, SafetensorError) as e:
         raise JmvaeError(f"{path}: not a usable face aligner ({e})") from None
     if aligner.steps.shape[1:] != (N_FEATURES, 4) or aligner.face.shape != (N_FEATURES,):
         raise JmvaeError(f"{path}: not a face aligner for these features")

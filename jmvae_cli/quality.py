@@ -39,7 +39,8 @@ from rich.progress import (
 
 from jmvae_cli import attributes, editing
 from jmvae_cli.baselines import AttributeClassifier
-from jmvae_cli.checkpoint import bundled_weights, load_model
+from jmvae_cli.bundled import bundled_weights
+from jmvae_cli.checkpoint import load_model
 from jmvae_cli.console import console
 from jmvae_cli.data import DataError, FaceData
 from jmvae_cli.errors import JmvaeError

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from jmvae_cli.bundled import bundled_weights
 from jmvae_cli.checkpoint import (
     DEFAULT_WEIGHTS_NAME,
     WeightsError,
-    bundled_weights,
     count_nonfinite,
     default_weights,
     load_model,
