@@ -22,9 +22,10 @@ back through the inverse of the same transform (paste_edit), through a soft face
 
 import functools
 import math
+import multiprocessing
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,6 +119,8 @@ EYE_BAND = (0.25, 0.6)
 # small ones): each is kept at full resolution until its faces are cut
 GROUP_PIXELS = 16_000_000
 MIN_FACE_SIDE = 32  # frame side in photo pixels below which a face is too small to read (the model reads 64)
+# Photos a searcher of SearchAhead takes at a time: few, since stopping drops the task under way
+SEARCH_AHEAD_TASK = 4
 DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
 
 # The paste mask: an ellipse in the frame's normalised coordinates (-1..1 over the frame, y down) around the face
@@ -729,11 +732,18 @@ def load_faces(
 
 
 def load_many(
-    sources: list[tuple[str | Path | bytes, str]], *, all_faces: bool = False, detect: bool = True, size: int = 64
+    sources: list[tuple[str | Path | bytes, str]],
+    *,
+    all_faces: bool = False,
+    detect: bool = True,
+    size: int = 64,
+    searched: Mapping[str, tuple[tuple, list[Face]]] | None = None,
 ) -> list[tuple[Image.Image, list[FaceCrop]] | JmvaeError]:
     """load_faces of several (source, name) photos, in order, with the error in place of each photo that failed.
     The photos' faces are refined together (refine), a group of photos at a time: the photos of a group are all
-    held at full resolution until then, so a group ends once it holds GROUP_PIXELS."""
+    held at full resolution until then, so a group ends once it holds GROUP_PIXELS. A file whose search is in
+    `searched` (SearchAhead.stop, with the same all_faces) is not searched again."""
+    searched = searched or {}
     out: list = []
     group: list[tuple[int, str, Image.Image, Image.Image, tuple[_Photo, list[Face]]]] = []
 
@@ -765,11 +775,92 @@ def load_many(
             )
             continue
         out.append(None)
-        group.append((len(out) - 1, name, photo, img, _search(img, all_faces)))
+        ahead = searched.get(source) if isinstance(source, str) else None
+        if ahead is not None and ahead[0] == _stamp(source):  # a file replaced since is searched anew
+            search = _Photo(img), ahead[1]
+        else:
+            search = _search(img, all_faces)
+        group.append((len(out) - 1, name, photo, img, search))
         if sum(img.width * img.height for _, _, _, img, _ in group) >= GROUP_PIXELS:
             finish_group()
     finish_group()
     return out
+
+
+class SearchAhead:
+    """Photo files searched for faces (_search) in processes forked now, while the caller goes on with other work:
+    a batch command loads its model meanwhile, and on all but one core the first photos are searched by the time
+    it is loaded (docs/results.md, "Searching while the model loads"). The search needs no torch, so forked before
+    torch is imported a searcher starts at once and small. Give the files' names as load_many will read them;
+    `workers` 0 searches nothing. Use as a context manager: leaving it ends the searchers."""
+
+    def __init__(self, files: list[str], *, all_faces: bool, workers: int):
+        self._pending: list[tuple[list[str], object]] = []  # (files, their AsyncResult)
+        self._pool = None
+        if workers < 1 or not files or "fork" not in multiprocessing.get_all_start_methods():
+            return
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # OpenCV's thread pool stopped while forking: a forked copy of a running one hangs
+        try:
+            self._pool = multiprocessing.get_context("fork").Pool(workers, _start_searcher)
+        finally:
+            cv2.setNumThreads(threads)
+        for i in range(0, len(files), SEARCH_AHEAD_TASK):
+            task = files[i : i + SEARCH_AHEAD_TASK]
+            self._pending.append((task, self._pool.apply_async(_search_files, (task, all_faces))))
+
+    def stop(self) -> dict[str, tuple[tuple, list[Face]]]:
+        """The searches done by now, by file, each with the file's _stamp as it was read; the rest are dropped and
+        the searchers ended (a task under way too: a big photo without a face can take seconds)."""
+        done = {}
+        for task, result in self._pending:
+            if result.ready() and result.successful():
+                done |= {f: found for f, found in zip(task, result.get()) if found is not None}
+        self.close()
+        return done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "SearchAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _start_searcher() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the searchers
+    cv2.setNumThreads(1)  # one searcher a core (the parent restores its own setting once forked)
+
+
+def _search_files(files: list[str], all_faces: bool) -> list[tuple[tuple, list[Face]] | None]:
+    """A searcher's task: each file's _stamp and faces as load_many searches them, or None where the file cannot be
+    read (its reader will say why)."""
+    out = []
+    for f in files:
+        stamp = _stamp(f)
+        try:
+            img = images.flatten(images.read_image(f, f, keep_alpha=True))
+        except JmvaeError:
+            stamp = None
+        out.append(None if stamp is None else (stamp, _search(img, all_faces)[1]))
+    return out
+
+
+def _stamp(path: str) -> tuple | None:
+    """What tells a file from the one a search ahead read under its name: its inode, size and time of change (None
+    where it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 # ----------------------------------------------------------------------------- pasting an edit back

@@ -139,11 +139,20 @@ def refine_frames(tr: Translator, photo: Image.Image, crops: list[faces.FaceCrop
     return out
 
 
-def load_many(tr: Translator, sources: list[str], stdin: bytes | None, *, all_faces: bool, detect: bool, refine: bool):
-    """faces.load_many of files ("-": `stdin`) at the model's size, and with `refine` (found faces only)
-    refine_frames."""
+def load_many(
+    tr: Translator,
+    sources: list[str],
+    stdin: bytes | None,
+    *,
+    all_faces: bool,
+    detect: bool,
+    refine: bool,
+    searched: Mapping | None = None,
+):
+    """faces.load_many of files ("-": `stdin`) at the model's size, files in `searched` (faces.SearchAhead.stop) not
+    searched again, and with `refine` (found faces only) refine_frames."""
     named = [(stdin, "<stdin>") if src == "-" else (src, src) for src in sources]
-    loaded = faces.load_many(named, all_faces=all_faces, detect=detect, size=tr.image_size)
+    loaded = faces.load_many(named, all_faces=all_faces, detect=detect, size=tr.image_size, searched=searched)
     if not (refine and detect):
         return loaded
     return [r if isinstance(r, JmvaeError) else (r[0], refine_frames(tr, *r)) for r in loaded]
@@ -227,13 +236,14 @@ def img2attr(
     refine: bool = False,
     stdin: bytes | None = None,
     on_file: Callable[[], None] | None = None,
+    searched: Mapping | None = None,
 ) -> Iterator[AttrResult]:
     """Attribute probabilities for every face of every source, in order; a failed file gives an AttrResult with
     its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
     from this one (_in_processes); elsewhere decoding and detection run in a thread pool while the model takes
-    batches."""
+    batches. Files in `searched` (faces.SearchAhead.stop, with the same all_faces) are not searched again."""
     workers = available_cpus() if len(sources) > 1 else 1
-    args = (all_faces, detect, refine, stdin)
+    args = (all_faces, detect, refine, stdin, searched)
     with _one_thread_each(tr, workers > 1):
         if workers > 1 and _forks(tr) and len(sources) > PHOTOS_PER_CHUNK:
             # tasks of fewer photos where there are not four per worker: else the last task of a few big photos
@@ -253,9 +263,9 @@ def _img2attr_task(sources: list[str]) -> list[AttrResult]:
     return list(_img2attr(_forked["tr"], sources, 1, *_forked["args"], None))
 
 
-def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, on_file) -> Iterator[AttrResult]:
+def _img2attr(tr, sources, workers, all_faces, detect, refine, stdin, searched, on_file) -> Iterator[AttrResult]:
     def prepare(chunk: list[str]) -> list:
-        loaded = load_many(tr, chunk, stdin, all_faces=all_faces, detect=detect, refine=refine)
+        loaded = load_many(tr, chunk, stdin, all_faces=all_faces, detect=detect, refine=refine, searched=searched)
         return [r if isinstance(r, JmvaeError) else r[1] for r in loaded]
 
     waiting: list[tuple[str, object]] = []  # (file, list[faces.FaceCrop] | JmvaeError), in input order
@@ -460,14 +470,16 @@ def edit_photos(
     detect: bool = True,
     refine: bool = False,
     stdin: bytes | None = None,
+    searched: Mapping | None = None,
 ) -> Iterator[EditResult]:
-    """Edit the face(s) of every source and write each result to its output (see photo_files.check_edit_outputs); an output
-    of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
+    """Edit the face(s) of every source and write each result to its output (see
+    photo_files.check_edit_outputs); an output of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
     its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
     from this one (_edit_in_processes); elsewhere photos are read, detected, pasted and written in a thread pool
-    while the model edits the faces found so far."""
+    while the model edits the faces found so far. Files in `searched` (faces.SearchAhead.stop, with the same
+    all_faces) are not searched again."""
     workers = available_cpus() if len(sources) > 1 else 1
-    args = (changes, view, soft, method, all_faces, detect, refine)
+    args = (changes, view, soft, method, all_faces, detect, refine, searched)
     with _one_thread_each(tr, workers > 1):
         if workers > 1 and _forks(tr) and len(sources) > EDIT_TASK:
             yield from _edit_in_processes(tr, sources, outputs, workers, args)
@@ -541,7 +553,9 @@ def _arrays(r: EditResult, convert: Callable) -> EditResult:
     return r if r.edit is None else dataclasses.replace(r, edit=_map_edit(r.edit, convert))
 
 
-def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, stdin):
+def _edit_photos(
+    tr, sources, outputs, workers, changes, view, soft, method, all_faces, detect, refine, searched, stdin
+):
     # The model's blocks are small, so that it edits often and the pools' short windows (a chunk of photos per
     # thread while finding faces, a few photos each while pasting and writing: held at full resolution, whatever
     # their size) keep the other cores busy meanwhile.
@@ -550,7 +564,7 @@ def _edit_photos(tr, sources, outputs, workers, changes, view, soft, method, all
     def prepare(jobs: list[tuple]) -> list:
         """(photo, crops) or the error of each (source, output) job; an output's error is the job's."""
         todo = [src for src, out in jobs if not isinstance(out, JmvaeError)]
-        loaded = iter(load_many(tr, todo, stdin, all_faces=all_faces, detect=detect, refine=refine))
+        loaded = iter(load_many(tr, todo, stdin, all_faces=all_faces, detect=detect, refine=refine, searched=searched))
         return [out if isinstance(out, JmvaeError) else next(loaded) for _, out in jobs]
 
     def edited() -> Iterator[tuple]:

@@ -20,6 +20,7 @@ from jmvae_cli.model import JMVAE, JMVAEConfig
 ATTRS = ["Smiling", "Male", "Eyeglasses", "Blond_Hair", "Young"]
 PREPROCESS = {"size": 64, "celeba_crop": 148 / 178}
 SAMPLE_FACES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celeba-hq-256-sample"
+EXAMPLE_FACE = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"  # a real face, in the repository
 
 
 def tiny_model(attr_names=ATTRS, seed: int = 0, objective: str = "jmvae-kl", image_size: int = 64) -> JMVAE:
@@ -92,3 +93,16 @@ def sample_face() -> Path:
     if not files:
         pytest.skip(f"no sample faces in {SAMPLE_FACES}")
     return files[0]
+
+
+def face_album(folder: Path, n: int) -> list[str]:
+    """n photo files in a new folder: the example face turned a little more in each, and last one that is no image."""
+    folder.mkdir()
+    img = Image.open(EXAMPLE_FACE).convert("RGB")
+    files = []
+    for k in range(n - 1):
+        f = folder / f"{k}.png"
+        img.rotate(10 * k, Image.Resampling.BICUBIC).save(f)
+        files.append(str(f))
+    (folder / "bad.jpg").write_bytes(b"not a jpeg")
+    return files + [str(folder / "bad.jpg")]

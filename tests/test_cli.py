@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from jmvae_cli.console import console
 from tests.conftest import fails, run
 from tests.model_fixtures import (  # noqa: F401 (fixtures)
     ATTRS,
+    face_album,
     photo_array,
     png_bytes,
     sample_face,
@@ -177,6 +179,36 @@ def test_img2attr_batch_goes_on_past_bad_files(weights_env, tmp_path):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and str(bad) in errors[0] and "missing.png" in errors[1]
     assert "2 of 5 files failed" in r.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the search ahead forks on Linux only")
+@pytest.mark.parametrize("command", ["img2attr", "edit"])
+def test_photos_searched_while_the_model_loads_give_what_alone_they_give(weights_env, tmp_path, monkeypatch, command):
+    files = face_album(tmp_path / "a", faces.SEARCH_AHEAD_TASK + 3)
+
+    def results(*photos) -> str:
+        if command == "img2attr":
+            return run("img2attr", *photos, "-f", "jsonl").stdout
+        out = tmp_path / f"out-{len(photos)}-{Path(photos[0]).stem}"
+        run("edit", *photos, "--set", "Smiling", "--out-dir", out)
+        return "".join(f"{p.name} {p.read_bytes().hex()}\n" for p in sorted(out.iterdir()))
+
+    alone = "".join(results(f) for f in files[:-1])
+    monkeypatch.setattr("jmvae_cli.cpus.available_cpus", lambda: 2)
+    # the model loaded only once every photo is searched, as on a cold start with a real model
+    ahead, stop = [], faces.SearchAhead.stop
+
+    def stop_when_done(self):
+        deadline = time.monotonic() + 60
+        while not all(r.ready() for _, r in self._pending) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ahead.append(stop(self))
+        return ahead[-1]
+
+    monkeypatch.setattr(faces.SearchAhead, "stop", stop_when_done)
+    batch = results(*files)
+    assert sorted(ahead[0]) == files[:-1]  # all but the file that is no image, whose reader reports it
+    assert batch == alone and batch
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are forked on Linux only")

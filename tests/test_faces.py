@@ -1,7 +1,10 @@
 """Finding, framing and cutting faces, and pasting edits back (faces.py, face_aligner.py)."""
 
 import math
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -12,7 +15,7 @@ from PIL import Image, ImageFilter
 from jmvae_cli import editing, face_aligner, faces, translate
 from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 from jmvae_cli.faces import Box, FaceCrop, Frame, NoFaceError, crop_face, find_faces
-from tests.model_fixtures import photo_array, tiny_weights  # noqa: F401 (fixture)
+from tests.model_fixtures import EXAMPLE_FACE, face_album, photo_array, tiny_weights  # noqa: F401 (fixture)
 
 HQ = Path(__file__).parents[2] / "shared" / "datasets" / "celeba-hq-256-sample"
 needs_hq = pytest.mark.skipif(not HQ.is_dir(), reason="needs shared/datasets/celeba-hq-256-sample")
@@ -503,6 +506,61 @@ def test_photos_loaded_together_are_framed_and_cut_as_each_alone(monkeypatch, tm
 def test_no_detect_takes_the_centre_square():
     assert find_faces(Image.new("RGB", (100, 60)), detect=False) == [Frame(50, 30, 60)]
     assert find_faces(Image.new("RGB", (64, 64)), detect=False)[0].box == Box(0, 0, 64, 64)
+
+
+# ----------------------------------------------------------------------------- searching ahead
+
+
+def test_faces_searched_ahead_are_those_the_search_finds(tmp_path, monkeypatch):
+    files = face_album(tmp_path / "a", 6)
+    with faces.SearchAhead(files, all_faces=False, workers=2) as ahead:
+        deadline = time.monotonic() + 60
+        while not all(r.ready() for _, r in ahead._pending) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done = ahead.stop()
+    assert set(done) == set(files[:-1])  # the file that is no image is left to its reader to report
+    for f in files[:-1]:
+        stamp, found = done[f]
+        assert stamp == faces._stamp(f)
+        assert found == faces._search(Image.open(f).convert("RGB"), False)[1]
+    # used, they give the crops of a search of the photos' own, and no photo is searched again
+    named = [(f, f) for f in files]
+    own = _crops(faces.load_many(named))
+    monkeypatch.setattr(faces, "_search", lambda img, all_faces: pytest.fail("searched again"))
+    assert _crops(faces.load_many(named, searched=done)) == own
+
+
+def _crops(loaded: list) -> list:
+    return [str(r) if isinstance(r, JmvaeError) else [(c.frame, c.crop.tobytes()) for c in r[1]] for r in loaded]
+
+
+def test_a_photo_replaced_after_its_search_ahead_is_searched_again(tmp_path, monkeypatch):
+    (f,) = face_album(tmp_path / "a", 2)[:1]
+    stale = {f: (faces._stamp(f), [faces.Face(Frame(5, 5, 40), 0.99, 1.0)])}  # a face where the new photo has none
+    time.sleep(0.01)
+    Image.open(EXAMPLE_FACE).convert("RGB").rotate(180).save(f)  # replaced: another time of change
+    assert _crops(faces.load_many([(f, f)], searched=stale)) == _crops(faces.load_many([(f, f)]))
+
+
+def test_stopping_the_search_ahead_waits_for_no_photo(tmp_path, monkeypatch):
+    files = face_album(tmp_path / "a", 6)
+    monkeypatch.setattr(faces, "_search", lambda img, all_faces: time.sleep(60))  # the searchers fork with it
+    ahead = faces.SearchAhead(files, all_faces=False, workers=1)
+    time.sleep(0.5)  # a photo under way
+    t = time.monotonic()
+    assert ahead.stop() == {}
+    assert time.monotonic() - t < 10
+    assert faces.SearchAhead(files, all_faces=False, workers=0).stop() == {}
+
+
+def test_the_face_search_needs_no_torch():
+    # SearchAhead forks its searchers before a batch command imports torch: they must never import it themselves
+    code = (
+        "import sys; from PIL import Image; from jmvae_cli import faces; "
+        f"print(len(faces._search(Image.open({str(EXAMPLE_FACE)!r}).convert('RGB'), False)[1]), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "False"]
 
 
 # ----------------------------------------------------------------------------- frames and crops

@@ -90,8 +90,6 @@ def edit(
     common.check_refine(refine, no_detect)
     fixed_strength = common.parse_strength(strength)
 
-    from jmvae_cli import attributes, translate
-
     sources = photo_files.expand_inputs(inputs)
     skipped = photo_files.earlier_edits(inputs, sources, out_dir) if output is None else []
     if skipped:
@@ -120,7 +118,9 @@ def edit(
         paths = [Path(output)] if output else [photo_files.default_edit_output(s, out_dir) for s in sources]
         targets = photo_files.check_edit_outputs(sources, paths, force)
 
-    tr = common.load_translator(weights, device, verbose)
+    tr, searched = common.load_translator_searching(sources, all_faces, not no_detect, weights, device, verbose)
+    from jmvae_cli import attributes, translate
+
     rule = method.value if method is not None else editing.default_method(tr.model)
     if rule == editing.REGRESS:
         from jmvae_cli.edit_directions import constants_of
@@ -135,7 +135,7 @@ def edit(
     with common.progress("edit", len(sources)) as advance:
         results = translate.edit_photos(
             tr, sources, targets, values, view=view, soft=soft, method=rule,
-            all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin,
+            all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin, searched=searched,
         )  # fmt: skip
         for r in results:
             advance()

@@ -52,20 +52,23 @@ def img2attr(
         raise typer.BadParameter("stdin (-) can be read only once", param_hint="IMAGE")
     common.check_refine(refine, no_detect)
 
-    from jmvae_cli import translate
-
     sources = photo_files.expand_inputs(inputs)
     if not sources:
         raise JmvaeError(f"no image files found in {', '.join(inputs)}")
     stdin = common.read_stdin_bytes() if "-" in sources else None
-    tr = common.load_translator(weights, device, verbose, batch=True)
+    tr, searched = common.load_translator_searching(
+        sources, all_faces, not no_detect, weights, device, verbose, batch=True
+    )
+    from jmvae_cli import translate
+
     writer = writer_class(sys.stdout, tr.attr_names, threshold=threshold, only_positive=only_positive, faces=all_faces)
     failed = 0
 
     with common.progress("img2attr", len(sources)) as advance:
         results = translate.img2attr(
-            tr, sources, all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin, on_file=advance
-        )
+            tr, sources, all_faces=all_faces, detect=not no_detect, refine=refine, stdin=stdin, on_file=advance,
+            searched=searched,
+        )  # fmt: skip
         for r in results:
             if r.error is not None:
                 failed += 1
