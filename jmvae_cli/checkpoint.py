@@ -179,9 +179,10 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
             "retrain it or use an earlier copy"
         )
     edit = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(EDIT_PREFIX)]}
-    model = build_model(meta, path)
+    with torch.device("meta"):  # no random initial weights, which the file's replace: a cold start pays for them
+        model = build_model(meta, path)
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, assign=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise WeightsError(f"{path} does not match its own model config: {first}") from None
