@@ -1,6 +1,6 @@
 """Where the files shipped with the package lie (weights/: the default model, the face aligner, the classifier).
 
-Apart from checkpoint.py, which imports torch: the face search reads its aligner without it (faces.search_ahead).
+Apart from checkpoint.py, which imports torch: the face search reads its aligner without it (faces.SearchAhead).
 """
 
 from importlib import resources

@@ -1,6 +1,9 @@
-"""How many CPUs this process may use, for sizing its worker pools. Light on imports: spawned workers import it."""
+"""How many CPUs this process may use, and whether it may fork, for sizing its worker pools. Light on imports:
+spawned workers import it."""
 
+import multiprocessing
 import os
+import sys
 
 
 def available_cpus() -> int:
@@ -10,3 +13,9 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def can_fork() -> bool:
+    """Whether worker processes may be forked from this one: under Linux. macOS can fork, but not safely once its
+    system libraries have started threads (Python itself spawns there)."""
+    return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()

@@ -106,7 +106,7 @@ class Aligner:
     def refiner(self):
         """refiner_network() in eval mode, built from refiner_state on first use, or None (the HOG steps alone).
         Not when the file is read: the search itself needs no torch, and runs before torch is imported
-        (faces.search_ahead). A network set here (benchmarks/calibrate_faces.py) is used as it is."""
+        (faces.SearchAhead). A network set here (benchmarks/calibrate_faces.py) is used as it is."""
         return None if self.refiner_state is None else _refiner(self.refiner_state, self.path)
 
     def pose(self, step: int, feats: np.ndarray) -> np.ndarray:

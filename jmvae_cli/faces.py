@@ -24,7 +24,9 @@ import functools
 import math
 import multiprocessing
 import os
+import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from jmvae_cli import images
+from jmvae_cli.cpus import can_fork
 from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 
 # The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
@@ -119,8 +122,8 @@ EYE_BAND = (0.25, 0.6)
 # small ones): each is kept at full resolution until its faces are cut
 GROUP_PIXELS = 16_000_000
 MIN_FACE_SIDE = 32  # frame side in photo pixels below which a face is too small to read (the model reads 64)
-# Photos a searcher of SearchAhead takes at a time: few, since stopping drops the task under way
-SEARCH_AHEAD_TASK = 4
+# Photos from which a batch command searches ahead while its model loads: fewer are not worth forking for
+SEARCH_AHEAD_MIN = 8
 DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
 
 # The paste mask: an ellipse in the frame's normalised coordinates (-1..1 over the frame, y down) around the face
@@ -789,33 +792,45 @@ def load_many(
 
 class SearchAhead:
     """Photo files searched for faces (_search) in processes forked now, while the caller goes on with other work:
-    a batch command loads its model meanwhile, and on all but one core the first photos are searched by the time
-    it is loaded (docs/results.md, "Searching while the model loads"). The search needs no torch, so forked before
-    torch is imported a searcher starts at once and small. Give the files' names as load_many will read them;
-    `workers` 0 searches nothing. Use as a context manager: leaving it ends the searchers."""
+    a batch command loads its model meanwhile, and on the cores the load leaves idle the first photos are searched
+    by the time it is loaded (docs/results.md, "Searching while the model loads"). The search needs no torch, so
+    forked before torch is imported a searcher starts at once and small. Give regular files, named as load_many
+    will read them. Where forking is unsafe (cpus.can_fork), or with `workers` 0, nothing is searched. Use as a
+    context manager: leaving it ends the searchers."""
 
     def __init__(self, files: list[str], *, all_faces: bool, workers: int):
-        self._pending: list[tuple[list[str], object]] = []  # (files, their AsyncResult)
-        self._pool = None
-        if workers < 1 or not files or "fork" not in multiprocessing.get_all_start_methods():
+        self.workers = min(workers, len(files)) if can_fork() else 0  # searchers started
+        self._pool = self._results = None
+        if self.workers < 1:
             return
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # OpenCV's thread pool stopped while forking: a forked copy of a running one hangs
         try:
-            self._pool = multiprocessing.get_context("fork").Pool(workers, _start_searcher)
+            self._pool = multiprocessing.get_context("fork").Pool(self.workers, _start_searcher)
+            # one file a task, in the order finished: a search done is never held back by one under way; the
+            # pool's feeder thread hands the files out only as fast as the searchers take them
+            self._results = self._pool.imap_unordered(functools.partial(_search_file, all_faces=all_faces), files)
+        except BaseException:
+            self.close()
+            raise
         finally:
             cv2.setNumThreads(threads)
-        for i in range(0, len(files), SEARCH_AHEAD_TASK):
-            task = files[i : i + SEARCH_AHEAD_TASK]
-            self._pending.append((task, self._pool.apply_async(_search_files, (task, all_faces))))
 
-    def stop(self) -> dict[str, tuple[tuple, list[Face]]]:
-        """The searches done by now, by file, each with the file's _stamp as it was read; the rest are dropped and
-        the searchers ended (a task under way too: a big photo without a face can take seconds)."""
+    def stop(self, wait: float = 0.0) -> dict[str, tuple[tuple, list[Face]]]:
+        """The searches done by now (or, with `wait`, within that many seconds), by file, each with the file's _stamp
+        as it was read; the rest are dropped and the searchers ended (a search under way too: a big photo without a
+        face can take seconds)."""
         done = {}
-        for task, result in self._pending:
-            if result.ready() and result.successful():
-                done |= {f: found for f, found in zip(task, result.get()) if found is not None}
+        deadline = time.monotonic() + wait
+        while self._results is not None:
+            try:
+                found = self._results.next(timeout=max(0.0, deadline - time.monotonic()))
+            except (multiprocessing.TimeoutError, StopIteration):
+                break
+            except Exception:  # a search that failed: its reader will fail too, and say why
+                continue
+            if found is not None:
+                done[found[0]] = found[1:]
         self.close()
         return done
 
@@ -823,7 +838,7 @@ class SearchAhead:
         if self._pool is not None:
             self._pool.terminate()
             self._pool.join()
-            self._pool = None
+            self._pool = self._results = None
 
     def __enter__(self) -> "SearchAhead":
         return self
@@ -839,28 +854,27 @@ def _start_searcher() -> None:
     cv2.setNumThreads(1)  # one searcher a core (the parent restores its own setting once forked)
 
 
-def _search_files(files: list[str], all_faces: bool) -> list[tuple[tuple, list[Face]] | None]:
-    """A searcher's task: each file's _stamp and faces as load_many searches them, or None where the file cannot be
-    read (its reader will say why)."""
-    out = []
-    for f in files:
-        stamp = _stamp(f)
-        try:
-            img = images.flatten(images.read_image(f, f, keep_alpha=True))
-        except JmvaeError:
-            stamp = None
-        out.append(None if stamp is None else (stamp, _search(img, all_faces)[1]))
-    return out
+def _search_file(file: str, all_faces: bool) -> tuple[str, tuple, list[Face]] | None:
+    """A searcher's task: the file, its _stamp and its faces as load_many searches them; None where it is no
+    regular file (a pipe read here would be empty for its reader) or cannot be read (its reader will say why)."""
+    stamp = _stamp(file)
+    if stamp is None or not stat.S_ISREG(stamp[0]):
+        return None
+    try:
+        img = images.flatten(images.read_image(file, file, keep_alpha=True))
+    except JmvaeError:
+        return None
+    return file, stamp, _search(img, all_faces)[1]
 
 
 def _stamp(path: str) -> tuple | None:
-    """What tells a file from the one a search ahead read under its name: its inode, size and time of change (None
-    where it cannot be read)."""
+    """What tells a file from the one a search ahead read under its name (its type, device, inode, size and times of
+    change), or None where it cannot be read."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 # ----------------------------------------------------------------------------- pasting an edit back

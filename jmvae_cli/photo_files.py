@@ -1,7 +1,7 @@
 """The files a command reads and writes: its arguments expanded to photos, and where each photo's edit goes.
 
 Apart from translate.py, which imports torch: a batch command expands its inputs before it loads the model, and can
-start reading the photos meanwhile (faces.search_ahead).
+start reading the photos meanwhile (faces.SearchAhead).
 """
 
 import glob

@@ -23,7 +23,7 @@ from PIL import Image
 
 from jmvae_cli import editing, faces, images
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
-from jmvae_cli.cpus import available_cpus
+from jmvae_cli.cpus import available_cpus, can_fork
 from jmvae_cli.data import Preprocess
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
@@ -472,9 +472,9 @@ def edit_photos(
     stdin: bytes | None = None,
     searched: Mapping | None = None,
 ) -> Iterator[EditResult]:
-    """Edit the face(s) of every source and write each result to its output (see
-    photo_files.check_edit_outputs); an output of None keeps the image in the result instead, an error is that photo's result. In order; a failed photo gives
-    its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
+    """Edit the face(s) of every source and write each result to its output (see photo_files.check_edit_outputs);
+    an output of None keeps the image in the result instead, an error is that photo's result. In order; a failed
+    photo gives its error and the rest go on. More photos than one task's on several CPUs are shared out to processes forked
     from this one (_edit_in_processes); elsewhere photos are read, detected, pasted and written in a thread pool
     while the model edits the faces found so far. Files in `searched` (faces.SearchAhead.stop, with the same
     all_faces) are not searched again."""
@@ -504,10 +504,9 @@ _forked: dict = {}  # what a forked worker works with (_start_worker)
 
 
 def _forks(tr: Translator) -> bool:
-    """Whether work can go to processes forked from this one: on the CPU under Linux. macOS can fork, but not
-    safely once its system libraries have started threads (Python itself spawns there), and a forked process cannot
-    use the parent's CUDA."""
-    return tr.device.type == "cpu" and sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+    """Whether work can go to processes forked from this one: on the CPU (a forked process cannot use the parent's
+    CUDA) where forking is safe (cpus.can_fork)."""
+    return tr.device.type == "cpu" and can_fork()
 
 
 def _in_processes(tr: Translator, task: Callable, tasks: list, workers: int, args: tuple, doing: str) -> Iterator:

@@ -1,6 +1,7 @@
 """Finding, framing and cutting faces, and pasting edits back (faces.py, face_aligner.py)."""
 
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -513,11 +514,9 @@ def test_no_detect_takes_the_centre_square():
 
 def test_faces_searched_ahead_are_those_the_search_finds(tmp_path, monkeypatch):
     files = face_album(tmp_path / "a", 6)
-    with faces.SearchAhead(files, all_faces=False, workers=2) as ahead:
-        deadline = time.monotonic() + 60
-        while not all(r.ready() for _, r in ahead._pending) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        done = ahead.stop()
+    os.mkfifo(tmp_path / "pipe")  # no regular file: read by a searcher, it would be empty for its reader
+    with faces.SearchAhead(files + [str(tmp_path / "pipe")], all_faces=False, workers=2) as ahead:
+        done = ahead.stop(wait=60)
     assert set(done) == set(files[:-1])  # the file that is no image is left to its reader to report
     for f in files[:-1]:
         stamp, found = done[f]

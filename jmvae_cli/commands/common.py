@@ -144,21 +144,21 @@ class Base(str, Enum):
 def load_translator_searching(
     sources: list[str], all_faces: bool, detect: bool, weights: Path | None, device: Device, verbose: bool, **kw
 ):
-    """load_translator, and the faces of the first photos found meanwhile (faces.SearchAhead, on every core but
-    the one loading the model) where there are several to search: the translator and those searches, for the
-    library's `searched`."""
+    """load_translator, and the faces of the first of `sources` found meanwhile (faces.SearchAhead, on every core
+    but the one loading the model) where there are enough files to search: the translator and those searches, for
+    the library's `searched`."""
     from jmvae_cli import faces
     from jmvae_cli.cpus import available_cpus
 
-    files = [s for s in sources if s != "-"] if detect else []
-    spare = available_cpus() - 1 if len(files) > faces.SEARCH_AHEAD_TASK else 0
+    files = [s for s in sources if s != "-" and Path(s).is_file()] if detect else []
+    spare = available_cpus() - 1 if len(files) >= faces.SEARCH_AHEAD_MIN else 0
     with faces.SearchAhead(files, all_faces=all_faces, workers=spare) as ahead:
         import torch
 
         # torch's threads kept off the searchers' cores: a thread waiting for one that shares a core slows every
         # operation of the load many times over
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads - spare))
+        torch.set_num_threads(max(1, threads - ahead.workers))
         try:
             tr = load_translator(weights, device, verbose, **kw)
         finally:

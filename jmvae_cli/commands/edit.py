@@ -118,7 +118,8 @@ def edit(
         paths = [Path(output)] if output else [photo_files.default_edit_output(s, out_dir) for s in sources]
         targets = photo_files.check_edit_outputs(sources, paths, force)
 
-    tr, searched = common.load_translator_searching(sources, all_faces, not no_detect, weights, device, verbose)
+    to_edit = [s for s, t in zip(sources, targets) if not isinstance(t, JmvaeError)]
+    tr, searched = common.load_translator_searching(to_edit, all_faces, not no_detect, weights, device, verbose)
     from jmvae_cli import attributes, translate
 
     rule = method.value if method is not None else editing.default_method(tr.model)
