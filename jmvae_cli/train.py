@@ -258,6 +258,26 @@ def resume_conflicts(opts: TrainOptions, meta: dict) -> list[str]:
     return [f"{describe_value(n, mine[n])} (saved: {describe_value(n, saved[n])})" for n in names]
 
 
+# Options that shape the model: a fine-tune (--init) keeps its model's; the weights of the objective's terms may
+# change, the objective may not
+INIT_SHAPE = ("model", "objective", "latent_dim")
+
+
+def check_init_shape(init: Path, given: dict, cfg: dict, defaults: bool = False) -> None:
+    """Refuse options `given` (by name) that would shape another model than the one `init` holds (its config
+    `cfg`), rather than silently take the init's; with `defaults`, options at their default values pass."""
+    shaped = [
+        f"{describe_value(n, v)} (the model's: {cfg[n]})"
+        for n, v in given.items()
+        if n in INIT_SHAPE and v != cfg[n] and not (defaults and v == default_of(n))
+    ]
+    if shaped:
+        raise JmvaeError(
+            f"--init {init}: {'; '.join(shaped)} would train another model than the one it holds; leave them out "
+            "(a fine-tune keeps its model's architecture)"
+        )
+
+
 def options_for(given: dict) -> TrainOptions:
     """The options of a run from those a user gave (by field name); with resume=True the others are the saved
     run's, so that `--resume --epochs 40` is enough."""
@@ -268,6 +288,13 @@ def options_for(given: dict) -> TrainOptions:
             raise JmvaeError(
                 f"--resume: no {STATE_FILE} in {out} to resume from" if given.get("resume") else "no --data given"
             )
+        if given.get("init") is not None:
+            try:
+                cfg = JMVAEConfig.from_dict(read_meta(Path(given["init"]))["config"]).to_dict()
+            except (JmvaeError, KeyError, TypeError, ValueError):
+                cfg = None  # no model file: train() says so
+            if cfg is not None:
+                check_init_shape(given["init"], given, cfg)
         return TrainOptions(**given)
     saved = {k: v for k, v in options_of(read_meta(state)).items() if k not in options_on_resume("machine")}
     # the folder resumed is the one whose state was read, --out typed or not: the saved run's own may be elsewhere
@@ -461,18 +488,11 @@ def starting_point(opts: TrainOptions) -> Start:
         )
     if opts.init:
         loaded = load_model(opts.init)
-        # Fine-tuning keeps the architecture; the weights of the objective's terms may change, the objective may not.
-        # An option given that would shape another model is refused rather than silently taken from the init's.
-        shaped = [
-            f"{describe_value(n, getattr(opts, n))} (the model's: {getattr(loaded.model.cfg, n)})"
-            for n in ("model", "objective", "latent_dim")
-            if getattr(opts, n) not in (default_of(n), getattr(loaded.model.cfg, n))
-        ]
-        if shaped:
-            raise JmvaeError(
-                f"--init {opts.init}: {'; '.join(shaped)} would train another model than the one it holds; leave "
-                "them out (a fine-tune keeps its model's architecture)"
-            )
+        # a library caller's options: those not at their defaults count as given (the command line checks what was
+        # typed, in options_for)
+        check_init_shape(
+            opts.init, {n: getattr(opts, n) for n in INIT_SHAPE}, loaded.model.cfg.to_dict(), defaults=True
+        )
         cfg = replace(loaded.model.cfg, alpha=opts.alpha, cross_weight=opts.cross_weight)
         state, source, fresh = loaded.model.state_dict(), f"--init {opts.init}", None
         if opts.decoder_width not in (None, cfg.decoder_width):
@@ -613,6 +633,9 @@ class Trainer:
         self.lr_warmup_steps = max(1, min(LR_WARMUP_STEPS, int(LR_WARMUP_SHARE * self.total_steps)))
 
         self.step, self.epochs_done, self.epoch = start.step, start.epochs_done, start.epochs_done
+        # the last epoch's end (validation, metrics line, sample grid) until written: a run stopped in between saves
+        # it, and its resume writes it first (an epoch trained and saved is never reported nor trained again)
+        self.report_due = (start.meta or {}).get("report_due")
         self.on_disk = (start.epochs_done, start.step) if start.meta is not None else None  # (epochs, step) saved
         self.seconds_before, self.t_start = start.train_seconds, time.monotonic()
         self.last_save = self.t_start
@@ -790,6 +813,7 @@ class Trainer:
             "epochs_done": self.epochs_done,
             "train_seconds": self.train_seconds(),
             "metrics": metrics,
+            "report_due": self.report_due,
         }
         out = self.opts.out
         with signals_held():
@@ -820,13 +844,20 @@ class Trainer:
         with bar:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, epoch="", terms="", speed="")
             try:
+                if self.report_due is not None and main:
+                    drop_epochs_after(opts.out, self.epochs_done - 1)  # what the stopped report wrote of it
+                    metrics = self.end_epoch(**self.report_due)
+                    self.report_due, self.on_disk = None, None  # saved again without it
+                    self.save_checkpoint(metrics)
                 for epoch in range(self.epochs_done, opts.epochs):
                     self.epoch = epoch
                     sums, n_steps, seconds = self.train_epoch(epoch, bar, task)
                     self.epochs_done = epoch + 1
+                    self.report_due = {"sums": sums, "n_steps": n_steps, "seconds": seconds}
                     out_of_time = self.out_of_time()
                     if main:
-                        metrics = self.end_epoch(sums, n_steps, seconds)
+                        metrics = self.end_epoch(**self.report_due)
+                        self.report_due = None
                         self.save_checkpoint(metrics, force=self.epochs_done == opts.epochs or out_of_time)
                         val = metrics["val"] or {}
                         shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]

@@ -11,6 +11,7 @@ takes its default (where to run: a run saved on a GPU may resume on a CPU). "run
 """
 
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -167,11 +168,12 @@ class TrainOptions:
                 raise JmvaeError(f"{flag(f.name)} must be {bad}, not {value}")
 
     def to_dict(self) -> dict:
+        """The options as JSON, paths absolute: a run resumed from another folder finds its data."""
         d = asdict(self)
         for k, v in d.items():
             if isinstance(v, Path):
-                d[k] = str(v)
-        d["data"] = [str(p) for p in self.data]
+                d[k] = os.path.abspath(v)
+        d["data"] = [os.path.abspath(p) for p in self.data]
         return d
 
     @classmethod

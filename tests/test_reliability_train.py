@@ -162,6 +162,35 @@ def killed(*args, **kw):
     raise Killed
 
 
+def test_a_stop_while_an_epoch_is_reported_reports_it_on_resume(data, tmp_path, arch, monkeypatch):
+    out = tmp_path / "run"
+    real, calls = train_module.validate, []
+
+    def ctrl_c_in_epoch_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "validate", ctrl_c_in_epoch_2)
+    fails(train_cli(data, out, "--epochs", "3"), "interrupted: saved", code=130)
+    steps = read_meta(out / "train_state.safetensors")["step"]
+    assert [m["epoch"] for m in metrics(out)] == [1]
+    ok(train_cli(data, out, "--resume", "--epochs", "3"))
+    # epoch 2 reported once, at the step it ended on, and not trained again
+    assert [(m["epoch"], m["step"]) for m in metrics(out)] == [(1, steps // 2), (2, steps), (3, steps * 3 // 2)]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+
+
+def test_resume_finds_the_data_from_another_folder(data, tmp_path, arch, monkeypatch):
+    monkeypatch.chdir(data.parent)
+    out = tmp_path / "run"
+    ok(train_cli(data.name, out, "--epochs", "1"))  # --data typed relative to the folder the run started in
+    monkeypatch.chdir(tmp_path.parent)
+    ok(runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "2", "--device", "cpu"]))
+    assert [m["epoch"] for m in metrics(out)] == [1, 2]
+
+
 def test_a_kill_between_the_two_checkpoint_writes_is_repaired_on_resume(data, tmp_path, arch, monkeypatch):
     out = tmp_path / "run"
     ok(train_cli(data, out, "--epochs", "1"))

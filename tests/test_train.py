@@ -179,6 +179,10 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
     for kw, said in [({"latent_dim": 8}, "--latent-dim 8 (the model's: 4)"), ({"model": "vae"}, "--model vae")]:
         with pytest.raises(JmvaeError, match=re.escape(said)):
             train(options(data, tmp_path / "c", epochs=1, init=tmp_path / "a" / "model.safetensors", **kw))
+    # typed on the command line, even at its default value (the init's is 4)
+    args = ["train", "--data", data, "--out", tmp_path / "c", "--init", tmp_path / "a" / "model.safetensors"]
+    r = CliRunner().invoke(app, [str(a) for a in [*args, "--latent-dim", "128", "--device", "cpu"]])
+    assert r.exit_code == 1 and "--latent-dim 128 (the model's: 4)" in r.stderr and not (tmp_path / "c").exists()
 
 
 def test_a_spent_time_limit_is_said_on_resume_not_trained_a_step_further(data, tmp_path):
