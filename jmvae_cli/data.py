@@ -62,6 +62,13 @@ PARTITION_FILE = "list_eval_partition.txt"
 VAL_FRACTION = 0.1  # share of a folder without a partition file that goes to validation, chosen by file name
 
 
+def val_fraction_of(model_meta: dict) -> float:
+    """The validation share a model was trained with (its file's training options), else VAL_FRACTION: evaluating
+    or calibrating on the same folders must split them as its training did, or count faces it was trained on."""
+    share = (model_meta.get("train") or {}).get("val_fraction")
+    return float(share) if isinstance(share, (int, float)) and 0 <= share < 1 else VAL_FRACTION
+
+
 class DataError(JmvaeError):
     """A data folder or attribute file that cannot be used as it is."""
 

@@ -554,7 +554,7 @@ def calibrate_weights(
     cfg = cfg or CalibrateConfig()
     from jmvae_cli import quality
     from jmvae_cli.checkpoint import WeightsError, check_weights_output, load_model, save_edit_constants
-    from jmvae_cli.data import Preprocess, load_data
+    from jmvae_cli.data import Preprocess, load_data, val_fraction_of
     from jmvae_cli.model import JMVAE
 
     out = check_weights_output(out)
@@ -565,7 +565,8 @@ def calibrate_weights(
     if not isinstance(model, JMVAE):
         raise WeightsError(f"{weights} holds a {model.cfg.model} model; edits need a JMVAE")
     pre = Preprocess.from_dict(loaded.meta.get("preprocess") or {"size": model.cfg.image_size})
-    faces = quality.align_attributes(load_data(data, preprocess=pre, progress=progress), names)
+    split = val_fraction_of(loaded.meta)
+    faces = quality.align_attributes(load_data(data, preprocess=pre, val_fraction=split, progress=progress), names)
     train_rows = faces.indices("train")
     if len(train_rows) == 0:
         raise JmvaeError("the data has no training faces to calibrate on")

@@ -10,10 +10,10 @@ import torch
 from jmvae_cli import attributes, editing, quality, translate
 from jmvae_cli.baselines import AttributeClassifier
 from jmvae_cli.checkpoint import save_model
-from jmvae_cli.data import DataError, load_data
+from jmvae_cli.data import VAL_FRACTION, DataError, load_data, val_fraction_of
 from jmvae_cli.model import JMVAEConfig, pixels_to_input
 from tests.conftest import run
-from tests.model_fixtures import ATTRS, PREPROCESS, photo_array, tiny_weights  # noqa: F401 (fixture)
+from tests.model_fixtures import ATTRS, PREPROCESS, photo_array, save_tiny, tiny_weights  # noqa: F401 (fixture)
 
 
 def save_classifier(path, attr_names=ATTRS, seed=1):
@@ -207,6 +207,17 @@ def test_evaluate_json(tiny_weights, classifier_weights, data_dir):
     assert report["images"] == 3 and "edit" not in report and "classifier" not in report
     assert {"log_px_iw_qxw", "log_px_given_w_iw"} <= set(report["likelihood"])
     assert set(report["likelihood"]["log_px_iw_qxw"]) >= {"nats", "nats_se", "bits_per_dim", "bits_per_dim_se"}
+
+
+def test_evaluate_splits_the_data_as_the_models_training_did(tmp_path, data_dir):
+    # a model trained with 30% of these folders held out is scored on those 30%, none of its training faces
+    weights = save_tiny(tmp_path / "m.safetensors", train={"val_fraction": 0.3})
+    r = run("evaluate", "--data", data_dir, "--weights", weights, "-f", "json", "--skip", "attr2img",
+            "--skip", "edit", "--skip", "likelihood")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["images"] == len(load_data([data_dir], val_fraction=0.3, progress=False).indices("val"))
+    assert val_fraction_of({"train": {"val_fraction": 0.3}}) == 0.3
+    assert val_fraction_of({}) == val_fraction_of({"train": {"val_fraction": "x"}}) == VAL_FRACTION
 
 
 def test_evaluate_table(tiny_weights, classifier_weights, data_dir):

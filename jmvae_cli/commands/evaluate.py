@@ -59,9 +59,14 @@ def evaluate(
     method: common.MethodOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
     val_fraction: Annotated[
-        float,
-        common.number(min=0.0, max=0.9, help="Validation share when the data has no partition file (as in training)."),
-    ] = VAL_FRACTION,
+        float | None,
+        common.number(
+            min=0.0,
+            max=0.9,
+            help=f"Validation share when the data has no partition file [default: the model's training share, else "
+            f"{VAL_FRACTION}].",
+        ),
+    ] = None,
     format: Annotated[
         common.Format | None,
         typer.Option("--format", "-f", help="table or json (default: table on a terminal, json when piped)."),
@@ -81,7 +86,8 @@ def evaluate(
         raise typer.BadParameter("every part is skipped: nothing to evaluate", param_hint="'--skip'")
 
     from jmvae_cli import attributes, quality
-    from jmvae_cli.data import load_data
+    from jmvae_cli.checkpoint import read_meta
+    from jmvae_cli.data import load_data, val_fraction_of
 
     tr = common.load_translator(weights, device, verbose)
     names = tr.attr_names
@@ -90,6 +96,8 @@ def evaluate(
     twice = attributes.first_repeat(changes or [], lambda c: (c.index, c.on))  # it would count twice in the means
     if twice is not None:
         raise attributes.AttributeSpecError(f"--edit {'+' if twice.on else '-'}{twice.name} is given twice")
+    if val_fraction is None:  # split as the model's training split these folders: else its faces may be scored
+        val_fraction = val_fraction_of(read_meta(tr.weights))
     faces = quality.align_attributes(
         load_data(data, preprocess=tr.preprocess, val_fraction=val_fraction, progress=console.is_terminal), names
     )
