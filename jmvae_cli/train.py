@@ -880,8 +880,9 @@ class Trainer:
 # ----------------------------------------------------------------------------- a run
 
 
-def train(opts: TrainOptions) -> dict:
-    """Train (or resume) a model as `opts` says; returns the last epoch's metrics."""
+def train(opts: TrainOptions) -> dict | None:
+    """Train (or resume) a model as `opts` says; returns the last epoch's metrics (None in the other processes of
+    a torchrun: rank 0 reports)."""
     opts.check()
     d = init_distributed(opts.device)
     try:
@@ -930,7 +931,8 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
     if d.world > 1:
         dist.barrier()
     if not d.main:
-        data = load_data(opts.data, progress=False, **load)
+        with console.capture():  # what rank 0 reported already (skipped images)
+            data = load_data(opts.data, progress=False, **load)
     if len(data.indices("train")) < opts.batch_size * d.world:
         raise JmvaeError(
             f"only {len(data.indices('train'))} training images: fewer than one batch of {opts.batch_size}"
@@ -949,4 +951,5 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
             + (f", from {escape(str(start.source))}" if opts.init else "")
             + (", compiled" if opts.compile else "")
         )
-    return trainer.run()
+    metrics = trainer.run()
+    return metrics if d.main else None

@@ -357,18 +357,22 @@ def test_two_process_ddp_on_gloo(data, tmp_path):
         "cpu",
         "--val-fraction",
         "0.25",
+        "--format",
+        "json",
     ]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        _, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the workers too, not just torchrun
         _, stderr = proc.communicate()
         pytest.fail(f"torchrun hung; its stderr ends with:\n{stderr[-3000:]}")
     assert proc.returncode == 0, stderr[-2000:]
     assert "2 processes" in stderr
+    # rank 0 alone reports: one "saved" line, one JSON record of metrics
+    assert stderr.count("saved ") == 1 and json.loads(stdout)["epoch"] == 1
     m = metrics(out)
     assert len(m) == 1  # rank 0 alone writes
     train_images = load_model(out / "model.safetensors").meta["data"]["train_images"]

@@ -64,6 +64,8 @@ def train(ctx: typer.Context, format: common.Format | None = None, **options):
         raise typer.BadParameter("give the training images: --data FOLDER (repeat for several)", param_hint="'--data'")
     opts = options_for(given)
     metrics = run_training(opts)
+    if metrics is None:  # another process of a torchrun than rank 0, which reports
+        return
     console.print(f"saved {opts.out / 'model.safetensors'}", highlight=False, markup=False)
     if format == common.Format.json:
         print(json.dumps(metrics))
