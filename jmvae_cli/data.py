@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
 from jmvae_cli.console import console
-from jmvae_cli.cpus import available_cpus
+from jmvae_cli.cpus import available_cpus, die_with_parent
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.files import remove_stale_temporaries, replacing
 
@@ -408,6 +408,7 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
 def _ignore_sigint() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not print tracebacks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
 
 
 # -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from jmvae_cli import images
-from jmvae_cli.cpus import can_fork
+from jmvae_cli.cpus import can_fork, die_with_parent
 from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 
 # The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
@@ -122,6 +122,8 @@ EYE_BAND = (0.25, 0.6)
 # small ones): each is kept at full resolution until its faces are cut
 GROUP_PIXELS = 16_000_000
 MIN_FACE_SIDE = 32  # frame side in photo pixels below which a face is too small to read (the model reads 64)
+# OpenCV's warps refuse images of 32,767 px a side or more: the search cannot look at a photo that wide
+MAX_SEARCH_SIDE = 32766
 # Photos from which a batch command searches ahead while its model loads: fewer are not worth forking for
 SEARCH_AHEAD_MIN = 8
 DEFAULT_FEATHER = 0.15  # share of the face frame's side over which a pasted edit fades out
@@ -772,6 +774,14 @@ def load_many(
             out.append(e)
             continue
         img = images.flatten(photo)
+        if detect and max(img.size) > MAX_SEARCH_SIDE:
+            out.append(
+                images.ImageError(
+                    f"{name}: {img.width}x{img.height} px, wider than the face search's limit of {MAX_SEARCH_SIDE} px "
+                    "a side (OpenCV's): crop or shrink it, or give the face alone with --no-detect"
+                )
+            )
+            continue
         if not detect:
             out.append(
                 (photo, [FaceCrop(0, f, np.asarray(crop_face(img, f, size))) for f in find_faces(img, detect=False)])
@@ -851,6 +861,7 @@ def _start_searcher() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the searchers
+    die_with_parent()
     cv2.setNumThreads(1)  # one searcher a core (the parent restores its own setting once forked)
 
 

@@ -185,7 +185,7 @@ def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False
             _fast_png(img, f, options)
         else:
             img.save(f, format=fmt, **options)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # Pillow's ValueError: a WebP over 16,383 px, EXIF too long for a JPEG
         raise ImageError(f"{name}: cannot write image ({e})") from None
 
 

@@ -552,6 +552,34 @@ def test_stopping_the_search_ahead_waits_for_no_photo(tmp_path, monkeypatch):
     assert faces.SearchAhead(files, all_faces=False, workers=0).stop() == {}
 
 
+def test_a_photo_too_wide_to_search_is_its_own_error(tmp_path):
+    wide = tmp_path / "panorama.png"
+    Image.new("RGB", (faces.MAX_SEARCH_SIDE + 1, 40), (90, 120, 60)).save(wide)
+    loaded = faces.load_many([(str(wide), str(wide)), (str(EXAMPLE_FACE), "face")])
+    assert isinstance(loaded[0], JmvaeError) and "wider than the face search's limit" in str(loaded[0])
+    assert len(loaded[1][1]) == 1  # the other photo is read all the same
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl is Linux's")
+def test_workers_end_with_the_process_that_started_them(tmp_path):
+    # a parent killed at once (as by SIGTERM, which leaves its pools no time to end) takes its workers with it
+    code = """
+import concurrent.futures, multiprocessing, os, sys, time
+from jmvae_cli.cpus import die_with_parent
+pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("fork"), die_with_parent)
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 60)
+time.sleep(0.5)
+os._exit(0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    worker = int(out.split()[0])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists()
+
+
 def test_the_face_search_needs_no_torch():
     # SearchAhead forks its searchers before a batch command imports torch: they must never import it themselves
     code = (

@@ -243,3 +243,9 @@ def test_array_helpers():
     assert img.size == (3, 2) and (np.asarray(img) == a).all()
     with pytest.raises(ValueError):
         from_uint8_array(a.astype(np.float32))
+
+
+def test_an_image_pillow_cannot_encode_is_one_error(tmp_path):
+    with pytest.raises(ImageError, match="x.webp: cannot write image .*16383"):
+        write_image(Image.new("RGB", (17000, 2)), tmp_path / "x.webp")  # over WebP's limit: Pillow's ValueError
+    assert list(tmp_path.iterdir()) == []
