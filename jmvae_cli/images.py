@@ -134,22 +134,31 @@ def _to_8_bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def write_image(img: Image.Image, dest: str | Path | BinaryIO, *, fast: bool = False) -> None:
+# The text a PNG written by `jmvae edit` carries (a tEXt chunk): a run again over its folder tells its own earlier
+# edits from photos by it (photo_files.earlier_edits), never by their names alone
+EDIT_MARK = ("Software", "jmvae edit")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_image(
+    img: Image.Image, dest: str | Path | BinaryIO, *, fast: bool = False, text: dict[str, str] | None = None
+) -> None:
     """Save `img` in the format its file name says; a path is replaced atomically, never left half-written.
     fast: an 8-bit PNG is written by _fast_png rather than by Pillow, several times faster for files a little larger
-    on photos (docs/results.md, "Batch edits"), though much larger on noisy images such as training samples."""
+    on photos (docs/results.md, "Batch edits"), though much larger on noisy images such as training samples.
+    text: tEXt chunks for a PNG (other formats have none)."""
     if not isinstance(dest, (str, Path)):
         # a stream (stdout) has no extension unless it was opened on a named file: default to lossless PNG
         name = str(getattr(dest, "name", "<stdout>"))
         suffix = Path(name).suffix
-        _save(img, dest, _format_for(suffix, name) if suffix else "PNG", name, fast)
+        _save(img, dest, _format_for(suffix, name) if suffix else "PNG", name, fast, text)
         return
 
     path = Path(dest)
     fmt = check_output(dest)
     try:
         with replacing(path) as tmp, open(tmp, "wb") as f:
-            _save(img, f, fmt, str(dest), fast)
+            _save(img, f, fmt, str(dest), fast, text)
     except OSError as e:  # a read-only folder, a full disk, a name taken by a folder meanwhile
         raise ImageError(f"{dest}: cannot write image ({e.strerror or e})") from None
 
@@ -173,17 +182,24 @@ def _format_for(suffix: str, name: str) -> str:
     return fmt
 
 
-def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False) -> None:
+def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False, text: dict | None = None) -> None:
     # quality 95: the default 75 visibly smears 64x64 faces, and the files stay tiny
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    text = text if fmt == "PNG" else None
     if fmt in METADATA_FORMATS:
         options.update({k: img.info[k] for k in METADATA if k in img.info})
     if fmt not in ALPHA_FORMATS:
         img = flatten(img)
     try:
         if fast and fmt == "PNG" and img.mode in _PNG_COLOUR_TYPES and isinstance(options.get("exif", b""), bytes):
-            _fast_png(img, f, options)
+            _fast_png(img, f, options, text or {})
         else:
+            if text:
+                from PIL.PngImagePlugin import PngInfo
+
+                options["pnginfo"] = info = PngInfo()
+                for k, v in text.items():
+                    info.add_text(k, v)
             img.save(f, format=fmt, **options)
     except (OSError, ValueError) as e:  # Pillow's ValueError: a WebP over 16,383 px, EXIF too long for a JPEG
         raise ImageError(f"{name}: cannot write image ({e})") from None
@@ -192,7 +208,7 @@ def _save(img: Image.Image, f: BinaryIO, fmt: str, name: str, fast: bool = False
 _PNG_COLOUR_TYPES = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
 
 
-def _fast_png(img: Image.Image, f: BinaryIO, meta: dict) -> None:
+def _fast_png(img: Image.Image, f: BinaryIO, meta: dict, text: dict[str, str]) -> None:
     """An 8-bit PNG with the METADATA in `meta`, in about half the time Pillow takes at its fastest: every row is
     filtered by its difference from the row above (PNG's "Up" filter) rather than by the best of five filters
     tried on each row, and compressed by zlib's run-length strategy (docs/results.md, "Batch edits")."""
@@ -203,15 +219,36 @@ def _fast_png(img: Image.Image, f: BinaryIO, meta: dict) -> None:
     np.subtract(a[1:], a[:-1], out=rows[1:, 1:])  # modulo 256, as PNG's filters count
     deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     header = struct.pack(">IIBBBBB", img.width, img.height, 8, _PNG_COLOUR_TYPES[img.mode], 0, 0, 0)
-    chunks = [(b"IHDR", header)]
+    chunks = [(b"IHDR", header)] + [(b"tEXt", f"{k}\0{v}".encode("latin-1")) for k, v in text.items()]
     if meta.get("icc_profile"):  # a profile name, its compression method (0: zlib), the profile
         chunks.append((b"iCCP", b"ICC Profile\0\0" + zlib.compress(meta["icc_profile"])))
     if meta.get("exif"):  # PNG's eXIf holds the TIFF structure without JPEG's "Exif" marker
         chunks.append((b"eXIf", meta["exif"].removeprefix(b"Exif\0\0")))
     chunks += [(b"IDAT", deflate.compress(rows) + deflate.flush()), (b"IEND", b"")]
-    f.write(b"\x89PNG\r\n\x1a\n")
+    f.write(PNG_SIGNATURE)
     for kind, data in chunks:
         f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
+
+
+def png_text(path: str | Path) -> dict[str, str]:
+    """The tEXt chunks of a PNG file before its image data; {} for another file, or one that cannot be read."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_SIGNATURE:
+                return out
+            while len(head := f.read(8)) == 8:
+                n, kind = struct.unpack(">I4s", head)
+                if kind == b"IDAT":
+                    break
+                data = f.read(n)
+                f.seek(4, io.SEEK_CUR)  # the chunk's CRC
+                if kind == b"tEXt":
+                    key, _, value = data.partition(b"\0")
+                    out[key.decode("latin-1")] = value.decode("latin-1")
+    except OSError:
+        pass
+    return out
 
 
 def from_uint8_array(a: np.ndarray) -> Image.Image:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from jmvae_cli.errors import JmvaeError
+from jmvae_cli.images import EDIT_MARK, png_text
 
 # Image files taken from a folder; anything else in it (sidecar .json, .txt) is skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
@@ -59,13 +60,17 @@ def expand_inputs(args: Iterable[str]) -> list[str]:
 def earlier_edits(args: Iterable[str], sources: list[str], out_dir: Path | None) -> list[str]:
     """The sources that folders or globs in `args` found (expand_inputs) and that are the edit this command writes
     of another source: a run again over a folder finds its own NAME-edited.png beside NAME.jpg, or DIR/NAME.png
-    in an --out-dir inside it, and would edit the edits. A file named in `args` itself is never one of them."""
+    in an --out-dir inside it, and would edit the edits. Only files that carry jmvae's mark (images.EDIT_MARK): a
+    photo that merely has such a name is a photo, never overwritten. A file named in `args` is never one of them."""
     named = {os.path.abspath(a) for a in args if a != "-" and Path(a).is_file()}
     paths = {s: Path(s).resolve() for s in sources if s != "-"}
     # of other photos: a photo that is only its own output (in the output folder) is refused later
     # (check_edit_outputs), not left out
     outputs = {out for s, p in paths.items() if (out := default_edit_output(s, out_dir).resolve()) != p}
-    return [s for s, p in paths.items() if p in outputs and os.path.abspath(s) not in named]
+    key, mark = EDIT_MARK
+    return [
+        s for s, p in paths.items() if p in outputs and os.path.abspath(s) not in named and png_text(s).get(key) == mark
+    ]
 
 
 def default_edit_output(image: str, out_dir: Path | None = None) -> Path:

@@ -599,7 +599,8 @@ def _edit_photos(
         img = render_edit(photo, crops, e, view)
         if out is None:
             return EditResult(src, image=img, crops=crops, edit=e)
-        images.write_image(img, out, fast=True)  # writing PNGs at the default level was most of a batch's time
+        # fast: writing PNGs at the default level was most of a batch's time
+        images.write_image(img, out, fast=True, text=dict([images.EDIT_MARK]))
         return EditResult(src, out, crops=crops, edit=e)
 
     for item, r in _ordered_map(finish, edited(), workers, window):

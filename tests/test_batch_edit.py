@@ -97,6 +97,19 @@ def test_a_second_run_over_a_folder_leaves_its_earlier_edits_out(weights_env, al
     assert f"wrote {len(files)} edited photos" in r.stderr and len(list(out.iterdir())) == len(files)
 
 
+def test_a_photo_named_like_an_edit_is_never_taken_for_one(weights_env, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    write_photo(d / "a.jpg", 64, 64, seed=1)
+    write_photo(d / "b.jpg", 64, 64, seed=2)
+    photo = write_photo(d / "a.png", 64, 64, seed=3)  # another photo, where a.jpg's edit would go
+    before = photo.read_bytes()
+    r = run("edit", d, *EDIT, "--out-dir", d, "--force")
+    assert r.exit_code == 1 and "left out" not in r.stderr
+    assert photo.read_bytes() == before  # an input, never overwritten, even with --force
+    assert any("a.jpg: its output" in line and "is the input image" in line for line in errors(r))
+
+
 def test_a_bad_photo_is_reported_and_the_others_edited(weights_env, album, tmp_path):
     d, files = album
     (d / "broken.jpg").write_bytes(b"not a jpeg at all")

@@ -3,7 +3,10 @@
 import os
 from pathlib import Path
 
+from PIL import Image
+
 from jmvae_cli import photo_files
+from jmvae_cli.images import EDIT_MARK, png_text, write_image
 
 
 def test_expand_inputs(tmp_path):
@@ -27,10 +30,13 @@ def test_expand_inputs_takes_a_file_found_twice_once(tmp_path):
     assert len(photo_files.expand_inputs([d])) == 3
 
 
-def test_earlier_edits_are_only_those_found_not_named(tmp_path):
+def test_earlier_edits_are_only_jmvaes_found_not_named(tmp_path):
     (tmp_path / "out").mkdir()
-    for name in ["a.jpg", "a-edited.png", "b.png", "out/a.png", "c-edited.png"]:
+    for name in ["a.jpg", "b.png", "d.jpg"]:
         (tmp_path / name).write_bytes(b"x")
+    for name in ["a-edited.png", "out/a.png", "c-edited.png"]:  # edits this command wrote (c's photo is gone)
+        write_image(Image.new("RGB", (4, 4)), tmp_path / name, fast=True, text=dict([EDIT_MARK]))
+    write_image(Image.new("RGB", (4, 4)), tmp_path / "d-edited.png")  # a photo of the user's, named like an edit
     sources = photo_files.expand_inputs([str(tmp_path)])
 
     def rel(paths: list[str]) -> list[str]:
@@ -40,3 +46,6 @@ def test_earlier_edits_are_only_those_found_not_named(tmp_path):
     assert rel(photo_files.earlier_edits([str(tmp_path)], sources, tmp_path / "out")) == ["out/a.png"]
     named = [str(tmp_path), str(tmp_path / "a-edited.png")]
     assert photo_files.earlier_edits(named, photo_files.expand_inputs(named), None) == []
+    # the mark, as Pillow writes it too (the edit of an image Pillow writes itself)
+    write_image(Image.new("I;16", (4, 4)), tmp_path / "16bit.png", text=dict([EDIT_MARK]))
+    assert png_text(tmp_path / "16bit.png") == dict([EDIT_MARK]) and png_text(tmp_path / "a.jpg") == {}
