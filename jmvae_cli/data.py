@@ -145,7 +145,7 @@ def read_source(root: str | Path, val_fraction: float = VAL_FRACTION) -> Source:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder")
+        raise DataError(f"{root}: {'not a folder' if root.exists() else 'no such folder'} (--data takes data folders)")
     layout = detect_layout(root)
     spec = LAYOUTS[layout]
     attr_file = root / spec.attr_file

@@ -558,8 +558,9 @@ def calibrate_weights(
     from jmvae_cli.model import JMVAE
 
     out = check_weights_output(out)
-    if out.exists() and not force:
-        raise JmvaeError(f"{out} exists: --force overwrites it")
+    for taken in (out, out.with_suffix(".json")):  # the metadata beside it, which would be replaced too
+        if taken.exists() and not force:
+            raise JmvaeError(f"{taken} exists: --force overwrites it")
     loaded = load_model(weights, device)
     model, names = loaded.model, loaded.attr_names
     if not isinstance(model, JMVAE):

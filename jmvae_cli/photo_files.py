@@ -13,7 +13,9 @@ from jmvae_cli.errors import JmvaeError
 from jmvae_cli.images import EDIT_MARK, png_text
 
 # Image files taken from a folder; anything else in it (sidecar .json, .txt) is skipped.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
+IMAGE_SUFFIXES = {
+    *(".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
+}
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:
@@ -107,7 +109,7 @@ def check_edit_outputs(sources: list[str], outputs: list[Path], force: bool = Fa
         elif key in taken:
             checked.append(JmvaeError(f"{src}: its output {out} is the output of {taken[key]} too: rename one"))
         elif out.exists() and not force:
-            checked.append(JmvaeError(f"{out} exists: --force overwrites it"))
+            checked.append(JmvaeError(f"{src}: its output {out} exists: --force overwrites it"))
         else:
             checked.append(out)
         taken.setdefault(key, src)

@@ -66,6 +66,7 @@ from jmvae_cli.train_options import (
     default_of,
     describe_value,
     flag,
+    option_on_cli,
     options_on_resume,
     options_that_may_change,
 )
@@ -466,7 +467,7 @@ def starting_point(opts: TrainOptions) -> Start:
         states, optimizer_states, meta = load_train_state(path)
         conflicts = resume_conflicts(opts, meta)
         if conflicts:
-            changeable = ", ".join(flag(n) for n in options_that_may_change())
+            changeable = ", ".join(flag(n) for n in options_that_may_change() if option_on_cli(n))
             raise JmvaeError(
                 f"--resume: {'; '.join(conflicts)} would train another model than the one in {opts.out}; "
                 f"leave them out (only {changeable} may change on resume)"

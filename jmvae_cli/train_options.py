@@ -213,9 +213,14 @@ def options_that_may_change() -> list[str]:
     return options_on_resume("change") + options_on_resume("machine")
 
 
+def option_on_cli(name: str) -> bool:
+    """Whether the command line offers the option (some are the library's alone)."""
+    return _field(name).metadata["cli"]
+
+
 def help_text(name: str) -> str:
     if name == "resume":  # names the options that may change, which exist only once the class does
-        changeable = ", ".join(flag(n) for n in options_that_may_change() if _field(n).metadata["cli"])
+        changeable = ", ".join(flag(n) for n in options_that_may_change() if option_on_cli(n))
         return (
             "Continue the training saved in --out. Options not given keep the saved run's values; of those given, "
             f"only {changeable} may differ from them."

@@ -127,7 +127,8 @@ def test_existing_outputs_need_force_and_inputs_are_never_overwritten(weights_en
     out.mkdir()
     (out / "p01.png").write_bytes(b"keep me")
     r = run("edit", d, *EDIT, "--out-dir", out)
-    assert r.exit_code == 1 and len(errors(r)) == 1 and "p01.png exists" in r.stderr and "--force" in r.stderr
+    assert r.exit_code == 1 and len(errors(r)) == 1 and "--force" in r.stderr
+    assert f"p01.jpg: its output {out / 'p01.png'} exists" in errors(r)[0]  # which photo it would have been
     assert (out / "p01.png").read_bytes() == b"keep me" and len(list(out.iterdir())) == len(files)
     ok(run("edit", d, *EDIT, "--out-dir", out, "--force"))
     assert Image.open(out / "p01.png").size == Image.open(d / "p01.jpg").size

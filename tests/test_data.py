@@ -100,6 +100,9 @@ def test_folder_in_no_known_layout(tmp_path):
         read_source(tmp_path / "photos")
     with pytest.raises(DataError, match="no such folder"):
         read_source(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile: not a folder"):
+        read_source(tmp_path / "afile")
     assert issubclass(DataError, JmvaeError)
 
 

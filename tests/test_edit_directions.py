@@ -230,6 +230,10 @@ def test_calibrate_writes_refuses_to_overwrite_and_edits_with_auto(tmp_path, mak
     # where the result could not be written, before any of the work: one line
     for bad in (tmp_path / "nodir" / "c.safetensors", tmp_path / "c.json", tmp_path):
         fails(run(*[bad if a == out else a for a in args], "--force"), str(bad))
+    # a file of the user's where the metadata would go beside a new one
+    (tmp_path / "d.json").write_text("notes")
+    fails(run(*[tmp_path / "d.safetensors" if a == out else a for a in args]), "d.json exists", "--force")
+    assert (tmp_path / "d.json").read_text() == "notes"
     # the calibrated model edits with its rule and strengths by default
     crop = tmp_path / "crop.png"
     r = run("edit", photo, "--no-detect", "--set", "Smiling", "--crop-only", "-o", crop, "--weights", out)

@@ -11,11 +11,11 @@ from jmvae_cli.images import EDIT_MARK, png_text, write_image
 
 def test_expand_inputs(tmp_path):
     (tmp_path / "d" / "sub").mkdir(parents=True)
-    for name in ["d/b.jpg", "d/a.png", "d/sub/c.JPG", "d/notes.txt", "d/.hidden.jpg", "x1.png", "x2.png"]:
+    for name in ["d/b.jpg", "d/a.png", "d/sub/c.JPG", "d/e.avif", "d/notes.txt", "d/.hidden.jpg", "x1.png", "x2.png"]:
         (tmp_path / name).write_bytes(b"x")
     got = photo_files.expand_inputs([str(tmp_path / "d"), str(tmp_path / "x*.png"), "-", str(tmp_path / "nope.jpg")])
     rel = [g if g == "-" else str(Path(g).relative_to(tmp_path)) for g in got]
-    assert rel == ["d/a.png", "d/b.jpg", "d/sub/c.JPG", "x1.png", "x2.png", "-", "nope.jpg"]
+    assert rel == ["d/a.png", "d/b.jpg", "d/e.avif", "d/sub/c.JPG", "x1.png", "x2.png", "-", "nope.jpg"]
 
 
 def test_expand_inputs_takes_a_file_found_twice_once(tmp_path):

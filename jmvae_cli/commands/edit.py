@@ -157,7 +157,10 @@ def edit(
     if len(sources) > 1:
         where = f" to {out_dir}" if out_dir is not None else ""
         console.print(
-            f"wrote {len(sources) - failed} edited photos{where}", highlight=False, markup=False, soft_wrap=True
+            f"wrote {len(sources) - failed} edited photo{'' if len(sources) - failed == 1 else 's'}{where}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
         if failed:
             console.print(f"{failed} of {len(sources)} photos failed", highlight=False)
