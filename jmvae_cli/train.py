@@ -206,7 +206,8 @@ def bring_in_step(out: Path, start: "Start") -> None:
             )
         for path in (out / STATE_FILE, model_file):
             rewrite_stale_sidecar(path)
-    drop_epochs_after(out, start.epochs_done)
+    # the line of an epoch --time-limit cut short stays until a resume finishes that epoch (end_epoch)
+    drop_epochs_after(out, start.epochs_done + bool((start.meta or {}).get("epoch_batches_done")))
 
 
 def drop_epochs_after(out: Path, epochs_done: int) -> None:
@@ -634,6 +635,9 @@ class Trainer:
         self.lr_warmup_steps = max(1, min(LR_WARMUP_STEPS, int(LR_WARMUP_SHARE * self.total_steps)))
 
         self.step, self.epochs_done, self.epoch = start.step, start.epochs_done, start.epochs_done
+        # batches of the epoch under way trained already: a run stopped mid-epoch (a signal, --time-limit) goes on
+        # from the next one, rather than train the epoch's first batches twice
+        self.batches_done = (start.meta or {}).get("epoch_batches_done", 0)
         # the last epoch's end (validation, metrics line, sample grid) until written: a run stopped in between saves
         # it, and its resume writes it first (an epoch trained and saved is never reported nor trained again)
         self.report_due = (start.meta or {}).get("report_due")
@@ -716,18 +720,21 @@ class Trainer:
         self.optimizers["disc_optimizer"].step()
         return loss
 
-    def train_epoch(self, epoch: int, bar: Progress, task) -> tuple[dict[str, float], int, float]:
-        """-> (summed loss terms, steps taken, seconds)."""
+    def train_epoch(self, epoch: int, bar: Progress, task) -> tuple[dict[str, float], int, float, bool]:
+        """The epoch's batches from self.batches_done on -> (summed loss terms, steps taken, seconds, whether the
+        epoch was finished: --time-limit can end it early)."""
         sums: dict[str, torch.Tensor] = {}
         n_steps, t0 = 0, time.monotonic()
-        for idx in epoch_batches(self.train_idx, self.opts.batch_size, self.opts.seed, epoch, self.d):
-            x, w = self.batch(idx)
+        batches = epoch_batches(self.train_idx, self.opts.batch_size, self.opts.seed, epoch, self.d)
+        for i in range(self.batches_done, len(batches)):
+            x, w = self.batch(batches[i])
             if self.opts.flip:
                 flip = torch.rand(len(x), device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             if self.opts.jitter:
                 x = reframe(x, self.opts.jitter)
             terms = self.train_step(x, w)
+            self.batches_done = i + 1
             if terms is None:
                 continue
             n_steps += 1
@@ -739,12 +746,15 @@ class Trainer:
                 bar.update(task, completed=self.step, epoch=epoch + 1, terms=shown, speed=f"{ips:.0f} img/s")
             if self.out_of_time():
                 break
-        return {k: float(v) for k, v in sums.items()}, n_steps, time.monotonic() - t0
+        finished = self.batches_done >= len(batches)
+        return {k: float(v) for k, v in sums.items()}, n_steps, time.monotonic() - t0, finished
 
     # --- the end of an epoch (rank 0)
 
-    def end_epoch(self, sums: dict[str, float], n_steps: int, seconds: float) -> dict:
-        """Validate, log a metrics line and draw the sample grid; validation that is not finite is divergence."""
+    def end_epoch(self, epoch: int, sums: dict[str, float], n_steps: int, seconds: float) -> dict:
+        """Validate, log a metrics line and draw the sample grid of `epoch` (its number, from 1; an epoch that
+        --time-limit cut short is logged too, and again once a resume finishes it); validation that is not finite is
+        divergence."""
         val = None
         if len(self.val_idx):
             val = validate(self.final, self.data, self.val_idx, self.device, self.prec)
@@ -753,7 +763,7 @@ class Trainer:
                 shown = next((k for k in ("bits_per_dim", "loss") if k in bad), bad[0])
                 raise self.diverged(f"validation gave {shown} {val[shown]}")
         metrics = {
-            "epoch": self.epochs_done,
+            "epoch": epoch,
             "step": self.step,
             "lr": self.optimizers["optimizer"].param_groups[0]["lr"],
             "precision": self.prec.name,
@@ -762,11 +772,13 @@ class Trainer:
             "val": val,
         }
         out = self.opts.out
-        with self.writing(out / METRICS_FILE), open(out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        with self.writing(out / METRICS_FILE):
+            drop_epochs_after(out, epoch - 1)  # a line of this epoch before it was finished, or reported in full
+            with open(out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         grid = sample_grid(self.final, self.data, self.grid_idx, self.device)
         if grid is not None:
-            path = out / SAMPLES_DIR / f"epoch_{self.epochs_done:03d}.png"
+            path = out / SAMPLES_DIR / f"epoch_{epoch:03d}.png"
             with self.writing(path):
                 path.parent.mkdir(exist_ok=True)
                 write_image(from_uint8_array(grid), path)
@@ -815,6 +827,7 @@ class Trainer:
             "train_seconds": self.train_seconds(),
             "metrics": metrics,
             "report_due": self.report_due,
+            "epoch_batches_done": self.batches_done,
         }
         out = self.opts.out
         with signals_held():
@@ -846,15 +859,15 @@ class Trainer:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, epoch="", terms="", speed="")
             try:
                 if self.report_due is not None and main:
-                    drop_epochs_after(opts.out, self.epochs_done - 1)  # what the stopped report wrote of it
                     metrics = self.end_epoch(**self.report_due)
                     self.report_due, self.on_disk = None, None  # saved again without it
                     self.save_checkpoint(metrics)
                 for epoch in range(self.epochs_done, opts.epochs):
                     self.epoch = epoch
-                    sums, n_steps, seconds = self.train_epoch(epoch, bar, task)
-                    self.epochs_done = epoch + 1
-                    self.report_due = {"sums": sums, "n_steps": n_steps, "seconds": seconds}
+                    sums, n_steps, seconds, finished = self.train_epoch(epoch, bar, task)
+                    if finished:
+                        self.epochs_done, self.batches_done = epoch + 1, 0
+                    self.report_due = {"epoch": epoch + 1, "sums": sums, "n_steps": n_steps, "seconds": seconds}
                     out_of_time = self.out_of_time()
                     if main:
                         metrics = self.end_epoch(**self.report_due)
@@ -863,7 +876,7 @@ class Trainer:
                         val = metrics["val"] or {}
                         shown = [f"{k} {val[k]:.4f}" for k in ("bits_per_dim", "rec_w", "attr_acc") if k in val]
                         bar.console.print(
-                            f"epoch {self.epochs_done}: "
+                            f"epoch {metrics['epoch']}{'' if finished else ' (cut short by --time-limit)'}: "
                             + (f"val {', '.join(shown)}" if metrics["val"] else "no validation images")
                             + f", {metrics['images_per_s']:.0f} img/s"
                         )

@@ -15,7 +15,7 @@ from jmvae_cli.checkpoint import load_model, load_train_state
 from jmvae_cli.cli import app
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE
-from jmvae_cli.train import Interrupted, TrainingError, TrainOptions, options_for, train, update_ema
+from jmvae_cli.train import Interrupted, Trainer, TrainingError, TrainOptions, options_for, train, update_ema
 
 TINY = {"channels": (8, 8, 8, 8), "image_features": 16, "attr_hidden": 16, "joint_hidden": 16}
 REPO = Path(__file__).resolve().parents[1]
@@ -188,13 +188,44 @@ def test_init_fine_tunes_from_a_model_file(data, tmp_path):
 def test_a_spent_time_limit_is_said_on_resume_not_trained_a_step_further(data, tmp_path):
     out = tmp_path / "t"
     train(options(data, out, epochs=50, time_limit=0.0005))  # 30 ms: it stops long before 50 epochs
-    done = load_model(out / "model.safetensors").meta["epochs_done"]
-    assert 1 <= done < 50
+    meta = load_model(out / "model.safetensors").meta
+    done, logged = meta["epochs_done"], metrics(out)
+    assert done < 50 and meta["epoch_batches_done"] > 0  # cut short within an epoch, which is not counted done
+    assert [m["epoch"] for m in logged] == list(range(1, done + 2))  # the epoch cut short is logged too
     with pytest.raises(JmvaeError, match="raise --time-limit to train on"):
         train(options(data, out, epochs=50, time_limit=0.0005, resume=True))
-    assert len(metrics(out)) == done  # nothing trained, nothing logged
+    assert metrics(out) == logged  # nothing trained, nothing logged
     train(options(data, out, epochs=done + 1, time_limit=10, resume=True))
-    assert load_model(out / "model.safetensors").meta["epochs_done"] == done + 1
+    meta = load_model(out / "model.safetensors").meta
+    assert meta["epochs_done"] == done + 1 and meta["epoch_batches_done"] == 0
+    # the epoch cut short was finished from where it stopped, and logged once
+    steps_per_epoch = logged[0]["step"] if done else metrics(out)[-1]["step"] // (done + 1)
+    assert meta["step"] == (done + 1) * steps_per_epoch
+    assert [m["epoch"] for m in metrics(out)] == list(range(1, done + 2))
+
+
+def test_a_run_stopped_mid_epoch_goes_on_from_the_next_batch(data, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    train(options(data, out, epochs=1, batch_size=4))  # 9 steps an epoch
+    steps_per_epoch = metrics(out)[0]["step"]
+    real_step, calls, stopped = Trainer.train_step, [], []
+
+    def ctrl_c_in_epoch_2(self, x, w):
+        calls.append(1)
+        if len(calls) == 4 and not stopped:
+            stopped.append(1)
+            raise KeyboardInterrupt
+        return real_step(self, x, w)
+
+    monkeypatch.setattr(Trainer, "train_step", ctrl_c_in_epoch_2)
+    with pytest.raises(Interrupted):
+        train(options(data, out, epochs=2, batch_size=4, resume=True))
+    meta = load_model(out / "model.safetensors").meta
+    assert (meta["epochs_done"], meta["epoch_batches_done"], meta["step"]) == (1, 3, steps_per_epoch + 3)
+    calls.clear()
+    train(options(data, out, epochs=2, batch_size=4, resume=True))
+    assert len(calls) == steps_per_epoch - 3  # each batch of epoch 2 trained once
+    assert [(m["epoch"], m["step"]) for m in metrics(out)] == [(1, steps_per_epoch), (2, 2 * steps_per_epoch)]
 
 
 def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data, tmp_path):
