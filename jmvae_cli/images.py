@@ -230,6 +230,9 @@ def _fast_png(img: Image.Image, f: BinaryIO, meta: dict, text: dict[str, str]) -
         f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
 
 
+_MAX_CHUNK_READ = 1 << 20  # a text chunk longer than this is no mark of ours: not read into memory
+
+
 def png_text(path: str | Path) -> dict[str, str]:
     """The tEXt chunks of a PNG file before its image data; {} for another file, or one that cannot be read."""
     out: dict[str, str] = {}
@@ -239,14 +242,15 @@ def png_text(path: str | Path) -> dict[str, str]:
                 return out
             while len(head := f.read(8)) == 8:
                 n, kind = struct.unpack(">I4s", head)
-                if kind == b"IDAT":
+                if kind == b"IDAT" or n > _MAX_CHUNK_READ and kind == b"tEXt":
                     break
-                data = f.read(n)
+                if kind != b"tEXt":
+                    f.seek(n + 4, io.SEEK_CUR)  # its data and CRC, unread: a length is whatever the file says
+                    continue
+                key, _, value = f.read(n).partition(b"\0")
+                out[key.decode("latin-1")] = value.decode("latin-1")
                 f.seek(4, io.SEEK_CUR)  # the chunk's CRC
-                if kind == b"tEXt":
-                    key, _, value = data.partition(b"\0")
-                    out[key.decode("latin-1")] = value.decode("latin-1")
-    except OSError:
+    except (OSError, ValueError):
         pass
     return out
 

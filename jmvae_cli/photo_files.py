@@ -9,13 +9,15 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from PIL import Image
+
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.images import EDIT_MARK, png_text
 
 # Image files taken from a folder; anything else in it (sidecar .json, .txt) is skipped.
-IMAGE_SUFFIXES = {
-    *(".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
-}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
+if ".avif" in Image.registered_extensions():  # Pillow's wheels read AVIF from 11.3 on
+    IMAGE_SUFFIXES.add(".avif")
 
 
 def expand_inputs(args: Iterable[str]) -> list[str]:

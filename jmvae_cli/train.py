@@ -637,10 +637,21 @@ class Trainer:
         self.step, self.epochs_done, self.epoch = start.step, start.epochs_done, start.epochs_done
         # batches of the epoch under way trained already: a run stopped mid-epoch (a signal, --time-limit) goes on
         # from the next one, rather than train the epoch's first batches twice
-        self.batches_done = (start.meta or {}).get("epoch_batches_done", 0)
+        saved = start.meta or {}
+        self.batches_done = saved.get("epoch_batches_done", 0)
+        self.epoch_layout = (d.world, len(epoch_batches(self.train_idx, opts.batch_size, opts.seed, 0, d)))
+        if self.batches_done and saved.get("epoch_layout") != list(self.epoch_layout):
+            # other processes or other data than the stopped run's: its position means other images now
+            console.print(
+                f"[yellow]note:[/] the run stopped within epoch {self.epochs_done + 1} with other processes or data "
+                "than these: that epoch starts over",
+                highlight=False,
+                soft_wrap=True,
+            )
+            self.batches_done = 0
         # the last epoch's end (validation, metrics line, sample grid) until written: a run stopped in between saves
         # it, and its resume writes it first (an epoch trained and saved is never reported nor trained again)
-        self.report_due = (start.meta or {}).get("report_due")
+        self.report_due = saved.get("report_due")
         self.on_disk = (start.epochs_done, start.step) if start.meta is not None else None  # (epochs, step) saved
         self.seconds_before, self.t_start = start.train_seconds, time.monotonic()
         self.last_save = self.t_start
@@ -828,6 +839,7 @@ class Trainer:
             "metrics": metrics,
             "report_due": self.report_due,
             "epoch_batches_done": self.batches_done,
+            "epoch_layout": self.epoch_layout,  # (processes, batches each) that position counts in
         }
         out = self.opts.out
         with signals_held():
@@ -859,10 +871,11 @@ class Trainer:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, epoch="", terms="", speed="")
             try:
                 if self.report_due is not None and main:
-                    metrics = self.end_epoch(**self.report_due)
+                    metrics = self.end_epoch(**{"epoch": self.epochs_done, **self.report_due})  # (older: no epoch)
                     self.report_due, self.on_disk = None, None  # saved again without it
                     self.save_checkpoint(metrics)
-                for epoch in range(self.epochs_done, opts.epochs):
+                last = opts.epochs if not self.out_of_time() else self.epochs_done  # spent: only the report due
+                for epoch in range(self.epochs_done, last):
                     self.epoch = epoch
                     sums, n_steps, seconds, finished = self.train_epoch(epoch, bar, task)
                     if finished:
@@ -925,9 +938,12 @@ def _train(opts: TrainOptions, d: Dist) -> dict:
         raise JmvaeError(f"--gan trains a JMVAE's image decoder; it does not apply to a {start.cfg.model} model")
     if d.main:
         bring_in_step(opts.out, start)
-    if start.epochs_done >= opts.epochs:
+    # a report still due (a stop while the last epoch was validated) is written by a resume, whatever is left to do
+    report_due = start.meta is not None and start.meta.get("report_due") is not None
+    if start.epochs_done >= opts.epochs and not report_due:
         raise JmvaeError(f"{opts.out} is already trained for {start.epochs_done} epochs: raise --epochs to train on")
-    if opts.time_limit is not None and start.train_seconds >= 60 * opts.time_limit:  # it counts over resumes
+    spent = opts.time_limit is not None and start.train_seconds >= 60 * opts.time_limit  # it counts over resumes
+    if spent and not report_due:
         raise JmvaeError(
             f"{opts.out} has trained for {start.train_seconds / 60:.1f} minutes, its --time-limit of "
             f"{opts.time_limit:g}: raise --time-limit to train on"

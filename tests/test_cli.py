@@ -518,6 +518,7 @@ def test_edit_crop_only_show_and_print_attrs(weights_env, tiny_weights, photo, t
 def test_edit_stdin_and_stdout(weights_env, photo, monkeypatch):
     r = ok(run("edit", "-", "--no-detect", "--set", "Smiling", "-o", "-", input=photo.read_bytes()))
     assert Image.open(io.BytesIO(r.stdout_bytes)).size == (200, 120)
+    assert Image.open(io.BytesIO(r.stdout_bytes)).text == dict([images.EDIT_MARK])  # redirected, still an edit
     fails(run("edit", "-", "--no-detect", "--set", "Smiling", input=photo.read_bytes()), code=2)
     monkeypatch.setattr(common, "stdout_is_tty", lambda: True)
     fails(run("edit", photo, "--set", "Smiling", "-o", "-"), "terminal", code=2)

@@ -49,3 +49,9 @@ def test_earlier_edits_are_only_jmvaes_found_not_named(tmp_path):
     # the mark, as Pillow writes it too (the edit of an image Pillow writes itself)
     write_image(Image.new("I;16", (4, 4)), tmp_path / "16bit.png", text=dict([EDIT_MARK]))
     assert png_text(tmp_path / "16bit.png") == dict([EDIT_MARK]) and png_text(tmp_path / "a.jpg") == {}
+    # a chunk length of whatever size a file says is never read into memory
+    odd = tmp_path / "odd-edited.png"
+    odd.write_bytes(b"\x89PNG\r\n\x1a\n" + (0xFFFFFFF0).to_bytes(4, "big") + b"tEXtx")
+    assert png_text(odd) == {}
+    odd.write_bytes(b"\x89PNG\r\n\x1a\n" + (0xFFFFFFF0).to_bytes(4, "big") + b"zTXtx")
+    assert png_text(odd) == {}

@@ -164,11 +164,12 @@ def killed(*args, **kw):
 
 def test_a_stop_while_an_epoch_is_reported_reports_it_on_resume(data, tmp_path, arch, monkeypatch):
     out = tmp_path / "run"
-    real, calls = train_module.validate, []
+    real, calls, stops = train_module.validate, [], {2}
 
-    def ctrl_c_in_epoch_2(*args, **kw):
+    def ctrl_c_in_epoch_2(*args, **kw):  # the validations numbered in stops
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) in stops:
+            stops.discard(len(calls))
             raise KeyboardInterrupt
         return real(*args, **kw)
 
@@ -180,6 +181,12 @@ def test_a_stop_while_an_epoch_is_reported_reports_it_on_resume(data, tmp_path, 
     # epoch 2 reported once, at the step it ended on, and not trained again
     assert [(m["epoch"], m["step"]) for m in metrics(out)] == [(1, steps // 2), (2, steps), (3, steps * 3 // 2)]
     assert sorted(p.name for p in (out / "samples").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+    # stopped while its last epoch is reported, a run is not "already trained": its resume writes the report
+    stops.add(len(calls) + 1)
+    fails(train_cli(data, out, "--resume", "--epochs", "4"), "interrupted: saved", code=130)
+    ok(train_cli(data, out, "--resume", "--epochs", "4"))
+    assert [m["epoch"] for m in metrics(out)] == [1, 2, 3, 4]
+    fails(train_cli(data, out, "--resume", "--epochs", "4"), "already trained for 4 epochs")
 
 
 def test_resume_finds_the_data_from_another_folder(data, tmp_path, arch, monkeypatch):

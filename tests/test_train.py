@@ -204,7 +204,7 @@ def test_a_spent_time_limit_is_said_on_resume_not_trained_a_step_further(data, t
     assert [m["epoch"] for m in metrics(out)] == list(range(1, done + 2))
 
 
-def test_a_run_stopped_mid_epoch_goes_on_from_the_next_batch(data, tmp_path, monkeypatch):
+def test_a_run_stopped_mid_epoch_goes_on_from_the_next_batch(data, tmp_path, monkeypatch, capsys, make_celeba_hq):
     out = tmp_path / "s"
     train(options(data, out, epochs=1, batch_size=4))  # 9 steps an epoch
     steps_per_epoch = metrics(out)[0]["step"]
@@ -226,6 +226,15 @@ def test_a_run_stopped_mid_epoch_goes_on_from_the_next_batch(data, tmp_path, mon
     train(options(data, out, epochs=2, batch_size=4, resume=True))
     assert len(calls) == steps_per_epoch - 3  # each batch of epoch 2 trained once
     assert [(m["epoch"], m["step"]) for m in metrics(out)] == [(1, steps_per_epoch), (2, 2 * steps_per_epoch)]
+    # stopped within epoch 3, resumed on other data: the position means other images there, the epoch starts over
+    stopped.clear()
+    calls.clear()
+    with pytest.raises(Interrupted):
+        train(options(data, out, epochs=3, batch_size=4, resume=True))
+    other = make_celeba_hq(tmp_path / "other", 60)
+    train(options(other, out, epochs=3, batch_size=4, resume=True))
+    assert "epoch 3 with other processes or data than these: that epoch starts over" in capsys.readouterr().err
+    assert load_model(out / "model.safetensors").meta["epoch_batches_done"] == 0
 
 
 def test_train_only_the_image_decoder_leaves_everything_else_bit_identical(data, tmp_path):

@@ -270,15 +270,15 @@ def check_image_output(output: str | None) -> None:
         images.check_output(output)
 
 
-def write_output_image(img, output: str) -> None:
+def write_output_image(img, output: str, text: dict[str, str] | None = None) -> None:
     from jmvae_cli import images
 
     if output == "-":
         stream = sys.stdout.buffer
-        images.write_image(img, stream)
+        images.write_image(img, stream, text=text)
         stream.flush()
     else:
-        images.write_image(img, Path(output))
+        images.write_image(img, Path(output), text=text)
         console.print(f"wrote {output}", highlight=False, markup=False, soft_wrap=True)
 
 

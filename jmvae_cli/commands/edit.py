@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from jmvae_cli import editing, photo_files
+from jmvae_cli import editing, images, photo_files
 from jmvae_cli.commands import common
 from jmvae_cli.console import console
 from jmvae_cli.errors import JmvaeError
@@ -151,7 +151,7 @@ def edit(
             _note_already(r, tr, values)
             _warn_weak(r, tr, values)
             if r.image is not None:
-                common.write_output_image(r.image, "-")
+                common.write_output_image(r.image, "-", text=dict([images.EDIT_MARK]))  # redirected, still an edit
             elif len(sources) == 1:
                 console.print(f"wrote {r.output}", highlight=False, markup=False, soft_wrap=True)
     if len(sources) > 1:
