@@ -24,6 +24,9 @@ from jmvae_cli.files import replacing
 BACKGROUND = (255, 255, 255)
 # Formats that store an alpha channel; an RGBA image written to any other is flattened on BACKGROUND first.
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+# The formats written: those that keep a photo's size and colours (Pillow also writes ICO, which shrinks it to an
+# icon, GIF's 256 colours, and formats it cannot read back, such as PDF)
+OUTPUT_FORMATS = {"PNG", "JPEG", "WEBP", "TIFF", "BMP", "PPM"}
 # What of a photo's file is kept for its edit, in Image.info: the ICC colour profile (without it a wide-gamut phone
 # photo's colours shift when written back) and the EXIF metadata (camera, date, place), re-encoded without the
 # orientation (the pixels are turned upright on reading) and without the embedded thumbnail (the unedited photo).
@@ -177,8 +180,8 @@ def check_output(dest: str | Path) -> str:
 
 def _format_for(suffix: str, name: str) -> str:
     fmt = Image.registered_extensions().get(suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise ImageError(f"{name}: unknown image file extension {suffix!r} (use .png, .jpg or .webp)")
+    if fmt not in OUTPUT_FORMATS or fmt not in Image.SAVE:
+        raise ImageError(f"{name}: unknown image file extension {suffix!r} (use .png, .jpg, .webp, .tif, .bmp or .ppm)")
     return fmt
 
 

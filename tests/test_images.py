@@ -225,6 +225,9 @@ def test_write_errors(tmp_path):
     with pytest.raises(ImageError, match="does not exist") as e:
         write_image(img, tmp_path / "no" / "such" / "out.png")
     assert str(tmp_path / "no" / "such") in str(e.value)
+    for lossy in ("x.ico", "x.gif", "x.pdf"):  # Pillow writes these, but not as the photo it was given
+        with pytest.raises(ImageError, match="unknown image file extension"):
+            write_image(Image.new("RGB", (600, 400)), tmp_path / lossy)
     with pytest.raises(ImageError, match=r"out.xyz: unknown image file extension '.xyz'"):
         write_image(img, tmp_path / "out.xyz")
     with pytest.raises(ImageError, match="unknown image file extension ''"):
