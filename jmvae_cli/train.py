@@ -710,17 +710,21 @@ class Trainer:
                 # bf16's short mantissa can overflow where fp32 would not: keep going in fp32.
                 self.prec = Precision(self.device, None)
                 console.print(f"[yellow]non-finite loss in bf16 at step {self.step}: continuing in fp32")
+                self.batches_done += 1
                 return None
             raise self.diverged(f"the loss became {float(loss.detach())}")
         optimizer = self.optimizers["optimizer"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        if self.ema is not None:
-            update_ema(self.ema, self.model, min(self.opts.ema, (1 + self.step) / (EMA_WARMUP + self.step)))
-        if self.disc is not None:
-            terms["disc"] = self.discriminator_step(x, fake.detach())
-        self.step += 1
+        # the updates and their count go together: a stop between them would have a resume train the batch again
+        with signals_held():
+            optimizer.step()
+            if self.ema is not None:
+                update_ema(self.ema, self.model, min(self.opts.ema, (1 + self.step) / (EMA_WARMUP + self.step)))
+            if self.disc is not None:
+                terms["disc"] = self.discriminator_step(x, fake.detach())
+            self.step += 1
+            self.batches_done += 1
         return terms
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -744,8 +748,7 @@ class Trainer:
                 x = torch.where(flip[:, None, None, None], x.flip(3), x)
             if self.opts.jitter:
                 x = reframe(x, self.opts.jitter)
-            terms = self.train_step(x, w)
-            self.batches_done = i + 1
+            terms = self.train_step(x, w)  # counts the batch done (batches_done)
             if terms is None:
                 continue
             n_steps += 1

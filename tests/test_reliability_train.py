@@ -189,6 +189,24 @@ def test_a_stop_while_an_epoch_is_reported_reports_it_on_resume(data, tmp_path, 
     fails(train_cli(data, out, "--resume", "--epochs", "4"), "already trained for 4 epochs")
 
 
+def test_a_stop_inside_a_step_counts_the_step_whole(data, tmp_path, arch, monkeypatch):
+    out = tmp_path / "run"
+    ok(train_cli(data, out, "--epochs", "1", "--gan"))
+    steps = read_meta(out / "train_state.safetensors")["step"]
+    real, calls = train_module.Trainer.discriminator_step, []
+
+    def ctrl_c_inside(self, x, fake):
+        calls.append(1)
+        if len(calls) == 3:  # after the model's update, before the discriminator's and the count
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, x, fake)
+
+    monkeypatch.setattr(train_module.Trainer, "discriminator_step", ctrl_c_inside)
+    fails(train_cli(data, out, "--epochs", "2", "--gan", "--resume"), "interrupted: saved", code=130)
+    meta = read_meta(out / "train_state.safetensors")
+    assert (meta["step"], meta["epoch_batches_done"]) == (steps + 3, 3)  # the third step whole, not trained again
+
+
 def test_resume_finds_the_data_from_another_folder(data, tmp_path, arch, monkeypatch):
     monkeypatch.chdir(data.parent)
     out = tmp_path / "run"
