@@ -15,7 +15,6 @@ strengths in the metadata's "edit" entry), added by `jmvae calibrate`; the loade
 Non-finite weights (a diverged run) are never loaded: they would give NaN probabilities and black faces.
 """
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -160,13 +159,13 @@ def model_meta(state_meta: dict) -> dict:
     return {k: v for k, v in state_meta.items() if k not in state_only}
 
 
-def build_model(meta: dict, path: Path, device: str | None = None) -> torch.nn.Module:
-    """The model the config in `meta` describes, its tensors made on `device` ("meta": none at all, to be
-    assigned)."""
+def build_model(meta: dict, path: Path) -> torch.nn.Module:
+    """The model the config in `meta` describes, without weights (on the meta device), for load_model to assign the
+    file's: random initial weights, which they replace, cost every start."""
     try:
         cfg = JMVAEConfig.from_dict(meta["config"])
         make = model_class(cfg.model)  # its module imported outside the device context, which would take its tensors
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with torch.device("meta"):
             return make(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{path} holds a jmvae model this version cannot rebuild ({e})") from None
@@ -185,7 +184,7 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> Loaded:
             "retrain it or use an earlier copy"
         )
     edit = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(EDIT_PREFIX)]}
-    model = build_model(meta, path, "meta")  # no random initial weights, which the file's replace: every start paid
+    model = build_model(meta, path)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, assign=True)
     except RuntimeError as e:

@@ -21,13 +21,16 @@ def can_fork() -> bool:
     return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
 
 
-def die_with_parent() -> None:
-    """In a worker process: end when the process that started it ends, however that ends (killed, its terminal
-    closed), rather than live on with no one to read its results. Linux only (prctl); elsewhere nothing."""
+def start_worker() -> None:
+    """In a worker process: leave Ctrl-C to the parent (it reaches the whole process group; the parent ends the pool,
+    and the workers need print no tracebacks), and end when the parent ends, however that ends (killed, its
+    terminal closed), rather than live on with no one to read the results. The latter on Linux only (prctl)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform != "linux":
         return
     import ctypes
-    import signal
 
     pr_set_pdeathsig = 1
     try:

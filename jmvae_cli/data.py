@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 
 from jmvae_cli.console import console
-from jmvae_cli.cpus import available_cpus, die_with_parent
+from jmvae_cli.cpus import available_cpus, start_worker
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.files import remove_stale_temporaries, replacing
 
@@ -389,7 +388,7 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
         yield from map(_decode_job, rest)
         return
     done = 0
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=start_worker)
     try:
         for face in pool.map(_decode_job, rest, chunksize=64):
             yield face
@@ -403,12 +402,6 @@ def _decode_all(jobs: list[tuple[Path, str, Preprocess]]) -> Iterator[np.ndarray
         yield from map(_decode_job, rest[done:])
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, do not decode the rest first
-
-
-def _ignore_sigint() -> None:
-    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers need not print tracebacks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
 
 
 # -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from jmvae_cli import images
-from jmvae_cli.cpus import can_fork, die_with_parent
+from jmvae_cli.cpus import can_fork, start_worker
 from jmvae_cli.errors import JmvaeError, OpenCV4Needed
 
 # The training frame relative to the cascade's box: side / box width, and the frame centre's offset from the box
@@ -858,10 +858,7 @@ class SearchAhead:
 
 
 def _start_searcher() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the searchers
-    die_with_parent()
+    start_worker()
     cv2.setNumThreads(1)  # one searcher a core (the parent restores its own setting once forked)
 
 

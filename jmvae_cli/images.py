@@ -233,29 +233,14 @@ def _fast_png(img: Image.Image, f: BinaryIO, meta: dict, text: dict[str, str]) -
         f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)))
 
 
-_MAX_CHUNK_READ = 1 << 20  # a text chunk longer than this is no mark of ours: not read into memory
-
-
 def png_text(path: str | Path) -> dict[str, str]:
-    """The tEXt chunks of a PNG file before its image data; {} for another file, or one that cannot be read."""
-    out: dict[str, str] = {}
+    """The text chunks of a PNG file ahead of its pixels, as Pillow reads them on opening it (nothing decoded); {}
+    for another file, or one that cannot be read."""
     try:
-        with open(path, "rb") as f:
-            if f.read(8) != PNG_SIGNATURE:
-                return out
-            while len(head := f.read(8)) == 8:
-                n, kind = struct.unpack(">I4s", head)
-                if kind == b"IDAT" or n > _MAX_CHUNK_READ and kind == b"tEXt":
-                    break
-                if kind != b"tEXt":
-                    f.seek(n + 4, io.SEEK_CUR)  # its data and CRC, unread: a length is whatever the file says
-                    continue
-                key, _, value = f.read(n).partition(b"\0")
-                out[key.decode("latin-1")] = value.decode("latin-1")
-                f.seek(4, io.SEEK_CUR)  # the chunk's CRC
-    except (OSError, ValueError):
-        pass
-    return out
+        with Image.open(path) as img:
+            return {k: v for k, v in img.info.items() if isinstance(v, str)} if img.format == "PNG" else {}
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return {}
 
 
 def from_uint8_array(a: np.ndarray) -> Image.Image:

@@ -639,7 +639,7 @@ class Trainer:
         # from the next one, rather than train the epoch's first batches twice
         saved = start.meta or {}
         self.batches_done = saved.get("epoch_batches_done", 0)
-        self.epoch_layout = (d.world, len(epoch_batches(self.train_idx, opts.batch_size, opts.seed, 0, d)))
+        self.epoch_layout = (d.world, self.steps_per_epoch)
         if self.batches_done and saved.get("epoch_layout") != list(self.epoch_layout):
             # other processes or other data than the stopped run's: its position means other images now
             console.print(
@@ -874,7 +874,7 @@ class Trainer:
             task = bar.add_task("train", total=self.total_steps, completed=self.step, epoch="", terms="", speed="")
             try:
                 if self.report_due is not None and main:
-                    metrics = self.end_epoch(**{"epoch": self.epochs_done, **self.report_due})  # (older: no epoch)
+                    metrics = self.end_epoch(**self.report_due)
                     self.report_due, self.on_disk = None, None  # saved again without it
                     self.save_checkpoint(metrics)
                 last = opts.epochs if not self.out_of_time() else self.epochs_done  # spent: only the report due

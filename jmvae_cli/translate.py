@@ -23,7 +23,7 @@ from PIL import Image
 
 from jmvae_cli import editing, faces, images
 from jmvae_cli.checkpoint import WeightsError, default_weights, load_model
-from jmvae_cli.cpus import available_cpus, can_fork, die_with_parent
+from jmvae_cli.cpus import available_cpus, can_fork, start_worker
 from jmvae_cli.data import Preprocess
 from jmvae_cli.errors import JmvaeError
 from jmvae_cli.model import JMVAE, output_to_pixels, pixels_to_input
@@ -527,12 +527,9 @@ def _in_processes(tr: Translator, task: Callable, tasks: list, workers: int, arg
 
 
 def _start_worker(tr: Translator, args: tuple) -> None:
-    import signal
-
     import cv2
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
-    die_with_parent()  # a parent killed otherwise (SIGTERM, a closed terminal) ends nothing itself
+    start_worker()
     # the parent's streams may have been held by one of its threads (a progress bar's) at the fork: fresh ones
     sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
     torch.set_num_threads(1)

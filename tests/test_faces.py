@@ -565,8 +565,8 @@ def test_workers_end_with_the_process_that_started_them(tmp_path):
     # a parent killed at once (as by SIGTERM, which leaves its pools no time to end) takes its workers with it
     code = """
 import concurrent.futures, multiprocessing, os, sys, time
-from jmvae_cli.cpus import die_with_parent
-pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("fork"), die_with_parent)
+from jmvae_cli.cpus import start_worker
+pool = concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("fork"), start_worker)
 print(pool.submit(os.getpid).result(), flush=True)
 pool.submit(time.sleep, 60)
 time.sleep(0.5)

@@ -155,9 +155,9 @@ def edit(
             elif len(sources) == 1:
                 console.print(f"wrote {r.output}", highlight=False, markup=False, soft_wrap=True)
     if len(sources) > 1:
-        where = f" to {out_dir}" if out_dir is not None else ""
+        where, written = f" to {out_dir}" if out_dir is not None else "", len(sources) - failed
         console.print(
-            f"wrote {len(sources) - failed} edited photo{'' if len(sources) - failed == 1 else 's'}{where}",
+            f"wrote {written} edited photo{'' if written == 1 else 's'}{where}",
             highlight=False,
             markup=False,
             soft_wrap=True,
